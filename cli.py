@@ -1,0 +1,231 @@
+"""Command line of the WSSS pipeline: ``python cli.py --help``."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.errors import UserError
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+
+class Failure(click.ClickException):
+    """One line on stderr and a non-zero exit."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def _guard(fn):
+    """Turn user errors (and, without --debug, any error) into one line and a non-zero exit."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            if debug:
+                raise
+            raise Failure(str(e)) from None
+        except (click.ClickException, click.exceptions.Exit, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if debug:
+                raise
+            raise Failure(f"{type(e).__name__}: {e} (run again with --debug for the traceback)") from None
+    return wrapper
+
+
+def _quiet_prefect_tracebacks() -> None:
+    """Without --debug, Prefect's failure logs keep their message but lose the traceback."""
+    def strip(record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+        for h in logging.getLogger(name).handlers:
+            h.addFilter(strip)
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+def main(debug: bool) -> None:
+    """Weak labels → dense pseudo masks through cached, inspectable stages (Prefect flows)."""
+
+
+@main.command("list-flows")
+def list_flows() -> None:
+    """Names and one-line descriptions of the flows."""
+    from workflows import FLOWS
+    for spec in FLOWS.values():
+        click.echo(f"{spec.name:18s} {spec.description}")
+
+
+def _validate_data(run) -> None:
+    """Fail early, with one line, on a missing folder, split, image or an unreadable image."""
+    from PIL import Image
+    cfg = run.config
+    splits = {cfg.data.train_split, cfg.data.label_split, cfg.segmentation.eval_split}
+    if cfg.data.score_split:
+        splits.add(cfg.data.score_split)
+    for split in sorted(splits):
+        ds = run.dataset(split)
+        ds.check_images()
+        for i in ds.ids:
+            p = ds.image_path(i)
+            try:
+                with Image.open(p) as im:
+                    im.size
+            except OSError as e:
+                raise UserError(f"image {p} cannot be read ({type(e).__name__}): replace it or remove {i!r} from {split}.txt") from None
+        if split == cfg.data.train_split:
+            _ = ds.label_matrix  # every training image needs image-level labels
+
+
+@main.command("run-flow", context_settings={"show_default": True})
+@click.argument("name")
+@click.option("--data-root", type=click.Path(), default=None, help="VOC2012 folder (default: the embedded synthetic data).")
+@click.option("--run-dir", type=click.Path(), default=None, help="Run folder (default: runs/NAME-PROFILE).")
+@click.option("--profile", type=click.Choice(["smoke", "default", "paper"]), default="default")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (dotted path); repeatable.")
+@click.option("--show-config", is_flag=True, help="Print the resolved config as YAML and exit.")
+@_guard
+def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
+    """Run flow NAME; the same command again resumes (unchanged stages are cached)."""
+    from pipeline.config import resolve_config
+    from workflows import get_flow
+    spec = get_flow(name)
+    cfg = resolve_config(name, profile, sets, spec.defaults, data_root)
+    if show_config:
+        click.echo(cfg.to_yaml(), nl=False)
+        return
+    from pipeline.runs import Run
+    run_dir = Path(run_dir or f"runs/{name}-{profile}")
+    run = Run.create(run_dir, cfg)
+    _validate_data(run)
+    if not click.get_current_context().find_root().params.get("debug"):
+        _quiet_prefect_tracebacks()
+    try:
+        spec.flow(run_dir=str(run_dir))
+    except UserError:
+        raise
+    except Exception as e:
+        failed = _failed_stage(run, spec)
+        if failed is None:
+            raise
+        raise Failure(f"stage {failed[0]} failed: {failed[1]} (details in {run_dir}/stages/{failed[0]}/record.json)") from e
+    _print_table(run, spec, per_class=False)
+
+
+def _failed_stage(run, spec):
+    for st in spec.stages:
+        rec = run.read_record(st.name)
+        if rec and rec.get("status") == "failed":
+            return st.name, rec.get("error", "")
+    return None
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+_SHOWN = ("miou", "threshold", "coverage", "pixel_acc", "images", "final_loss", "steps", "resumed_from")
+
+
+def _print_table(run, spec, per_class: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.runs import summarise
+    from pipeline.voc import CLASS_NAMES
+    info = summarise(run, [s.name for s in spec.stages])
+    console = Console()
+    t = Table(title=f"{info['flow']} — {run.dir}")
+    for col in ("stage", "status", "seconds", "metrics"):
+        t.add_column(col)
+    for s in info["stages"]:
+        m = "  ".join(f"{k}={_fmt(s['metrics'][k])}" for k in _SHOWN if k in s["metrics"])
+        t.add_row(s["name"], s["status"], _fmt(s["seconds"]), m)
+    console.print(t)
+    console.print("summary: " + "  ".join(f"{k}={_fmt(v)}" for k, v in info["summary"].items()))
+    if per_class:
+        for s in info["stages"]:
+            if "iou" not in s["metrics"]:
+                continue
+            pc = Table(title=f"{s['name']} per class")
+            for col in ("class", "IoU", "FP", "FN"):
+                pc.add_column(col)
+            m = s["metrics"]
+            for c, name in enumerate(CLASS_NAMES):
+                if m.get("present", [True] * len(CLASS_NAMES))[c]:
+                    pc.add_row(name, _fmt(m["iou"][c]), _fmt(m["fp"][c]), _fmt(m["fn"][c]))
+            console.print(pc)
+
+
+def _open_run(run_dir):
+    from pipeline.runs import Run
+    from workflows import get_flow
+    run = Run.open(run_dir)
+    return run, get_flow(run.flow_name())
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--per-class", is_flag=True, help="Per-class IoU, FP and FN of every evaluation stage.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (see CONTRACT.md).")
+@_guard
+def inspect(run_dir, per_class, as_json) -> None:
+    """Every stage of a run with status, time and metrics."""
+    from pipeline.runs import summarise
+    run, spec = _open_run(run_dir)
+    if as_json:
+        click.echo(json.dumps(summarise(run, [s.name for s in spec.stages])))
+    else:
+        _print_table(run, spec, per_class)
+
+
+@main.command("make-synthetic")
+@click.argument("out_dir", type=click.Path())
+@click.option("--train", "n_train", default=200, show_default=True)
+@click.option("--val", "n_val", default=60, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@_guard
+def make_synthetic_cmd(out_dir, n_train, n_val, seed) -> None:
+    """Write the synthetic dataset in VOC layout (OUT_DIR/VOC2012)."""
+    from pipeline.synthetic import make_synthetic
+    root = make_synthetic(Path(out_dir), n_train, n_val, seed)
+    click.echo(str(root))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--stage", default=None, help="make_seeds / make_pseudo_labels (training images) or eval_segmentation (val); "
+              "a training stage draws its curves.")
+@click.option("--out", type=click.Path(), required=True, help="PNG to write.")
+@click.option("--num", default=6, show_default=True, help="Images (rows).")
+@_guard
+def show(run_dir, stage, out, num) -> None:
+    """Draw image | ground truth | seed | pseudo label | prediction overlays (VOC palette)."""
+    from pipeline.visualise import draw_run
+    run, spec = _open_run(run_dir)
+    names = [s.name for s in spec.stages]
+    stage = stage or ("make_pseudo_labels" if "make_pseudo_labels" in names else "eval_segmentation")
+    if stage not in names:
+        raise UserError(f"flow {spec.name} has no stage {stage!r}: choose one of {', '.join(names)}")
+    draw_run(run, stage, Path(out), num)
+    click.echo(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""timm backbones: a ViT whose blocks expose their softmax attention, and feature pyramids."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+
+from pipeline.checkpoint import load_model_weights
+from pipeline.errors import UserError
+
+
+class AttentionRecorder:
+    """Keeps each block's softmax attention (B×heads×N×N, in the graph) from the last forward.
+
+    It switches timm's fused attention off and hooks the ``attn_drop`` module that the explicit
+    attention passes through right after its softmax.
+    """
+
+    def __init__(self, blocks: nn.ModuleList) -> None:
+        self.maps: list[torch.Tensor | None] = [None] * len(blocks)
+        for i, blk in enumerate(blocks):
+            blk.attn.fused_attn = False
+            blk.attn.attn_drop.register_forward_hook(self._hook(i))
+
+    def _hook(self, i: int):
+        def hook(_module, _inp, out):
+            self.maps[i] = out
+        return hook
+
+    def head_mean(self, layers: list[int] | None = None) -> list[torch.Tensor]:
+        """Head-averaged attention A_l ∈ B×N×N for the chosen layers (all by default)."""
+        idx = range(len(self.maps)) if layers is None else layers
+        return [self.maps[i].mean(1) for i in idx]
+
+
+def load_local_weights(model: nn.Module, path: str | Path, filter_fn=None) -> None:
+    """Load backbone weights from a local file (safetensors or torch, never unpickled objects)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"weights file {p} does not exist: fix model weights path")
+    sd = load_model_weights(p)
+    if filter_fn is not None:
+        sd = filter_fn(sd, model)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if len(missing) > len(model.state_dict()) // 2:
+        raise UserError(f"weights file {p} does not fit the backbone ({len(missing)} tensors missing): check the backbone name")
+
+
+def create_vit(name: str, img_size: int, pretrained: bool = False, weights: str | None = None,
+               patch_size: int | None = None, embed_dim: int | None = None, depth: int | None = None,
+               num_heads: int | None = None) -> nn.Module:
+    """A timm ViT without its classifier, accepting any input size (dynamic size and padding)."""
+    kwargs = {k: v for k, v in dict(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v is not None}
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size,
+                                  dynamic_img_size=True, dynamic_img_pad=True, **kwargs)
+    except RuntimeError as e:
+        raise UserError(f"backbone {name!r} could not be created ({str(e).splitlines()[0]})") from None
+    if weights:
+        from timm.models.vision_transformer import checkpoint_filter_fn
+        load_local_weights(model, weights, checkpoint_filter_fn)
+    return model
+
+
+def create_feature_backbone(name: str, output_stride: int = 8, pretrained: bool = False, weights: str | None = None) -> nn.Module:
+    """A timm CNN returning its feature pyramid (``features_only``) at the given output stride."""
+    try:
+        model = timm.create_model(name, pretrained=pretrained, features_only=True, output_stride=output_stride)
+    except RuntimeError as e:
+        raise UserError(f"segmentation backbone {name!r} could not be created ({str(e).splitlines()[0]})") from None
+    if weights:
+        load_local_weights(model, weights)
+    return model

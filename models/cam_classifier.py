@@ -1,0 +1,82 @@
+"""A ViT classifier whose class-activation maps come from its patch tokens (the CAM baseline)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.backbones import AttentionRecorder, create_vit
+from models.registry import register_model
+
+
+def pool_scores(cams: torch.Tensor, pooling: str = "gap", topk: float = 0.1) -> torch.Tensor:
+    """Image scores from class maps B×C×h×w: global average, global max, or mean of the top-k fraction."""
+    flat = cams.flatten(2)
+    if pooling == "gap":
+        return flat.mean(-1)
+    if pooling == "gmp":
+        return flat.amax(-1)
+    k = max(1, int(round(topk * flat.shape[-1])))
+    return flat.topk(k, dim=-1).values.mean(-1)
+
+
+class CAMClassifier(nn.Module):
+    """ViT patch tokens → 1×1 conv class maps (CAM) → pooled multi-label scores."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int = 20, pooling: str = "gap", topk: float = 0.1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Conv2d(backbone.embed_dim, num_classes, 1, bias=False)
+        self.pooling, self.topk = pooling, topk
+        self.attention = AttentionRecorder(backbone.blocks)
+
+    @property
+    def patch_size(self) -> int:
+        return self.backbone.patch_embed.patch_size[0]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """B×D×h×w patch feature map (h = ⌈H/patch⌉)."""
+        tokens = self.backbone.forward_features(x)[:, self.backbone.num_prefix_tokens:]
+        p = self.patch_size
+        h, w = -(-x.shape[-2] // p), -(-x.shape[-1] // p)
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+    def class_maps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool_scores(self.class_maps(x), self.pooling, self.topk)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.classifier.parameters())
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+
+@register_model
+def vit_cam_classifier(backbone: dict, img_size: int, num_classes: int = 20, pooling: str = "gap", topk: float = 0.1) -> CAMClassifier:
+    vit = create_vit(img_size=img_size, **backbone)
+    return CAMClassifier(vit, num_classes, pooling, topk)
+
+
+@torch.no_grad()
+def multiscale_cams(model: CAMClassifier, image: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
+    """Sum over scales (and horizontal flips) of ReLU class maps, upsampled to the image: C×H×W.
+
+    ``image`` is one normalised 3×H×W tensor.
+    """
+    h, w = image.shape[-2:]
+    total = 0
+    for s in scales:
+        x = image[None] if s == 1 else F.interpolate(image[None], scale_factor=s, mode="bilinear", align_corners=False)
+        batch = torch.cat([x, x.flip(-1)]) if flip else x
+        cams = F.relu(model.class_maps(batch))
+        cams = F.interpolate(cams, size=(h, w), mode="bilinear", align_corners=False)
+        total = total + (cams[0] + cams[1].flip(-1) if flip else cams[0])
+    return total
+
+
+def normalise_cams(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each map divided by its maximum (→ [0, 1]), as in the CAM papers."""
+    return cams / (cams.flatten(1).amax(1).view(-1, 1, 1) + eps)

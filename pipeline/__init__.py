@@ -1,0 +1,1 @@
+"""Shared machinery: config, data, metrics, label store, runs and caching, plots."""

@@ -1,0 +1,95 @@
+"""Checkpoints as safetensors with a JSON sidecar; never pickles.
+
+``save_weights``/``load_weights`` hold a model's weights; ``save_train_state``/``load_train_state``
+hold everything a training stage needs to continue exactly: model, optimiser state, step and
+the torch RNG state (the learning-rate schedule is a function of the step).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.fsutil import atomic_write_text
+
+
+def _sidecar(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write ``path`` (.safetensors) and its sidecar ``.json`` (config, step, metrics), each atomically.
+
+    The sidecar is written last: a checkpoint counts only when its sidecar names it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
+    atomic_write_text(_sidecar(path), json.dumps(meta, indent=1))
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = Path(path)
+    meta = json.loads(_sidecar(path).read_text()) if _sidecar(path).is_file() else {}
+    return load_file(str(path)), meta
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{idx}.{name}"] = val
+            else:
+                scalars[f"{idx}.{name}"] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
+    state: dict[int, dict] = {}
+    for key, val in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = val
+    for key, val in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = val
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_train_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
+                     meta: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    otensors, ometa = _flatten_optimizer(opt)
+    tensors.update(otensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_weights(path, tensors, {**meta, "step": step, "optimizer": ometa})
+
+
+def load_train_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimiser and RNG from ``path``; returns the sidecar (with ``step``)."""
+    tensors, meta = load_weights(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta
+
+
+def load_model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Backbone weights from a local file: safetensors, or a torch file read with ``weights_only=True``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        sd = load_file(str(path))
+    else:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and "state_dict" in sd:
+            sd = sd["state_dict"]
+        if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+            sd = sd["model"]
+    return sd

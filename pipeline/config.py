@@ -1,0 +1,245 @@
+"""Run configuration: pydantic models, profiles (smoke/default/paper) and ``--set KEY=VALUE``.
+
+A config is resolved in three layers: the defaults below, the profile's overrides (``PROFILES``)
+and the user's ``--set`` pairs. Every key that ``--show-config`` prints can be set with its dotted
+path; unknown keys and ill-typed values are refused with one line naming the key.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(Section):
+    train: int = 200
+    val: int = 60
+    seed: int = 0
+    min_size: int = 96
+    max_size: int = 144
+
+
+class DataConfig(Section):
+    root: str | None = None  # None: the embedded synthetic dataset
+    synthetic: SyntheticConfig = SyntheticConfig()
+    train_split: str = "train"  # images the networks train on (paper: train_aug)
+    label_split: str = "train"  # images that get seeds and pseudo labels, scored against their masks
+    val_split: str = "val"
+    score_split: str | None = None  # score seeds/pseudo labels only on this split's images (paper: train)
+    max_images: int | None = None  # cap on every split (for quick looks at a large dataset)
+
+
+class TrainConfig(Section):
+    steps: int = 600
+    batch_size: int = 8
+    crop_size: int = 96
+    scale_range: tuple[float, float] = (0.7, 1.3)  # random rescale before the crop
+    hflip: bool = True
+    color_jitter: float = 0.3  # brightness/contrast/saturation strength; 0 switches it off
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    head_lr_mult: float = 10.0  # heads learn 10x faster, as in the papers
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    warmup_steps: int = 50
+    poly_power: float = 0.9
+    checkpoint_every: int = 100
+    log_every: int = 10
+    threads: int = 0  # torch threads; 0 = all cores
+
+
+class BackboneConfig(Section):
+    name: str = "vit_small_patch16_224"  # any timm model name
+    pretrained: bool = False  # ImageNet weights through timm (needs the hub)
+    weights: str | None = None  # a local .safetensors / .pth file of backbone weights
+    patch_size: int | None = 8  # overrides for a from-scratch ViT (None keeps timm's)
+    embed_dim: int | None = 128
+    depth: int | None = 4
+    num_heads: int | None = 4
+
+
+class ClassifierConfig(Section):
+    backbone: BackboneConfig = BackboneConfig()
+    pooling: Literal["gap", "gmp", "topk"] = "gap"
+    topk: float = 0.1  # fraction of locations averaged by top-k pooling
+
+
+class CamConfig(Section):
+    scales: list[float] = [1.0, 0.5, 1.5]
+    flip: bool = True
+    sweep: list[float] = [round(0.05 * i, 2) for i in range(1, 20)]  # background thresholds tried by eval_seeds
+
+
+class ParConfig(Section):
+    dilations: list[int] = [1, 2, 4, 8, 12, 24]
+    num_iter: int = 10
+    w_rgb: float = 0.3
+    w_pos: float = 0.3
+    w_mix: float = 0.01
+
+
+class CrfConfig(Section):
+    n_iter: int = 10
+    pos_xy_std: float = 3
+    pos_w: float = 3
+    bi_xy_std: float = 80
+    bi_rgb_std: float = 13
+    bi_w: float = 10
+
+
+class PseudoConfig(Section):
+    bkg_threshold: float = 0.35  # background score appended to the normalised CAMs
+    ignore_band: tuple[float, float] | None = None  # (low, high): pixels whose top score lies between get 255
+    refine: list[Literal["par", "crf"]] = ["par", "crf"]
+    par: ParConfig = ParConfig()
+    crf: CrfConfig = CrfConfig()
+    workers: int = 2  # processes for per-image refinement
+
+
+class SegmentationConfig(Section):
+    backbone: str = "resnet18"  # timm model with features_only
+    pretrained: bool = False
+    weights: str | None = None
+    head: Literal["aspp", "mlp"] = "aspp"
+    output_stride: int = 8
+    train: TrainConfig = TrainConfig(steps=800, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=1.0)
+    eval_scales: list[float] = [1.0, 0.75, 1.25]
+    eval_flip: bool = True
+    eval_crf: bool = False
+    eval_split: str = "val"
+
+
+class RunConfig(Section):
+    flow: str = "cam_voc"
+    profile: Literal["smoke", "default", "paper"] = "default"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    train_classifier: TrainConfig = TrainConfig()
+    cam: CamConfig = CamConfig()
+    pseudo: PseudoConfig = PseudoConfig()
+    segmentation: SegmentationConfig = SegmentationConfig()
+
+    def section(self, dotted: str) -> Any:
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+
+    def digest(self, *sections: str) -> str:
+        payload = {s: self.section(s) for s in sections} if sections else self.model_dump(mode="json")
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+#: Per-profile overrides, as nested dicts over the defaults.
+PROFILES: dict[str, dict] = {
+    # whole flow in at most 90 s on 2 CPU cores
+    "smoke": {
+        "data": {"synthetic": {"train": 48, "val": 16, "min_size": 80, "max_size": 112}},
+        "classifier": {"backbone": {"embed_dim": 64, "depth": 2, "num_heads": 2}},
+        "train_classifier": {"steps": 60, "batch_size": 8, "crop_size": 80, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
+        "cam": {"scales": [1.0], "flip": True},
+        "pseudo": {"par": {"num_iter": 5}, "crf": {"n_iter": 5}},
+        "segmentation": {"train": {"steps": 60, "batch_size": 8, "crop_size": 80, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
+                         "eval_scales": [1.0], "eval_flip": False},
+    },
+    # meaningful numbers on the synthetic data in at most 15 min on 2 CPU cores
+    "default": {},
+    # the papers' PASCAL VOC hyper-parameters, on a GPU
+    "paper": {
+        "data": {"train_split": "train_aug", "label_split": "train_aug", "score_split": "train"},
+        "classifier": {"backbone": {"name": "vit_base_patch16_384", "pretrained": True, "patch_size": None,
+                                    "embed_dim": None, "depth": None, "num_heads": None}},
+        "train_classifier": {"steps": 20000, "batch_size": 4, "crop_size": 384, "scale_range": [0.5, 2.0], "lr": 6e-5,
+                             "weight_decay": 0.01, "warmup_steps": 1500, "checkpoint_every": 1000, "log_every": 50},
+        "cam": {"scales": [1.0, 0.5, 1.5, 2.0], "flip": True},
+        "pseudo": {"bkg_threshold": 0.45, "workers": 8},
+        "segmentation": {"backbone": "resnet101", "pretrained": True, "head": "aspp", "output_stride": 8,
+                         "train": {"steps": 20000, "batch_size": 10, "crop_size": 321, "scale_range": [0.5, 1.5], "optimizer": "sgd",
+                                   "lr": 2.5e-4, "head_lr_mult": 10.0, "weight_decay": 5e-4, "warmup_steps": 0,
+                                   "checkpoint_every": 1000, "log_every": 50, "color_jitter": 0.0},
+                         "eval_scales": [0.5, 0.75, 1.0, 1.25, 1.5], "eval_flip": True, "eval_crf": True},
+    },
+}
+
+
+def deep_update(base: dict, upd: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format_validation(err: ValidationError) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        return f"unknown config key {key!r}: see `run-flow NAME --show-config` for the keys"
+    return f"config key {key!r}: {e['msg']} (got {e.get('input')!r})"
+
+
+def parse_set(pairs: list[str] | tuple[str, ...]) -> dict:
+    """``["a.b=1", "c=[x, y]"]`` → nested dict; values are read as YAML scalars/lists."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--set {pair!r} is not KEY=VALUE: write e.g. --set train_classifier.steps=100")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {key!r} conflicts with another --set of {p!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def _check_keys(overrides: dict, model: type[BaseModel], prefix: str = "") -> None:
+    for k, v in overrides.items():
+        field = model.model_fields.get(k)
+        if field is None:
+            raise UserError(f"unknown config key {prefix + k!r}: see `run-flow NAME --show-config` for the keys")
+        ann = field.annotation
+        if isinstance(v, dict) and isinstance(ann, type) and issubclass(ann, BaseModel):
+            _check_keys(v, ann, prefix + k + ".")
+
+
+def resolve_config(flow: str, profile: str = "default", sets: list[str] | tuple[str, ...] = (),
+                   flow_defaults: dict | None = None, data_root: str | None = None) -> RunConfig:
+    """Defaults ← flow's own defaults ← profile ← ``--set`` pairs, validated."""
+    if profile not in PROFILES:
+        raise UserError(f"unknown profile {profile!r}: choose smoke, default or paper")
+    overrides = parse_set(sets)
+    _check_keys(overrides, RunConfig)
+    base = RunConfig().model_dump(mode="json")
+    merged = deep_update(base, flow_defaults or {})
+    merged = deep_update(merged, PROFILES[profile])
+    merged = deep_update(merged, {"flow": flow, "profile": profile})
+    if data_root is not None:
+        merged["data"]["root"] = str(data_root)
+    merged = deep_update(merged, overrides)
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as err:
+        raise UserError(_format_validation(err)) from None

@@ -1,0 +1,53 @@
+"""What ``cli.py show`` draws from a run folder."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.plots import draw_grid, overlay
+from pipeline.store import LabelStore
+
+
+def _seed_label(store: LabelStore, image_id: str, threshold: float) -> np.ndarray:
+    from stages.evaluate import cams_to_labels
+    return cams_to_labels(store.read(image_id).astype(np.float32), store.read_attrs(image_id)["classes"], np.array([threshold]))[0]
+
+
+def draw_run(run, stage: str, out: Path, num: int) -> None:
+    """Grid of overlays for the images of ``stage``; a training stage copies its curves PNG."""
+    if stage.startswith("train_"):
+        src = run.stage_dir(stage) / "curves.png"
+        if not src.is_file():
+            raise UserError(f"{stage} has no curves yet ({src}): run the flow first")
+        shutil.copy(src, out)
+        return
+    cfg = run.config
+    seeds = run.stage_dir("make_seeds") / "seeds.zarr"
+    pseudo = run.stage_dir("make_pseudo_labels") / "pseudo_labels.zarr"
+    preds = run.stage_dir("eval_segmentation") / "predictions.zarr"
+    if stage in ("eval_segmentation",):
+        split, columns = cfg.segmentation.eval_split, [("prediction", preds)]
+    else:
+        split, columns = cfg.data.label_split, [("seed", seeds), ("pseudo label", pseudo)]
+    columns = [(t, LabelStore(p)) for t, p in columns if (p / "zarr.json").is_file()]
+    if not columns:
+        raise UserError(f"stage {stage} has stored nothing yet in {run.dir}: run the flow first")
+    rec = run.read_record("eval_seeds") or {}
+    threshold = rec.get("metrics", {}).get("threshold", cfg.pseudo.bkg_threshold)
+    ds = run.dataset(split)
+    ids = [i for i in ds.ids if i in columns[0][1]][:num]
+    rows = []
+    for i in ids:
+        img, gt = ds.image(i), ds.mask(i)
+        cols = [("image", img), ("ground truth", overlay(img, gt))]
+        for title, st in columns:
+            if i in st:
+                lab = _seed_label(st, i, threshold) if title == "seed" else st.read(i)
+                cols.append((title, overlay(img, lab)))
+        rows.append((i, cols))
+    if not rows:
+        raise UserError(f"stage {stage} has no stored images to draw")
+    draw_grid(rows, out)

@@ -1,0 +1,160 @@
+"""PASCAL VOC 2012 in its own folder layout: classes, palette, splits, images, masks, image labels."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import UserError
+
+CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IGNORE_INDEX = 255
+
+
+def voc_palette() -> np.ndarray:
+    """The 256×3 uint8 colour map of the VOC palette PNGs (bit-interleaved label index)."""
+    pal = np.zeros((256, 3), np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+PALETTE = voc_palette()
+
+
+def save_label_png(path: Path, label: np.ndarray) -> None:
+    """Write an H×W uint8 label as a palette PNG, as in SegmentationClass."""
+    im = Image.fromarray(label.astype(np.uint8), mode="P")
+    im.putpalette(PALETTE.ravel().tolist())
+    im.save(path)
+
+
+def find_voc_root(root: Path) -> Path:
+    """The VOC2012 folder: ``root`` itself, ``root/VOC2012`` or ``root/VOCdevkit/VOC2012``."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"data root {root} does not exist: give --data-root a VOC2012 folder")
+    for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (cand / "JPEGImages").is_dir():
+            return cand
+    raise UserError(f"{root} holds no JPEGImages/: give --data-root a VOC2012 folder (or one holding VOC2012/ or VOCdevkit/VOC2012/)")
+
+
+@dataclass
+class VOCDataset:
+    """One split of a VOC-layout folder.
+
+    Masks come from ``SegmentationClassAug`` when it has the image (train_aug), else
+    ``SegmentationClass`` (palette PNGs, 255 = void). Image-level labels come from the mask when
+    there is one, else from ``Annotations/<id>.xml``.
+    """
+
+    root: Path
+    split: str
+    max_images: int | None = None
+    _ids: list[str] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = find_voc_root(self.root)
+        lst = self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
+        if not lst.is_file():
+            raise UserError(f"split list {lst} is missing: add it or choose another split with --set data.<split key>=NAME")
+        ids = [ln.split()[0] for ln in lst.read_text().splitlines() if ln.strip()]
+        for i in ids:
+            if "/" in i or i.startswith("."):
+                raise UserError(f"{lst}: entry {i!r} is not an image id")
+        if self.max_images:
+            ids = ids[: self.max_images]
+        if not ids:
+            raise UserError(f"split list {lst} is empty")
+        self._ids = ids
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def check_images(self) -> None:
+        """Fail with one line naming the first list entry without an image."""
+        for i in self._ids:
+            if not self.image_path(i).is_file():
+                raise UserError(f"{self.split} list entry {i!r} has no image {self.image_path(i)}: remove it from the list or add the image")
+
+    def image(self, image_id: str) -> np.ndarray:
+        """H×W×3 uint8 RGB."""
+        p = self.image_path(image_id)
+        try:
+            with Image.open(p) as im:
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise UserError(f"image {p} is missing: remove {image_id!r} from the {self.split} list or add the image") from None
+        except OSError as e:
+            raise UserError(f"image {p} cannot be read ({e}): replace or remove it") from None
+
+    def mask_path(self, image_id: str) -> Path | None:
+        for sub in ("SegmentationClassAug", "SegmentationClass"):
+            p = self.root / sub / f"{image_id}.png"
+            if p.is_file():
+                return p
+        return None
+
+    def has_mask(self, image_id: str) -> bool:
+        return self.mask_path(image_id) is not None
+
+    def mask(self, image_id: str) -> np.ndarray | None:
+        """H×W uint8 label indices (palette PNG indices, 255 void), or None without a mask."""
+        p = self.mask_path(image_id)
+        if p is None:
+            return None
+        try:
+            with Image.open(p) as im:
+                if im.mode == "P" or im.mode == "L":
+                    return np.asarray(im).astype(np.uint8)
+                raise UserError(f"mask {p} is not a palette or grey PNG (mode {im.mode}): save it with label indices")
+        except OSError as e:
+            raise UserError(f"mask {p} cannot be read ({e}): replace or remove it") from None
+
+    def image_labels(self, image_id: str) -> np.ndarray:
+        """Multi-hot vector over the 20 foreground classes (index c-1 for class c)."""
+        lab = np.zeros(NUM_CLASSES - 1, np.float32)
+        m = self.mask(image_id)
+        if m is not None:
+            cls = np.unique(m)
+            cls = cls[(cls > 0) & (cls < NUM_CLASSES)]
+            lab[cls - 1] = 1
+            return lab
+        xml = self.root / "Annotations" / f"{image_id}.xml"
+        if not xml.is_file():
+            raise UserError(f"image {image_id!r} has neither a mask nor {xml}: image-level labels are needed")
+        try:
+            tree = ET.parse(xml)
+        except ET.ParseError as e:
+            raise UserError(f"annotation {xml} is not valid XML ({e})") from None
+        for obj in tree.getroot().iter("object"):
+            name = (obj.findtext("name") or "").strip()
+            if name in CLASS_NAMES[1:]:
+                lab[CLASS_NAMES.index(name) - 1] = 1
+        return lab
+
+    @cached_property
+    def label_matrix(self) -> np.ndarray:
+        return np.stack([self.image_labels(i) for i in self._ids])

@@ -1,0 +1,1 @@
+"""Stages: one module per stage kind, plain functions on arrays and tensors."""

@@ -1,0 +1,74 @@
+"""Stage ``eval_segmentation``: multi-scale + flip inference on val, optional dense CRF, val mIoU.
+
+Predictions are stored in ``predictions.zarr`` (so ``cli.py show`` can draw them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import RunConfig
+from pipeline.parallel import map_images
+from pipeline.store import LabelStore, open_for_stage
+from pipeline.transforms import normalise
+from pipeline.voc import VOCDataset
+from stages.common import load_trained, segmentation_from_config
+from stages.crf import dense_crf
+from stages.evaluate import evaluate_labels
+
+_MODEL: dict = {}
+
+
+@torch.no_grad()
+def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[float], flip: bool) -> np.ndarray:
+    """Mean softmax over scales (and flips), at the image's size: C×H×W."""
+    x = normalise(image)[None]
+    h, w = image.shape[:2]
+    total, n = 0, 0
+    for s in scales:
+        xs = x if s == 1 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
+        p = F.interpolate(model(batch), size=(h, w), mode="bilinear", align_corners=False).softmax(1)
+        total = total + p[0] + (p[1].flip(-1) if flip else 0)
+        n += 2 if flip else 1
+    return (total / n).numpy()
+
+
+@dataclass
+class PredictWorker:
+    config: dict
+    model_dir: Path
+    root: Path
+    split: str
+    out: Path
+
+    def __call__(self, image_id: str) -> None:
+        cfg = RunConfig.model_validate(self.config)
+        if _MODEL.get("dir") != self.model_dir:
+            _MODEL.update(dir=self.model_dir, model=load_trained(segmentation_from_config(cfg, for_inference=True), self.model_dir))
+        s = cfg.segmentation
+        image = VOCDataset(self.root, self.split).image(image_id)
+        probs = multiscale_probs(_MODEL["model"], image, s.eval_scales, s.eval_flip)
+        if s.eval_crf:
+            c = cfg.pseudo.crf
+            probs = dense_crf(image, probs, c.n_iter, c.pos_xy_std, c.pos_w, c.bi_xy_std, c.bi_rgb_std, c.bi_w)
+        LabelStore(self.out).write(image_id, probs.argmax(0).astype(np.uint8))
+
+
+def run(ctx) -> dict:
+    cfg = ctx.config
+    ds = ctx.run.dataset(cfg.segmentation.eval_split)
+    store = open_for_stage(ctx.dir / "predictions.zarr", ctx.key, {"stage": "eval_segmentation", "kind": "labels"})
+    todo = [i for i in ds.ids if i not in store]
+    worker = PredictWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_segmentation"), ds.root, ds.split, store.path)
+    # inference uses torch's threads in one process; CRF alone gains from a pool
+    workers = cfg.pseudo.workers if cfg.segmentation.eval_crf else 1
+    for _ in map_images(worker, todo, workers, "predict"):
+        pass
+    out = evaluate_labels(ds, store, cfg.pseudo.workers, "eval_segmentation")
+    out.pop("coverage", None)
+    return out

@@ -1,0 +1,93 @@
+"""Scoring stored labels against ground truth: ``eval_seeds`` (threshold sweep), ``eval_pseudo_labels``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.metrics import confusion_matrix, coverage, scores
+from pipeline.parallel import map_images, sum_arrays
+from pipeline.store import LabelStore
+from pipeline.voc import NUM_CLASSES, VOCDataset
+
+
+def cams_to_labels(cams: np.ndarray, classes: list[int], thresholds: np.ndarray) -> np.ndarray:
+    """Labels for each background threshold t: T×H×W, class of the top CAM where it exceeds t, else 0."""
+    h, w = cams.shape[-2:]
+    if len(classes) == 0:
+        return np.zeros((len(thresholds), h, w), np.uint8)
+    top = cams.max(0)
+    cls = np.asarray(classes, np.uint8)[cams.argmax(0)]
+    return np.where(top[None] > np.asarray(thresholds)[:, None, None], cls[None], 0).astype(np.uint8)
+
+
+def sweep_confusions(gt: np.ndarray, cams: np.ndarray, classes: list[int], thresholds: np.ndarray) -> np.ndarray:
+    """T×C×C confusion matrices of the seeds at every threshold, in one pass."""
+    preds = cams_to_labels(cams, classes, thresholds)
+    valid = (gt < NUM_CLASSES).ravel()
+    g = gt.ravel()[valid].astype(np.int64)
+    out = np.empty((len(thresholds), NUM_CLASSES, NUM_CLASSES), np.int64)
+    for t, p in enumerate(preds):
+        idx = g * NUM_CLASSES + p.ravel()[valid]
+        out[t] = np.bincount(idx, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+    return out
+
+
+@dataclass
+class SweepWorker:
+    root: Path
+    split: str
+    store: Path
+    thresholds: list[float]
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        st = LabelStore(self.store)
+        gt = VOCDataset(self.root, self.split).mask(image_id)
+        return sweep_confusions(gt, st.read(image_id).astype(np.float32), st.read_attrs(image_id)["classes"], np.asarray(self.thresholds))
+
+
+@dataclass
+class ScoreWorker:
+    root: Path
+    split: str
+    store: Path
+
+    def __call__(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        gt = VOCDataset(self.root, self.split).mask(image_id)
+        pred = LabelStore(self.store).read(image_id)
+        if pred.shape != gt.shape:
+            raise ValueError(f"{image_id}: label {pred.shape} and mask {gt.shape} differ in size")
+        return confusion_matrix(gt, pred, NUM_CLASSES), np.array(coverage(pred, gt))
+
+
+def scored_ids(ds: VOCDataset, store: LabelStore, only: list[str] | None = None) -> list[str]:
+    have = set(store.ids())
+    keep = set(only) if only is not None else None
+    return [i for i in ds.ids if i in have and ds.has_mask(i) and (keep is None or i in keep)]
+
+
+def score_report(conf: np.ndarray) -> dict:
+    s = scores(conf)
+    return {"miou": s["miou"], "pixel_acc": s["pixel_acc"], "mean_acc": s["mean_acc"],
+            "iou": s["iou"], "fp": s["fp"], "fn": s["fn"], "present": s["present"]}
+
+
+def evaluate_sweep(ds: VOCDataset, store: LabelStore, thresholds: list[float], workers: int, only: list[str] | None = None) -> dict:
+    ids = scored_ids(ds, store, only)
+    conf = sum_arrays(map_images(SweepWorker(ds.root, ds.split, store.path, thresholds), ids, workers, "eval_seeds"))
+    per_t = [scores(c)["miou"] for c in conf]
+    best = int(np.nanargmax(per_t))
+    return {**score_report(conf[best]), "threshold": thresholds[best], "images": len(ids),
+            "sweep": {f"{t:.2f}": round(m, 5) for t, m in zip(thresholds, per_t)}}
+
+
+def evaluate_labels(ds: VOCDataset, store: LabelStore, workers: int, desc: str, only: list[str] | None = None) -> dict:
+    ids = scored_ids(ds, store, only)
+    conf, cov = None, np.zeros(2, np.int64)
+    for c, n in map_images(ScoreWorker(ds.root, ds.split, store.path), ids, workers, desc):
+        conf = c if conf is None else conf + c
+        cov += n
+    if conf is None:
+        conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    return {**score_report(conf), "coverage": float(cov[0] / max(1, cov[1])), "images": len(ids)}

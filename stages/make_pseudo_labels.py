@@ -1,0 +1,80 @@
+"""Stage ``make_pseudo_labels``: seeds → background threshold → PAR and/or dense CRF → labels.
+
+Scores are [t, CAM_1..CAM_K] with the background score t; ``refine`` applies PAR
+(``stages.refine.par``) and then a dense CRF (``stages.crf.dense_crf``) to them; the label is the
+argmax. With an ``ignore_band`` (t_low, t_high) this is done at both thresholds and pixels where
+the two labels disagree are set to 255 (AFA's reliable/unreliable split).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import PseudoConfig
+from pipeline.parallel import map_images
+from pipeline.store import LabelStore, open_for_stage
+from pipeline.voc import IGNORE_INDEX, VOCDataset
+from stages.crf import dense_crf
+from stages.refine import par
+
+
+def refine_scores(image: np.ndarray, scores: np.ndarray, cfg: PseudoConfig) -> np.ndarray:
+    """Apply the configured refinements to (K+1)×H×W scores of one H×W×3 uint8 image."""
+    if "par" in cfg.refine:
+        img = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
+        p = cfg.par
+        scores = par(img, torch.from_numpy(scores)[None], p.dilations, p.num_iter, p.w_rgb, p.w_pos, p.w_mix)[0].numpy()
+    if "crf" in cfg.refine:
+        probs = np.clip(scores, 1e-5, None)
+        probs = probs / probs.sum(0, keepdims=True)
+        c = cfg.crf
+        scores = dense_crf(image, probs, c.n_iter, c.pos_xy_std, c.pos_w, c.bi_xy_std, c.bi_rgb_std, c.bi_w)
+    return scores
+
+
+def label_at(image: np.ndarray, cams: np.ndarray, classes: list[int], bkg: float, cfg: PseudoConfig) -> np.ndarray:
+    scores = np.concatenate([np.full((1, *cams.shape[1:]), bkg, np.float32), cams.astype(np.float32)])
+    scores = refine_scores(image, scores, cfg)
+    return np.asarray([0, *classes], np.uint8)[scores.argmax(0)]
+
+
+def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], cfg: PseudoConfig) -> np.ndarray:
+    """H×W uint8 pseudo label of one image from its normalised CAMs (K×H×W) of ``classes``."""
+    if cfg.ignore_band is None:
+        return label_at(image, cams, classes, cfg.bkg_threshold, cfg)
+    low, high = cfg.ignore_band
+    lab_h = label_at(image, cams, classes, high, cfg)
+    lab_l = label_at(image, cams, classes, low, cfg)
+    return np.where(lab_h == lab_l, lab_h, IGNORE_INDEX).astype(np.uint8)
+
+
+@dataclass
+class PseudoLabelWorker:
+    root: Path
+    split: str
+    seeds: Path
+    out: Path
+    cfg: dict
+
+    def __call__(self, image_id: str) -> None:
+        cfg = PseudoConfig.model_validate(self.cfg)
+        seeds = LabelStore(self.seeds)
+        image = VOCDataset(self.root, self.split).image(image_id)
+        label = make_pseudo_label(image, seeds.read(image_id), seeds.read_attrs(image_id)["classes"], cfg)
+        LabelStore(self.out).write(image_id, label)
+
+
+def run(ctx) -> dict:
+    cfg = ctx.config
+    ds = ctx.run.dataset(cfg.data.label_split)
+    seeds = LabelStore(ctx.input_dir("make_seeds") / "seeds.zarr")
+    store = open_for_stage(ctx.dir / "pseudo_labels.zarr", ctx.key, {"stage": "make_pseudo_labels", "kind": "labels",
+                                                                    "refine": list(cfg.pseudo.refine)})
+    todo = [i for i in seeds.ids() if i not in store]
+    worker = PseudoLabelWorker(ds.root, ds.split, seeds.path, store.path, cfg.pseudo.model_dump(mode="json"))
+    for _ in map_images(worker, todo, cfg.pseudo.workers, "make_pseudo_labels"):
+        pass
+    return {"images": len(store), "resumed_from": len(seeds.ids()) - len(todo)}

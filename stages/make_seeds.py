@@ -1,0 +1,65 @@
+"""Stage ``make_seeds``: multi-scale + flip CAMs of the trained classifier, stored as score maps.
+
+Each image's entry in ``seeds.zarr`` is a K×H×W float16 array of the normalised CAMs of the K
+classes in its image label (attribute ``classes``: their VOC indices).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.cam_classifier import multiscale_cams, normalise_cams
+from pipeline.config import RunConfig
+from pipeline.parallel import map_images
+from pipeline.store import LabelStore, open_for_stage
+from pipeline.transforms import normalise
+from pipeline.voc import VOCDataset
+from stages.common import classifier_from_config, labels_to_onehot_classes, load_trained
+
+_MODEL_CACHE: dict = {}
+
+
+def image_cams(model, image: np.ndarray, classes: list[int], scales: list[float], flip: bool) -> np.ndarray:
+    """Normalised CAMs (K×H×W float32) of ``classes`` (VOC indices) for one uint8 image."""
+    if not classes:
+        return np.zeros((0, *image.shape[:2]), np.float32)
+    cams = multiscale_cams(model, normalise(image), scales, flip)
+    cams = cams[[c - 1 for c in classes]]
+    return normalise_cams(cams).numpy()
+
+
+@dataclass
+class SeedWorker:
+    config: dict
+    classifier_dir: Path
+    root: Path
+    split: str
+    out: Path
+
+    def __call__(self, image_id: str) -> None:
+        key = (str(self.classifier_dir), id(self))
+        if key not in _MODEL_CACHE:
+            cfg = RunConfig.model_validate(self.config)
+            _MODEL_CACHE.clear()
+            _MODEL_CACHE[key] = load_trained(classifier_from_config(cfg), self.classifier_dir)
+        model = _MODEL_CACHE[key]
+        cfg = RunConfig.model_validate(self.config)
+        ds = VOCDataset(self.root, self.split)
+        classes = labels_to_onehot_classes(ds.image_labels(image_id))
+        cams = image_cams(model, ds.image(image_id), classes, cfg.cam.scales, cfg.cam.flip)
+        LabelStore(self.out).write(image_id, cams.astype(np.float16), {"classes": classes})
+
+
+def run(ctx) -> dict:
+    cfg = ctx.config
+    ds = ctx.run.dataset(cfg.data.label_split)
+    store = open_for_stage(ctx.dir / "seeds.zarr", ctx.key, {"stage": "make_seeds", "kind": "cam_scores"})
+    todo = [i for i in ds.ids if i not in store]
+    worker = SeedWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_classifier"), ds.root, ds.split, store.path)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    for _ in map_images(worker, todo, workers=1, desc="make_seeds"):
+        pass
+    return {"images": len(ds), "resumed_from": len(ds) - len(todo)}

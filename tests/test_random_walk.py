@@ -1,0 +1,31 @@
+import numpy as np
+import torch
+
+from stages.random_walk import propagate, transition_matrix
+
+
+def test_propagate_against_numpy():
+    rng = np.random.default_rng(0)
+    a = rng.random((6, 6))
+    a = a + a.T
+    cams = rng.random((3, 6))
+    t = a**2 / (a**2).sum(0, keepdims=True) + 0  # column-normalised A^β
+    t = t @ t  # log_t = 1
+    expected = cams @ t
+    got = propagate(torch.tensor(cams), torch.tensor(a), beta=2.0, log_t=1, eps=0.0)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
+
+
+def test_eps_in_denominator_and_batch():
+    a = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    t = transition_matrix(a, beta=1.0, eps=1e-5)
+    assert torch.allclose(t[0, :, 0], torch.tensor([1 / (1 + 1e-5), 0.0]))
+    assert torch.all(t[0, :, 1] == 0)
+    cams = torch.rand(4, 3, 2)
+    assert propagate(cams, a.expand(4, 2, 2)).shape == (4, 3, 2)
+
+
+def test_columns_of_transition_sum_to_one():
+    a = torch.rand(10, 10)
+    t = transition_matrix(a, beta=3.0, log_t=2, eps=0.0)
+    assert torch.allclose(t.sum(0), torch.ones(10), atol=1e-5)

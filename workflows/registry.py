@@ -1,0 +1,30 @@
+"""Flows by name: the Prefect flow, its stages (for inspect) and its one-line description."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from pipeline.errors import UserError
+from workflows import cam_voc, supervised_voc
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    name: str
+    flow: Callable
+    stages: list
+    description: str
+    defaults: dict  # the flow's own config defaults, under the profile
+
+
+FLOWS: dict[str, FlowSpec] = {
+    "cam_voc": FlowSpec("cam_voc", cam_voc.cam_voc, cam_voc.STAGES, cam_voc.DESCRIPTION, {}),
+    "supervised_voc": FlowSpec("supervised_voc", supervised_voc.supervised_voc, supervised_voc.STAGES,
+                               supervised_voc.DESCRIPTION, {}),
+}
+
+
+def get_flow(name: str) -> FlowSpec:
+    if name not in FLOWS:
+        raise UserError(f"unknown flow {name!r}: `python cli.py list-flows` lists {', '.join(sorted(FLOWS))}")
+    return FLOWS[name]
