@@ -84,7 +84,10 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
         log_path.write_text("".join(ln + "\n" for ln in lines))
     model.train()
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=range(start * cfg.batch_size, cfg.steps * cfg.batch_size),
-                        num_workers=workers, persistent_workers=False)
+                        num_workers=workers, persistent_workers=False,
+                        # its own generator: the loader must not draw from the global RNG that the
+                        # checkpoint restores, or a resumed run's dropout would shift
+                        generator=torch.Generator().manual_seed(dataset.seed))
     last: dict = {}
     t0 = time.time()
     running: dict[str, float] = {}

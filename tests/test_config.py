@@ -1,0 +1,55 @@
+import pytest
+import yaml
+
+from pipeline.config import RunConfig, parse_set, resolve_config
+from pipeline.errors import UserError
+
+
+def test_profiles_and_sets_apply_in_order():
+    cfg = resolve_config("cam_voc", "smoke", ["train_classifier.steps=7", "pseudo.refine=[crf]", "data.root=null"])
+    assert cfg.train_classifier.steps == 7
+    assert cfg.pseudo.refine == ["crf"]
+    assert cfg.data.synthetic.train == 48  # from the smoke profile
+    assert cfg.profile == "smoke"
+
+
+def test_paper_profile_carries_paper_hyperparameters():
+    cfg = resolve_config("cam_voc", "paper")
+    assert cfg.data.train_split == "train_aug"
+    assert cfg.pseudo.bkg_threshold == 0.45
+    assert cfg.segmentation.backbone == "resnet101" and cfg.segmentation.eval_crf
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(UserError, match="'train_classifier.stepz'"):
+        resolve_config("cam_voc", "smoke", ["train_classifier.stepz=3"])
+
+
+def test_ill_typed_value_names_the_key():
+    with pytest.raises(UserError, match="'train_classifier.steps'"):
+        resolve_config("cam_voc", "smoke", ["train_classifier.steps=many"])
+    with pytest.raises(UserError, match="pseudo.refine"):
+        resolve_config("cam_voc", "smoke", ["pseudo.refine=[blur]"])
+
+
+def test_not_key_value():
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_set(["steps"])
+
+
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, prefix + k + ".")
+        else:
+            yield prefix + k, v
+
+
+def test_every_printed_key_can_be_set():
+    cfg = resolve_config("cam_voc", "default")
+    printed = yaml.safe_load(cfg.to_yaml())
+    sets = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in _leaves(printed) if k not in ("flow", "profile")]
+    again = resolve_config("cam_voc", "default", sets)
+    assert again == cfg
+    assert RunConfig.model_validate(printed) == cfg
