@@ -58,26 +58,25 @@ class TrainConfig(Section):
     threads: int = 0  # torch threads; 0 = all cores
 
 
-class BackboneConfig(Section):
-    name: str = "vit_small_patch16_224"  # any timm model name
+class ModelConfig(Section):
+    """The classifier: a timm ViT (from scratch, ImageNet weights through timm, or a local file) + CAM head."""
+
+    backbone: str = "vit_small_patch16_224"  # any timm ViT name
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     weights: str | None = None  # a local .safetensors / .pth file of backbone weights
     patch_size: int | None = 8  # overrides for a from-scratch ViT (None keeps timm's)
     embed_dim: int | None = 128
-    depth: int | None = 4
+    depth: int | None = 2
     num_heads: int | None = 4
-
-
-class ClassifierConfig(Section):
-    backbone: BackboneConfig = BackboneConfig()
-    pooling: Literal["gap", "gmp", "topk"] = "gap"
+    pooling: Literal["gap", "gmp", "topk"] = "topk"
     topk: float = 0.1  # fraction of locations averaged by top-k pooling
 
 
 class CamConfig(Section):
     scales: list[float] = [1.0, 0.5, 1.5]
     flip: bool = True
-    sweep: list[float] = [round(0.05 * i, 2) for i in range(1, 20)]  # background thresholds tried by eval_seeds
+    # background thresholds tried by eval_seeds
+    sweep: list[float] = [0.01, 0.02, 0.03, 0.05, 0.075] + [round(0.05 * i, 2) for i in range(2, 20)]
 
 
 class ParConfig(Section):
@@ -98,9 +97,9 @@ class CrfConfig(Section):
 
 
 class PseudoConfig(Section):
-    bkg_threshold: float = 0.35  # background score appended to the normalised CAMs
+    bkg_threshold: float = 0.03  # background score appended to the normalised CAMs
     ignore_band: tuple[float, float] | None = None  # (low, high): pixels whose top score lies between get 255
-    refine: list[Literal["par", "crf"]] = ["par", "crf"]
+    refine: list[Literal["par", "crf"]] = ["par"]
     par: ParConfig = ParConfig()
     crf: CrfConfig = CrfConfig()
     workers: int = 2  # processes for per-image refinement
@@ -120,12 +119,14 @@ class SegmentationConfig(Section):
 
 
 class RunConfig(Section):
+    """The whole configuration of a run (``--show-config`` prints it)."""
+
     flow: str = "cam_voc"
     profile: Literal["smoke", "default", "paper"] = "default"
     seed: int = 0
     data: DataConfig = DataConfig()
-    classifier: ClassifierConfig = ClassifierConfig()
-    train_classifier: TrainConfig = TrainConfig()
+    model: ModelConfig = ModelConfig()
+    train_classifier: TrainConfig = TrainConfig(steps=1000, lr=5e-4)
     cam: CamConfig = CamConfig()
     pseudo: PseudoConfig = PseudoConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
@@ -149,7 +150,7 @@ PROFILES: dict[str, dict] = {
     # whole flow in at most 90 s on 2 CPU cores
     "smoke": {
         "data": {"synthetic": {"train": 48, "val": 16, "min_size": 80, "max_size": 112}},
-        "classifier": {"backbone": {"embed_dim": 64, "depth": 2, "num_heads": 2}},
+        "model": {"embed_dim": 64, "depth": 2, "num_heads": 2},
         "train_classifier": {"steps": 60, "batch_size": 8, "crop_size": 80, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
         "cam": {"scales": [1.0], "flip": True},
         "pseudo": {"par": {"num_iter": 5}, "crf": {"n_iter": 5}},
@@ -161,12 +162,12 @@ PROFILES: dict[str, dict] = {
     # the papers' PASCAL VOC hyper-parameters, on a GPU
     "paper": {
         "data": {"train_split": "train_aug", "label_split": "train_aug", "score_split": "train"},
-        "classifier": {"backbone": {"name": "vit_base_patch16_384", "pretrained": True, "patch_size": None,
-                                    "embed_dim": None, "depth": None, "num_heads": None}},
+        "model": {"backbone": "vit_base_patch16_384", "pretrained": True, "patch_size": None,
+                  "embed_dim": None, "depth": None, "num_heads": None, "pooling": "gap"},
         "train_classifier": {"steps": 20000, "batch_size": 4, "crop_size": 384, "scale_range": [0.5, 2.0], "lr": 6e-5,
                              "weight_decay": 0.01, "warmup_steps": 1500, "checkpoint_every": 1000, "log_every": 50},
         "cam": {"scales": [1.0, 0.5, 1.5, 2.0], "flip": True},
-        "pseudo": {"bkg_threshold": 0.45, "workers": 8},
+        "pseudo": {"bkg_threshold": 0.45, "refine": ["par", "crf"], "workers": 8},
         "segmentation": {"backbone": "resnet101", "pretrained": True, "head": "aspp", "output_stride": 8,
                          "train": {"steps": 20000, "batch_size": 10, "crop_size": 321, "scale_range": [0.5, 1.5], "optimizer": "sgd",
                                    "lr": 2.5e-4, "head_lr_mult": 10.0, "weight_decay": 5e-4, "warmup_steps": 0,

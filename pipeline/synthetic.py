@@ -3,9 +3,11 @@
 Each image holds 1–3 objects on a cluttered background. Object bodies take their colour from a
 pool *shared by all classes* and carry a random stripe texture; their shape depends on the class
 only weakly (the class's own shape with probability ``shape_bias``, any other shape otherwise).
-What tells a class reliably is a **small discriminative part** — a disc inside the body carrying a
-class-specific fine texture (stripes, checks or dots) around the body's own colour, so the part is
-colour-connected to the body and recognisable by its pattern only. A classifier therefore fires on the part, so raw CAM seeds are partial, and
+What tells a class reliably is a **small discriminative part**: a spot of a class-specific colour
+inside the body that fades smoothly into the body's shared colour (weight exp(−(d/1.6r)²) at
+distance d from the spot's centre, r its radius). The part has no edge of its own, so colour-
+and position-driven refinement can carry a part-sized seed across the body and stop at the
+object's outline, which is sharp. A classifier therefore fires on the part, so raw CAM seeds are partial, and
 refinement that follows colour and position (PAR, CRF, random walk) has to spread them over the
 body. Background clutter uses the body colours too, so refinement can also leak. Objects may
 occlude each other; ground-truth masks carry a void (255) band along object boundaries, as VOC's do.
@@ -30,11 +32,13 @@ from pipeline.voc import CLASS_NAMES, save_label_png
 #: VOC class indices used by the synthetic data, with their shape and part colour.
 SYNTH_CLASSES = (1, 3, 7, 8, 12, 15)
 SHAPES = ("ellipse", "rectangle", "diamond", "triangle", "cross", "blob")
-PART_AMPLITUDE = 40.0
+PART_COLOURS = np.array(
+    [[250, 40, 40], [40, 220, 60], [60, 80, 250], [250, 220, 30], [230, 40, 230], [30, 220, 230]], np.float32
+)
 BODY_COLOURS = np.array(
     [[150, 110, 80], [110, 130, 150], [170, 160, 130], [120, 150, 100], [160, 120, 140]], np.float32
 )
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -55,22 +59,6 @@ def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generat
         th = np.arctan2(y, x)
         return r <= 0.85 + 0.2 * np.sin(k * th + phase)
     raise ValueError(shape)
-
-
-def part_pattern(k: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Class ``k``'s part texture in [-1, 1] at pixel offsets (x, y) from the part centre."""
-    xi, yi = np.floor(x).astype(int), np.floor(y).astype(int)
-    if k == 0:
-        return np.sign(np.sin(2 * np.pi * x / 4) + 1e-6)  # vertical stripes
-    if k == 1:
-        return np.sign(np.sin(2 * np.pi * y / 4) + 1e-6)  # horizontal stripes
-    if k == 2:
-        return ((xi // 3 + yi // 3) % 2) * 2.0 - 1  # checks
-    if k == 3:
-        return np.sign(np.sin(2 * np.pi * (x + y) / 5) + 1e-6)  # diagonal stripes
-    if k == 4:
-        return np.sign(np.sin(2 * np.pi * (x - y) / 5) + 1e-6)  # anti-diagonal stripes
-    return np.where((xi % 5 < 2) & (yi % 5 < 2), 1.0, -0.4)  # dots
 
 
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -120,14 +108,13 @@ def render_sample(rng: np.random.Generator, min_size: int, max_size: int, shape_
         stripes = 14 * np.sin(freq * (xx * np.cos(ang) + yy * np.sin(ang)))[..., None]
         tex = colour + stripes + rng.normal(0, 6, (h, w, 3))
         img[body] = tex[body]
-        # discriminative part: a disc of the class texture inside the body
-        pr = max(4.0, 0.3 * min(a, b))
+        # discriminative part: a spot of the class colour fading into the body colour
+        pr = max(2.5, 0.22 * min(a, b))
         py, px = np.nonzero(body)
         j = int(rng.integers(len(py)))
         oy, ox = cy + 0.45 * (py[j] - cy), cx + 0.45 * (px[j] - cx)
-        part = ((xx - ox) ** 2 + (yy - oy) ** 2 <= pr**2) & body
-        patt = part_pattern(k, xx[part] - ox, yy[part] - oy)[:, None]
-        img[part] = colour + PART_AMPLITUDE * patt + rng.normal(0, 4, (int(part.sum()), 3))
+        wt = np.exp(-((xx - ox) ** 2 + (yy - oy) ** 2) / (1.6 * pr) ** 2)[..., None]
+        img[body] = ((1 - wt) * img + wt * PART_COLOURS[k])[body]
         label[body] = cls
         classes.append(cls)
     if not classes:  # always at least one object

@@ -12,9 +12,16 @@ from pipeline.config import RunConfig
 
 
 def classifier_from_config(cfg: RunConfig) -> torch.nn.Module:
-    c = cfg.classifier
-    return create_model("vit_cam_classifier", backbone=c.backbone.model_dump(), img_size=cfg.train_classifier.crop_size,
-                        num_classes=20, pooling=c.pooling, topk=c.topk)
+    m = cfg.model
+    backbone = dict(name=m.backbone, pretrained=m.pretrained, weights=m.weights, patch_size=m.patch_size,
+                    embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads)
+    return create_model("vit_cam_classifier", backbone=backbone, img_size=cfg.train_classifier.crop_size,
+                        num_classes=20, pooling=m.pooling, topk=m.topk)
+
+
+def classifier_for_inference(cfg: RunConfig) -> torch.nn.Module:
+    """The classifier's architecture only: its trained weights are loaded next, nothing is fetched."""
+    return classifier_from_config(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False, "weights": None})}))
 
 
 def segmentation_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Module:

@@ -17,7 +17,7 @@ from pipeline.parallel import map_images
 from pipeline.store import LabelStore, open_for_stage
 from pipeline.transforms import normalise
 from pipeline.voc import VOCDataset
-from stages.common import classifier_from_config, labels_to_onehot_classes, load_trained
+from stages.common import classifier_for_inference, labels_to_onehot_classes, load_trained
 
 _MODEL_CACHE: dict = {}
 
@@ -44,7 +44,7 @@ class SeedWorker:
         if key not in _MODEL_CACHE:
             cfg = RunConfig.model_validate(self.config)
             _MODEL_CACHE.clear()
-            _MODEL_CACHE[key] = load_trained(classifier_from_config(cfg), self.classifier_dir)
+            _MODEL_CACHE[key] = load_trained(classifier_for_inference(cfg), self.classifier_dir)
         model = _MODEL_CACHE[key]
         cfg = RunConfig.model_validate(self.config)
         ds = VOCDataset(self.root, self.split)

@@ -16,7 +16,7 @@ _SEG_EVAL = ("segmentation.eval_scales", "segmentation.eval_flip", "segmentation
              "pseudo.crf", "data.max_images")
 
 TRAIN_CLASSIFIER = Stage("train_classifier", train_classifier.run,
-                         ("classifier", "train_classifier", "seed", "data.train_split", "data.max_images"),
+                         ("model", "train_classifier", "seed", "data.train_split", "data.max_images"),
                          description="multi-label ViT classifier on image-level labels")
 MAKE_SEEDS = Stage("make_seeds", make_seeds.run, ("cam.scales", "cam.flip", "data.label_split", "data.max_images"),
                    ("train_classifier",), description="multi-scale CAM score maps → seeds.zarr")

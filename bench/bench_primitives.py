@@ -1,0 +1,58 @@
+"""Time the refinement primitives at VOC-like sizes; prints a table.
+
+    python bench/bench_primitives.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages.apro import global_propagation, local_propagation  # noqa: E402
+from stages.crf import dense_crf  # noqa: E402
+from stages.random_walk import propagate  # noqa: E402
+from stages.refine import par  # noqa: E402
+
+
+def timeit(fn, repeat: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller images")
+    args = ap.parse_args()
+    h, w = (128, 160) if args.quick else (375, 500)
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    img_t = torch.from_numpy(img).permute(2, 0, 1).float()[None]
+    probs = rng.random((3, h, w)).astype(np.float32)
+    probs /= probs.sum(0, keepdims=True)
+    n = (h // 16) * (w // 16)
+    rows = [
+        ("par (3 classes, 10 iter)", f"{h}x{w}", timeit(lambda: par(img_t, torch.from_numpy(probs)[None]))),
+        ("dense_crf (3 classes, 10 iter)", f"{h}x{w}", timeit(lambda: dense_crf(img, probs))),
+        ("random_walk.propagate (beta 2, log_t 3)", f"N={n}", timeit(lambda: propagate(torch.rand(3, n), torch.rand(n, n), 2.0, 3))),
+        ("apro.local_propagation (20 iter)", f"{h}x{w}", timeit(lambda: local_propagation(img / 255.0, probs), 1)),
+        ("apro.global_propagation", f"{h}x{w}", timeit(lambda: global_propagation(img / 255.0, probs, 0.3), 1)),
+    ]
+    print(f"torch threads: {torch.get_num_threads()}")
+    print(f"{'primitive':42s} {'size':>12s} {'seconds':>9s}")
+    for name, size, sec in rows:
+        print(f"{name:42s} {size:>12s} {sec:9.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Whole flows with the smoke profile: inspect, caching, resume after SIGKILL, a foreign VOC folder."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.voc import save_label_png
+from tests.helpers import ROOT, cli, cli_env, inspect_json, statuses
+
+CAM_STAGES = ["train_classifier", "make_seeds", "eval_seeds", "make_pseudo_labels", "eval_pseudo_labels",
+              "train_segmentation", "eval_segmentation"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return cli_env(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def cam_run(tmp_path_factory, env):
+    run_dir = tmp_path_factory.mktemp("cam") / "run"
+    t0 = time.time()
+    r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", run_dir, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run_dir, time.time() - t0
+
+
+def test_cam_voc_smoke_reports_every_stage(cam_run, env):
+    run_dir, seconds = cam_run
+    info = inspect_json(run_dir, env)
+    assert info["flow"] == "cam_voc"
+    assert [s["name"] for s in info["stages"]] == CAM_STAGES
+    assert set(statuses(info).values()) == {"completed"}
+    for k in ("seed_miou", "pseudo_miou", "pseudo_coverage", "seg_miou"):
+        assert 0.0 <= info["summary"][k] <= 1.0, k
+    seeds = info["stages"][2]["metrics"]
+    assert len(seeds["fp"]) == 21 and len(seeds["fn"]) == 21 and 0 < seeds["threshold"] < 1
+    assert all(s["seconds"] is not None for s in info["stages"])
+    assert (run_dir / "stages/make_pseudo_labels/pseudo_labels.zarr/zarr.json").is_file()
+    assert (run_dir / "stages/train_classifier/model.safetensors").is_file()
+    assert (run_dir / "stages/train_classifier/curves.png").is_file()
+
+
+def test_rerun_is_cached_and_changes_rerun_downstream_only(cam_run, env, tmp_path):
+    run_dir, _ = cam_run
+    r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", run_dir, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert set(statuses(inspect_json(run_dir, env)).values()) == {"cached"}
+    r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", run_dir, "--set", "pseudo.refine=[par]",
+            "--set", "segmentation.train.steps=10", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    st = statuses(inspect_json(run_dir, env))
+    assert st["train_classifier"] == st["make_seeds"] == st["eval_seeds"] == "cached"
+    assert st["make_pseudo_labels"] == st["train_segmentation"] == "completed"
+    r = cli("show", run_dir, "--out", tmp_path / "grid.png", env=env)
+    assert r.returncode == 0, r.stderr
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.size[0] > 400
+    r = cli("inspect", run_dir, "--per-class", env=env)
+    assert r.returncode == 0 and "FP" in r.stdout
+
+
+def test_supervised_voc_smoke(tmp_path, env):
+    r = cli("run-flow", "supervised_voc", "--profile", "smoke", "--run-dir", tmp_path / "sup", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = inspect_json(tmp_path / "sup", env)
+    assert [s["name"] for s in info["stages"]] == ["train_segmentation", "eval_segmentation"]
+    assert 0 < info["summary"]["seg_miou"] <= 1
+    assert info["summary"]["seed_miou"] is None
+
+
+def _wait_for(pred, proc, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkill_and_resume_matches_uninterrupted(cam_run, env, tmp_path):
+    ref_dir, _ = cam_run
+    ref = inspect_json(ref_dir, env)["summary"]
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "cli.py"), "run-flow", "cam_voc", "--profile", "smoke", "--run-dir", str(run_dir)]
+    # kill 1: mid classifier training, after its first checkpoint
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ok = _wait_for(lambda: (run_dir / "stages/train_classifier/checkpoint.json").is_file(), proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ok, "the flow never checkpointed the classifier"
+    assert inspect_json(run_dir, env)["stages"][0]["status"] == "failed"
+    # kill 2: while pseudo labels are being written
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    store = run_dir / "stages/make_pseudo_labels/pseudo_labels.zarr"
+    ok = _wait_for(lambda: store.is_dir() and len([p for p in store.iterdir() if p.is_dir()]) >= 3, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    st = statuses(inspect_json(run_dir, env))
+    assert st["train_classifier"] in ("completed", "cached")
+    # resume to the end
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = inspect_json(run_dir, env)
+    st = statuses(info)
+    assert st["train_classifier"] == "cached" and st["make_seeds"] == "cached"
+    assert all(v in ("completed", "cached") for v in st.values())
+    for k in ("seed_miou", "pseudo_miou", "seg_miou"):
+        assert abs(info["summary"][k] - ref[k]) <= 0.02, (k, info["summary"][k], ref[k])
+
+
+def make_foreign_voc(root):
+    """A VOC folder unlike the synthetic one: odd sizes, wide void borders, XML-only train labels."""
+    v = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
+        (v / sub).mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    ids = {"train": [f"2011_{i:06d}" for i in range(10)], "val": [f"2012_{i:06d}" for i in range(4)]}
+    for split, names in ids.items():
+        for n, i in enumerate(names):
+            h, w = int(rng.integers(57, 131)), int(rng.integers(61, 127))
+            img = rng.integers(0, 80, (h, w, 3)).astype(np.uint8)
+            m = np.zeros((h, w), np.uint8)
+            cls = [2, 9][n % 2]
+            y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+            img[y0:y0 + h // 3, x0:x0 + w // 3] = (200, 60, 40) if cls == 2 else (40, 60, 200)
+            m[y0:y0 + h // 3, x0:x0 + w // 3] = cls
+            m[max(0, y0 - 3):y0, x0:x0 + w // 3] = 255
+            Image.fromarray(img).save(v / "JPEGImages" / f"{i}.jpg")
+            name = ["bicycle", "chair"][n % 2]
+            (v / "Annotations" / f"{i}.xml").write_text(f"<annotation><object><name>{name}</name></object></annotation>")
+            if split == "val" or n % 3 == 0:  # most train images have no mask: labels from XML
+                save_label_png(v / "SegmentationClass" / f"{i}.png", m)
+        (v / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_cam_voc_on_a_foreign_voc_folder(tmp_path, env):
+    root = make_foreign_voc(tmp_path / "data")
+    r = cli("run-flow", "cam_voc", "--profile", "smoke", "--data-root", root, "--run-dir", tmp_path / "run",
+            "--set", "train_classifier.steps=20", "--set", "segmentation.train.steps=20", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = inspect_json(tmp_path / "run", env)
+    assert set(statuses(info).values()) == {"completed"}
+    assert info["stages"][2]["metrics"]["images"] == 4  # seeds scored only where masks exist
+    assert info["summary"]["seg_miou"] is not None
