@@ -97,10 +97,10 @@ class CrfConfig(Section):
 
 
 class PseudoConfig(Section):
-    bkg_threshold: float = 0.03  # background score appended to the normalised CAMs
+    bkg_threshold: float = 0.01  # background score appended to the max-normalised CAMs (peaked under top-k pooling)
     ignore_band: tuple[float, float] | None = None  # (low, high): pixels whose top score lies between get 255
     refine: list[Literal["par", "crf"]] = ["par"]
-    par: ParConfig = ParConfig()
+    par: ParConfig = ParConfig(num_iter=20)
     crf: CrfConfig = CrfConfig()
     workers: int = 2  # processes for per-image refinement
 
@@ -111,7 +111,7 @@ class SegmentationConfig(Section):
     weights: str | None = None
     head: Literal["aspp", "mlp"] = "aspp"
     output_stride: int = 8
-    train: TrainConfig = TrainConfig(steps=800, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=1.0)
+    train: TrainConfig = TrainConfig(steps=1200, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=1.0)
     eval_scales: list[float] = [1.0, 0.75, 1.25]
     eval_flip: bool = True
     eval_crf: bool = False
@@ -153,7 +153,7 @@ PROFILES: dict[str, dict] = {
         "model": {"embed_dim": 64, "depth": 2, "num_heads": 2},
         "train_classifier": {"steps": 60, "batch_size": 8, "crop_size": 80, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
         "cam": {"scales": [1.0], "flip": True},
-        "pseudo": {"par": {"num_iter": 5}, "crf": {"n_iter": 5}},
+        "pseudo": {"par": {"num_iter": 10}, "crf": {"n_iter": 5}},
         "segmentation": {"train": {"steps": 60, "batch_size": 8, "crop_size": 80, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
                          "eval_scales": [1.0], "eval_flip": False},
     },
@@ -167,7 +167,7 @@ PROFILES: dict[str, dict] = {
         "train_classifier": {"steps": 20000, "batch_size": 4, "crop_size": 384, "scale_range": [0.5, 2.0], "lr": 6e-5,
                              "weight_decay": 0.01, "warmup_steps": 1500, "checkpoint_every": 1000, "log_every": 50},
         "cam": {"scales": [1.0, 0.5, 1.5, 2.0], "flip": True},
-        "pseudo": {"bkg_threshold": 0.45, "refine": ["par", "crf"], "workers": 8},
+        "pseudo": {"bkg_threshold": 0.45, "refine": ["par", "crf"], "par": {"num_iter": 10}, "workers": 8},
         "segmentation": {"backbone": "resnet101", "pretrained": True, "head": "aspp", "output_stride": 8,
                          "train": {"steps": 20000, "batch_size": 10, "crop_size": 321, "scale_range": [0.5, 1.5], "optimizer": "sgd",
                                    "lr": 2.5e-4, "head_lr_mult": 10.0, "weight_decay": 5e-4, "warmup_steps": 0,

@@ -40,3 +40,18 @@ def load_trained(model: torch.nn.Module, stage_dir: Path) -> torch.nn.Module:
 def labels_to_onehot_classes(label_vec: np.ndarray) -> list[int]:
     """Multi-hot over the 20 foreground classes → VOC class indices (1..20)."""
     return [int(c) + 1 for c in np.nonzero(label_vec)[0]]
+
+
+def fill_store(ctx, filename: str, attrs: dict, ids: list[str], make_worker, workers: int, desc: str):
+    """Run a per-image stage into ``ctx.dir/filename``, skipping images already stored under this key.
+
+    ``make_worker(store_path)`` returns the picklable per-image callable that writes one image.
+    Returns the store and how many images were found done (a resumed stage).
+    """
+    from pipeline.parallel import map_images
+    from pipeline.store import open_for_stage
+    store = open_for_stage(ctx.dir / filename, ctx.key, attrs)
+    todo = [i for i in ids if i not in store]
+    for _ in map_images(make_worker(store.path), todo, workers, desc):
+        pass
+    return store, len(ids) - len(todo)

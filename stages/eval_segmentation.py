@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import RunConfig
-from pipeline.parallel import map_images
-from pipeline.store import LabelStore, open_for_stage
+from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCDataset
-from stages.common import load_trained, segmentation_from_config
+from stages.common import fill_store, load_trained, segmentation_from_config
 from stages.crf import dense_crf
 from stages.evaluate import evaluate_labels
 
@@ -62,13 +61,10 @@ class PredictWorker:
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.run.dataset(cfg.segmentation.eval_split)
-    store = open_for_stage(ctx.dir / "predictions.zarr", ctx.key, {"stage": "eval_segmentation", "kind": "labels"})
-    todo = [i for i in ds.ids if i not in store]
-    worker = PredictWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_segmentation"), ds.root, ds.split, store.path)
     # inference uses torch's threads in one process; CRF alone gains from a pool
-    workers = cfg.pseudo.workers if cfg.segmentation.eval_crf else 1
-    for _ in map_images(worker, todo, workers, "predict"):
-        pass
+    store, _ = fill_store(ctx, "predictions.zarr", {"stage": "eval_segmentation", "kind": "labels"}, ds.ids,
+                          lambda out: PredictWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_segmentation"), ds.root, ds.split, out),
+                          cfg.pseudo.workers if cfg.segmentation.eval_crf else 1, "predict")
     out = evaluate_labels(ds, store, cfg.pseudo.workers, "eval_segmentation")
     out.pop("coverage", None)
     return out

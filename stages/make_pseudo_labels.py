@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from pipeline.config import PseudoConfig
-from pipeline.parallel import map_images
-from pipeline.store import LabelStore, open_for_stage
+from pipeline.store import LabelStore
 from pipeline.voc import IGNORE_INDEX, VOCDataset
+from stages.common import fill_store
 from stages.crf import dense_crf
 from stages.refine import par
 
@@ -71,10 +71,7 @@ def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.run.dataset(cfg.data.label_split)
     seeds = LabelStore(ctx.input_dir("make_seeds") / "seeds.zarr")
-    store = open_for_stage(ctx.dir / "pseudo_labels.zarr", ctx.key, {"stage": "make_pseudo_labels", "kind": "labels",
-                                                                    "refine": list(cfg.pseudo.refine)})
-    todo = [i for i in seeds.ids() if i not in store]
-    worker = PseudoLabelWorker(ds.root, ds.split, seeds.path, store.path, cfg.pseudo.model_dump(mode="json"))
-    for _ in map_images(worker, todo, cfg.pseudo.workers, "make_pseudo_labels"):
-        pass
-    return {"images": len(store), "resumed_from": len(seeds.ids()) - len(todo)}
+    store, done = fill_store(ctx, "pseudo_labels.zarr", {"stage": "make_pseudo_labels", "kind": "labels", "refine": list(cfg.pseudo.refine)},
+                             seeds.ids(), lambda out: PseudoLabelWorker(ds.root, ds.split, seeds.path, out, cfg.pseudo.model_dump(mode="json")),
+                             cfg.pseudo.workers, "make_pseudo_labels")
+    return {"images": len(store), "resumed_from": done}

@@ -9,15 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from models.cam_classifier import multiscale_cams, normalise_cams
 from pipeline.config import RunConfig
-from pipeline.parallel import map_images
-from pipeline.store import LabelStore, open_for_stage
+from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCDataset
-from stages.common import classifier_for_inference, labels_to_onehot_classes, load_trained
+from stages.common import classifier_for_inference, fill_store, labels_to_onehot_classes, load_trained
 
 _MODEL_CACHE: dict = {}
 
@@ -56,10 +54,8 @@ class SeedWorker:
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.run.dataset(cfg.data.label_split)
-    store = open_for_stage(ctx.dir / "seeds.zarr", ctx.key, {"stage": "make_seeds", "kind": "cam_scores"})
-    todo = [i for i in ds.ids if i not in store]
-    worker = SeedWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_classifier"), ds.root, ds.split, store.path)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    for _ in map_images(worker, todo, workers=1, desc="make_seeds"):
-        pass
-    return {"images": len(ds), "resumed_from": len(ds) - len(todo)}
+    # inference uses torch's threads in this process
+    _, done = fill_store(ctx, "seeds.zarr", {"stage": "make_seeds", "kind": "cam_scores"}, ds.ids,
+                         lambda out: SeedWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_classifier"), ds.root, ds.split, out),
+                         workers=1, desc="make_seeds")
+    return {"images": len(ds), "resumed_from": done}
