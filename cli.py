@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import UserError
-
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+
+from pipeline.errors import UserError  # noqa: E402
 
 
 class Failure(click.ClickException):

@@ -37,6 +37,22 @@ def load_trained(model: torch.nn.Module, stage_dir: Path) -> torch.nn.Module:
     return model.eval()
 
 
+_TRAINED: dict = {}
+
+
+def trained_model(stage_dir: Path, build) -> torch.nn.Module:
+    """The model trained in ``stage_dir``, loaded once per process (per-image workers call this per image).
+
+    Keyed by the weights file and its modification time, so a retrained model is never served stale.
+    """
+    f = Path(stage_dir) / "model.safetensors"
+    key = (str(f), f.stat().st_mtime_ns)
+    if _TRAINED.get("key") != key:
+        _TRAINED.clear()
+        _TRAINED.update(key=key, model=load_trained(build(), Path(stage_dir)))
+    return _TRAINED["model"]
+
+
 def labels_to_onehot_classes(label_vec: np.ndarray) -> list[int]:
     """Multi-hot over the 20 foreground classes → VOC class indices (1..20)."""
     return [int(c) + 1 for c in np.nonzero(label_vec)[0]]

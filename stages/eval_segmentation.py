@@ -15,12 +15,9 @@ from pipeline.config import RunConfig
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCDataset
-from stages.common import fill_store, load_trained, segmentation_from_config
+from stages.common import fill_store, segmentation_from_config, trained_model
 from stages.crf import dense_crf
 from stages.evaluate import evaluate_labels
-
-_MODEL: dict = {}
-
 
 @torch.no_grad()
 def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[float], flip: bool) -> np.ndarray:
@@ -47,11 +44,10 @@ class PredictWorker:
 
     def __call__(self, image_id: str) -> None:
         cfg = RunConfig.model_validate(self.config)
-        if _MODEL.get("dir") != self.model_dir:
-            _MODEL.update(dir=self.model_dir, model=load_trained(segmentation_from_config(cfg, for_inference=True), self.model_dir))
+        model = trained_model(self.model_dir, lambda: segmentation_from_config(cfg, for_inference=True))
         s = cfg.segmentation
         image = VOCDataset(self.root, self.split).image(image_id)
-        probs = multiscale_probs(_MODEL["model"], image, s.eval_scales, s.eval_flip)
+        probs = multiscale_probs(model, image, s.eval_scales, s.eval_flip)
         if s.eval_crf:
             c = cfg.pseudo.crf
             probs = dense_crf(image, probs, c.n_iter, c.pos_xy_std, c.pos_w, c.bi_xy_std, c.bi_rgb_std, c.bi_w)

@@ -15,10 +15,7 @@ from pipeline.config import RunConfig
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCDataset
-from stages.common import classifier_for_inference, fill_store, labels_to_onehot_classes, load_trained
-
-_MODEL_CACHE: dict = {}
-
+from stages.common import classifier_for_inference, fill_store, labels_to_onehot_classes, trained_model
 
 def image_cams(model, image: np.ndarray, classes: list[int], scales: list[float], flip: bool) -> np.ndarray:
     """Normalised CAMs (K×H×W float32) of ``classes`` (VOC indices) for one uint8 image."""
@@ -38,13 +35,8 @@ class SeedWorker:
     out: Path
 
     def __call__(self, image_id: str) -> None:
-        key = (str(self.classifier_dir), id(self))
-        if key not in _MODEL_CACHE:
-            cfg = RunConfig.model_validate(self.config)
-            _MODEL_CACHE.clear()
-            _MODEL_CACHE[key] = load_trained(classifier_for_inference(cfg), self.classifier_dir)
-        model = _MODEL_CACHE[key]
         cfg = RunConfig.model_validate(self.config)
+        model = trained_model(self.classifier_dir, lambda: classifier_for_inference(cfg))
         ds = VOCDataset(self.root, self.split)
         classes = labels_to_onehot_classes(ds.image_labels(image_id))
         cams = image_cams(model, ds.image(image_id), classes, cfg.cam.scales, cfg.cam.flip)
