@@ -55,49 +55,19 @@ def find_voc_root(root: Path) -> Path:
 
 
 @dataclass
-class VOCDataset:
-    """One split of a VOC-layout folder.
+class VOCFolder:
+    """Per-image access to a VOC2012 folder (already resolved, see ``find_voc_root``); cheap to make.
 
     Masks come from ``SegmentationClassAug`` when it has the image (train_aug), else
     ``SegmentationClass`` (palette PNGs, 255 = void). Image-level labels come from the mask when
-    there is one, else from ``Annotations/<id>.xml``.
+    there is one, else from ``Annotations/<id>.xml``. Per-image workers hold one of these: unlike
+    ``VOCDataset`` it reads no split list.
     """
 
     root: Path
-    split: str
-    max_images: int | None = None
-    _ids: list[str] = field(default_factory=list, repr=False)
-
-    def __post_init__(self) -> None:
-        self.root = find_voc_root(self.root)
-        lst = self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
-        if not lst.is_file():
-            raise UserError(f"split list {lst} is missing: add it or choose another split with --set data.<split key>=NAME")
-        ids = [ln.split()[0] for ln in lst.read_text().splitlines() if ln.strip()]
-        for i in ids:
-            if "/" in i or i.startswith("."):
-                raise UserError(f"{lst}: entry {i!r} is not an image id")
-        if self.max_images:
-            ids = ids[: self.max_images]
-        if not ids:
-            raise UserError(f"split list {lst} is empty")
-        self._ids = ids
-
-    @property
-    def ids(self) -> list[str]:
-        return list(self._ids)
-
-    def __len__(self) -> int:
-        return len(self._ids)
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
-
-    def check_images(self) -> None:
-        """Fail with one line naming the first list entry without an image."""
-        for i in self._ids:
-            if not self.image_path(i).is_file():
-                raise UserError(f"{self.split} list entry {i!r} has no image {self.image_path(i)}: remove it from the list or add the image")
 
     def image(self, image_id: str) -> np.ndarray:
         """H×W×3 uint8 RGB."""
@@ -106,7 +76,7 @@ class VOCDataset:
             with Image.open(p) as im:
                 return np.asarray(im.convert("RGB"))
         except FileNotFoundError:
-            raise UserError(f"image {p} is missing: remove {image_id!r} from the {self.split} list or add the image") from None
+            raise UserError(f"image {p} is missing: remove {image_id!r} from its split list or add the image") from None
         except OSError as e:
             raise UserError(f"image {p} cannot be read ({e}): replace or remove it") from None
 
@@ -154,6 +124,43 @@ class VOCDataset:
             if name in CLASS_NAMES[1:]:
                 lab[CLASS_NAMES.index(name) - 1] = 1
         return lab
+
+
+@dataclass
+class VOCDataset(VOCFolder):
+    """One split of a VOC-layout folder: ``root`` may be any folder ``find_voc_root`` accepts."""
+
+    split: str
+    max_images: int | None = None
+    _ids: list[str] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = find_voc_root(self.root)
+        lst = self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
+        if not lst.is_file():
+            raise UserError(f"split list {lst} is missing: add it or choose another split with --set data.<split key>=NAME")
+        ids = [ln.split()[0] for ln in lst.read_text().splitlines() if ln.strip()]
+        for i in ids:
+            if "/" in i or i.startswith("."):
+                raise UserError(f"{lst}: entry {i!r} is not an image id")
+        if self.max_images:
+            ids = ids[: self.max_images]
+        if not ids:
+            raise UserError(f"split list {lst} is empty")
+        self._ids = ids
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def check_images(self) -> None:
+        """Fail with one line naming the first list entry without an image."""
+        for i in self._ids:
+            if not self.image_path(i).is_file():
+                raise UserError(f"{self.split} list entry {i!r} has no image {self.image_path(i)}: remove it from the list or add the image")
 
     @cached_property
     def label_matrix(self) -> np.ndarray:

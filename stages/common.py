@@ -9,19 +9,18 @@ import torch
 from models import create_model
 from pipeline.checkpoint import load_weights
 from pipeline.config import RunConfig
+from pipeline.parallel import map_images
+from pipeline.store import open_for_stage
 
 
-def classifier_from_config(cfg: RunConfig) -> torch.nn.Module:
+def classifier_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Module:
     m = cfg.model
-    backbone = dict(name=m.backbone, pretrained=m.pretrained, weights=m.weights, patch_size=m.patch_size,
+    # trained weights replace the initial ones at inference: do not fetch or read them again
+    backbone = dict(name=m.backbone, pretrained=m.pretrained and not for_inference,
+                    weights=None if for_inference else m.weights, patch_size=m.patch_size,
                     embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads)
     return create_model("vit_cam_classifier", backbone=backbone, img_size=cfg.train_classifier.crop_size,
                         num_classes=20, pooling=m.pooling, topk=m.topk)
-
-
-def classifier_for_inference(cfg: RunConfig) -> torch.nn.Module:
-    """The classifier's architecture only: its trained weights are loaded next, nothing is fetched."""
-    return classifier_from_config(cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False, "weights": None})}))
 
 
 def segmentation_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Module:
@@ -64,8 +63,6 @@ def fill_store(ctx, filename: str, attrs: dict, ids: list[str], make_worker, wor
     ``make_worker(store_path)`` returns the picklable per-image callable that writes one image.
     Returns the store and how many images were found done (a resumed stage).
     """
-    from pipeline.parallel import map_images
-    from pipeline.store import open_for_stage
     store = open_for_stage(ctx.dir / filename, ctx.key, attrs)
     todo = [i for i in ids if i not in store]
     for _ in map_images(make_worker(store.path), todo, workers, desc):

@@ -5,6 +5,7 @@ Predictions are stored in ``predictions.zarr`` (so ``cli.py show`` can draw them
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ import torch.nn.functional as F
 from pipeline.config import RunConfig
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
-from pipeline.voc import VOCDataset
+from pipeline.voc import VOCFolder
 from stages.common import fill_store, segmentation_from_config, trained_model
 from stages.crf import dense_crf
 from stages.evaluate import evaluate_labels
+
 
 @torch.no_grad()
 def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[float], flip: bool) -> np.ndarray:
@@ -39,14 +41,17 @@ class PredictWorker:
     config: dict
     model_dir: Path
     root: Path
-    split: str
     out: Path
 
+    @cached_property
+    def cfg(self) -> RunConfig:
+        return RunConfig.model_validate(self.config)
+
     def __call__(self, image_id: str) -> None:
-        cfg = RunConfig.model_validate(self.config)
+        cfg = self.cfg
         model = trained_model(self.model_dir, lambda: segmentation_from_config(cfg, for_inference=True))
         s = cfg.segmentation
-        image = VOCDataset(self.root, self.split).image(image_id)
+        image = VOCFolder(self.root).image(image_id)
         probs = multiscale_probs(model, image, s.eval_scales, s.eval_flip)
         if s.eval_crf:
             c = cfg.pseudo.crf
@@ -59,7 +64,7 @@ def run(ctx) -> dict:
     ds = ctx.run.dataset(cfg.segmentation.eval_split)
     # inference uses torch's threads in one process; CRF alone gains from a pool
     store, _ = fill_store(ctx, "predictions.zarr", {"stage": "eval_segmentation", "kind": "labels"}, ds.ids,
-                          lambda out: PredictWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_segmentation"), ds.root, ds.split, out),
+                          lambda out: PredictWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_segmentation"), ds.root, out),
                           cfg.pseudo.workers if cfg.segmentation.eval_crf else 1, "predict")
     out = evaluate_labels(ds, store, cfg.pseudo.workers, "eval_segmentation")
     out.pop("coverage", None)

@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.metrics import confusion_matrix, coverage, scores
 from pipeline.parallel import map_images, sum_arrays
 from pipeline.store import LabelStore
-from pipeline.voc import NUM_CLASSES, VOCDataset
+from pipeline.voc import NUM_CLASSES, VOCDataset, VOCFolder
 
 
 def cams_to_labels(cams: np.ndarray, classes: list[int], thresholds: np.ndarray) -> np.ndarray:
@@ -37,24 +37,22 @@ def sweep_confusions(gt: np.ndarray, cams: np.ndarray, classes: list[int], thres
 @dataclass
 class SweepWorker:
     root: Path
-    split: str
     store: Path
     thresholds: list[float]
 
     def __call__(self, image_id: str) -> np.ndarray:
         st = LabelStore(self.store)
-        gt = VOCDataset(self.root, self.split).mask(image_id)
+        gt = VOCFolder(self.root).mask(image_id)
         return sweep_confusions(gt, st.read(image_id).astype(np.float32), st.read_attrs(image_id)["classes"], np.asarray(self.thresholds))
 
 
 @dataclass
 class ScoreWorker:
     root: Path
-    split: str
     store: Path
 
     def __call__(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        gt = VOCDataset(self.root, self.split).mask(image_id)
+        gt = VOCFolder(self.root).mask(image_id)
         pred = LabelStore(self.store).read(image_id)
         if pred.shape != gt.shape:
             raise ValueError(f"{image_id}: label {pred.shape} and mask {gt.shape} differ in size")
@@ -75,7 +73,7 @@ def score_report(conf: np.ndarray) -> dict:
 
 def evaluate_sweep(ds: VOCDataset, store: LabelStore, thresholds: list[float], workers: int, only: list[str] | None = None) -> dict:
     ids = scored_ids(ds, store, only)
-    conf = sum_arrays(map_images(SweepWorker(ds.root, ds.split, store.path, thresholds), ids, workers, "eval_seeds"))
+    conf = sum_arrays(map_images(SweepWorker(ds.root, store.path, thresholds), ids, workers, "eval_seeds"))
     per_t = [scores(c)["miou"] for c in conf]
     best = int(np.nanargmax(per_t))
     return {**score_report(conf[best]), "threshold": thresholds[best], "images": len(ids),
@@ -85,7 +83,7 @@ def evaluate_sweep(ds: VOCDataset, store: LabelStore, thresholds: list[float], w
 def evaluate_labels(ds: VOCDataset, store: LabelStore, workers: int, desc: str, only: list[str] | None = None) -> dict:
     ids = scored_ids(ds, store, only)
     conf, cov = None, np.zeros(2, np.int64)
-    for c, n in map_images(ScoreWorker(ds.root, ds.split, store.path), ids, workers, desc):
+    for c, n in map_images(ScoreWorker(ds.root, store.path), ids, workers, desc):
         conf = c if conf is None else conf + c
         cov += n
     if conf is None:

@@ -8,6 +8,7 @@ the two labels disagree are set to 255 (AFA's reliable/unreliable split).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 
 from pipeline.config import PseudoConfig
 from pipeline.store import LabelStore
-from pipeline.voc import IGNORE_INDEX, VOCDataset
+from pipeline.voc import IGNORE_INDEX, VOCFolder
 from stages.common import fill_store
 from stages.crf import dense_crf
 from stages.refine import par
@@ -54,15 +55,18 @@ def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], c
 @dataclass
 class PseudoLabelWorker:
     root: Path
-    split: str
     seeds: Path
     out: Path
-    cfg: dict
+    config: dict
+
+    @cached_property
+    def cfg(self) -> PseudoConfig:
+        return PseudoConfig.model_validate(self.config)
 
     def __call__(self, image_id: str) -> None:
-        cfg = PseudoConfig.model_validate(self.cfg)
+        cfg = self.cfg
         seeds = LabelStore(self.seeds)
-        image = VOCDataset(self.root, self.split).image(image_id)
+        image = VOCFolder(self.root).image(image_id)
         label = make_pseudo_label(image, seeds.read(image_id), seeds.read_attrs(image_id)["classes"], cfg)
         LabelStore(self.out).write(image_id, label)
 
@@ -72,6 +76,6 @@ def run(ctx) -> dict:
     ds = ctx.run.dataset(cfg.data.label_split)
     seeds = LabelStore(ctx.input_dir("make_seeds") / "seeds.zarr")
     store, done = fill_store(ctx, "pseudo_labels.zarr", {"stage": "make_pseudo_labels", "kind": "labels", "refine": list(cfg.pseudo.refine)},
-                             seeds.ids(), lambda out: PseudoLabelWorker(ds.root, ds.split, seeds.path, out, cfg.pseudo.model_dump(mode="json")),
+                             seeds.ids(), lambda out: PseudoLabelWorker(ds.root, seeds.path, out, cfg.pseudo.model_dump(mode="json")),
                              cfg.pseudo.workers, "make_pseudo_labels")
     return {"images": len(store), "resumed_from": done}

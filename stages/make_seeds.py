@@ -6,6 +6,7 @@ classes in its image label (attribute ``classes``: their VOC indices).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ from models.cam_classifier import multiscale_cams, normalise_cams
 from pipeline.config import RunConfig
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
-from pipeline.voc import VOCDataset
-from stages.common import classifier_for_inference, fill_store, labels_to_onehot_classes, trained_model
+from pipeline.voc import VOCFolder
+from stages.common import classifier_from_config, fill_store, labels_to_onehot_classes, trained_model
+
 
 def image_cams(model, image: np.ndarray, classes: list[int], scales: list[float], flip: bool) -> np.ndarray:
     """Normalised CAMs (K×H×W float32) of ``classes`` (VOC indices) for one uint8 image."""
@@ -31,13 +33,16 @@ class SeedWorker:
     config: dict
     classifier_dir: Path
     root: Path
-    split: str
     out: Path
 
+    @cached_property
+    def cfg(self) -> RunConfig:
+        return RunConfig.model_validate(self.config)
+
     def __call__(self, image_id: str) -> None:
-        cfg = RunConfig.model_validate(self.config)
-        model = trained_model(self.classifier_dir, lambda: classifier_for_inference(cfg))
-        ds = VOCDataset(self.root, self.split)
+        cfg = self.cfg
+        model = trained_model(self.classifier_dir, lambda: classifier_from_config(cfg, for_inference=True))
+        ds = VOCFolder(self.root)
         classes = labels_to_onehot_classes(ds.image_labels(image_id))
         cams = image_cams(model, ds.image(image_id), classes, cfg.cam.scales, cfg.cam.flip)
         LabelStore(self.out).write(image_id, cams.astype(np.float16), {"classes": classes})
@@ -48,6 +53,6 @@ def run(ctx) -> dict:
     ds = ctx.run.dataset(cfg.data.label_split)
     # inference uses torch's threads in this process
     _, done = fill_store(ctx, "seeds.zarr", {"stage": "make_seeds", "kind": "cam_scores"}, ds.ids,
-                         lambda out: SeedWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_classifier"), ds.root, ds.split, out),
+                         lambda out: SeedWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_classifier"), ds.root, out),
                          workers=1, desc="make_seeds")
     return {"images": len(ds), "resumed_from": done}

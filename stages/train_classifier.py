@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pipeline.config import TrainConfig
 from pipeline.training import StepIndexedDataset, train
 from pipeline.transforms import train_transform
-from pipeline.voc import VOCDataset
+from pipeline.voc import VOCFolder
 from stages.common import classifier_from_config
 
 
@@ -20,13 +20,12 @@ class ClassificationSamples:
     """Image ``i`` of a split, augmented, with its 20-way multi-hot label."""
 
     root: Path
-    split: str
     ids: list[str]
     labels: np.ndarray
     cfg: TrainConfig
 
     def __call__(self, i: int, rng: np.random.Generator):
-        ds = VOCDataset(self.root, self.split)
+        ds = VOCFolder(self.root)
         img, _ = train_transform(ds.image(self.ids[i]), None, self.cfg.crop_size, self.cfg.scale_range,
                                  self.cfg.hflip, self.cfg.color_jitter, rng)
         return img, torch.from_numpy(self.labels[i])
@@ -46,7 +45,7 @@ def run(ctx) -> dict:
     ids = [i for i, k in zip(ds.ids, keep) if k]
     torch.manual_seed(cfg.seed)
     model = classifier_from_config(cfg)
-    samples = StepIndexedDataset(len(ids), ClassificationSamples(ds.root, ds.split, ids, labels[keep], cfg.train_classifier), cfg.seed)
+    samples = StepIndexedDataset(len(ids), ClassificationSamples(ds.root, ids, labels[keep], cfg.train_classifier), cfg.seed)
     last = train(model, samples, classification_loss, cfg.train_classifier, ctx.dir, {"key": ctx.key, "stage": "train_classifier"},
                  desc="train_classifier")
     return {"steps": cfg.train_classifier.steps, "images": len(ids), **{f"final_{k}": round(v, 5) for k, v in last.items()}}

@@ -12,7 +12,7 @@ from pipeline.config import TrainConfig
 from pipeline.store import LabelStore
 from pipeline.training import StepIndexedDataset, train
 from pipeline.transforms import train_transform
-from pipeline.voc import IGNORE_INDEX, VOCDataset
+from pipeline.voc import IGNORE_INDEX, VOCFolder
 from stages.common import segmentation_from_config
 
 #: the stage whose LabelStore a flow's segmentation trains on (absent: ground-truth masks)
@@ -22,13 +22,12 @@ LABEL_SOURCES = {"make_pseudo_labels": "pseudo_labels.zarr"}
 @dataclass
 class SegmentationSamples:
     root: Path
-    split: str
     ids: list[str]
     labels: Path | None  # a LabelStore, or None for the ground-truth masks
     cfg: TrainConfig
 
     def __call__(self, i: int, rng: np.random.Generator):
-        ds = VOCDataset(self.root, self.split)
+        ds = VOCFolder(self.root)
         image_id = self.ids[i]
         label = LabelStore(self.labels).read(image_id) if self.labels else ds.mask(image_id)
         img, lab = train_transform(ds.image(image_id), label, self.cfg.crop_size, self.cfg.scale_range,
@@ -47,19 +46,14 @@ def run(ctx) -> dict:
     source = next((s for s in ctx.stage.inputs if s in LABEL_SOURCES), None)
     if source:
         store = LabelStore(ctx.input_dir(source) / LABEL_SOURCES[source])
-        split = cfg.data.label_split
-        ids = store.ids()
-        labels = store.path
+        ids, labels = store.ids(), store.path
     else:
-        split = cfg.data.train_split
-        ds = ctx.run.dataset(split)
-        ids = [i for i in ds.ids if ds.has_mask(i)]
-        labels = None
-    ds = ctx.run.dataset(split)
+        ds = ctx.run.dataset(cfg.data.train_split)
+        ids, labels = [i for i in ds.ids if ds.has_mask(i)], None
     torch.manual_seed(cfg.seed)
     model = segmentation_from_config(cfg)
     tcfg = cfg.segmentation.train
-    samples = StepIndexedDataset(len(ids), SegmentationSamples(ds.root, split, ids, labels, tcfg), cfg.seed)
+    samples = StepIndexedDataset(len(ids), SegmentationSamples(ctx.run.voc_root, ids, labels, tcfg), cfg.seed)
     last = train(model, samples, segmentation_loss, tcfg, ctx.dir, {"key": ctx.key, "stage": "train_segmentation"},
                  desc="train_segmentation")
     return {"steps": tcfg.steps, "images": len(ids), "labels": source or "ground_truth",
