@@ -102,7 +102,7 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
     from pipeline.config import resolve_config
     from workflows import get_flow
     spec = get_flow(name)
-    cfg = resolve_config(name, profile, sets, spec.defaults, data_root)
+    cfg = resolve_config(name, profile, sets, spec.defaults, data_root, spec.profile_defaults)
     if show_config:
         click.echo(cfg.to_yaml(), nl=False)
         return

@@ -60,21 +60,25 @@ def vit_cam_classifier(backbone: dict, img_size: int, num_classes: int = 20, poo
     return CAMClassifier(vit, num_classes, pooling, topk)
 
 
-@torch.no_grad()
-def multiscale_cams(model: CAMClassifier, image: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
-    """Sum over scales (and horizontal flips) of ReLU class maps, upsampled to the image: C×H×W.
+def multiscale_maps(map_fn, image: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
+    """Sum over scales (and horizontal flips) of ``map_fn(batch)`` (B×K×h×w maps), upsampled to the image: K×H×W.
 
-    ``image`` is one normalised 3×H×W tensor.
+    ``image`` is one normalised 3×H×W tensor; the flipped copy's maps are flipped back.
     """
     h, w = image.shape[-2:]
     total = 0
     for s in scales:
         x = image[None] if s == 1 else F.interpolate(image[None], scale_factor=s, mode="bilinear", align_corners=False)
         batch = torch.cat([x, x.flip(-1)]) if flip else x
-        cams = F.relu(model.class_maps(batch))
-        cams = F.interpolate(cams, size=(h, w), mode="bilinear", align_corners=False)
-        total = total + (cams[0] + cams[1].flip(-1) if flip else cams[0])
+        maps = F.interpolate(map_fn(batch), size=(h, w), mode="bilinear", align_corners=False)
+        total = total + (maps[0] + maps[1].flip(-1) if flip else maps[0])
     return total
+
+
+@torch.no_grad()
+def multiscale_cams(model: torch.nn.Module, image: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
+    """Sum over scales (and horizontal flips) of ReLU class maps, upsampled to the image: C×H×W."""
+    return multiscale_maps(lambda b: F.relu(model.class_maps(b)), image, scales, flip)
 
 
 def normalise_cams(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -70,11 +70,47 @@ class ModelConfig(Section):
     num_heads: int | None = 4
     pooling: Literal["gap", "gmp", "topk"] = "topk"
     topk: float = 0.1  # fraction of locations averaged by top-k pooling
+    # vit_cam: class maps from the patch tokens, pooled (CAM baseline); vit_acr: class-token head,
+    # trained with ACR's attention consistency (section ``acr``)
+    arch: Literal["vit_cam", "vit_acr"] = "vit_cam"
+
+
+class ACRConfig(Section):
+    """All-pairs consistency regularization (ACR) of the classifier's attention across two views."""
+
+    alpha: float = 1.0  # weight of L_act (class-to-patch attention consistency); 0 switches it off
+    beta: float = 1.0  # weight of L_aff (patch-to-patch attention consistency); 0 switches it off
+    layers: list[int] | None = None  # blocks whose attention is regularised (None: all; negatives count from the end)
+    transforms: list[Literal["resize", "hflip", "vflip", "rot90"]] = ["resize", "hflip", "vflip", "rot90"]
+    resize_range: tuple[float, float] = (0.5, 1.5)  # scale of the resized view (rounded to whole patches)
+
+
+class AffinityConfig(Section):
+    """Offline affinity (PSA manner) and the random walk of the seeds (ACR step 3)."""
+
+    source: Literal["network", "attention"] = "network"  # a trained AffinityNet, or the ViT's own patch attention
+    backbone: str = "resnet18"  # timm CNN with features_only (paper: ResNet-38 / ResNet-50)
+    pretrained: bool = False
+    weights: str | None = None
+    dims: tuple[int, int, int] = (32, 64, 128)  # embedding channels from the last three feature levels
+    radius: int = 5  # pairs within this radius (feature pixels) are trained and propagated over
+    label_seeds: Literal["unrefined", "refined"] = "unrefined"  # ACR*: seeds without affinity refinement
+    label_band: tuple[float, float] = (0.05, 0.3)  # (low, high) background scores: fg above high, bg below low
+    label_refine: list[Literal["par", "crf"]] = ["par"]
+    train: TrainConfig = TrainConfig(steps=400, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=10.0)
+    beta: float = 8.0  # random walk: A^β
+    log_t: int = 5  # random walk: T^(2^log_t)
+    attention_layers: list[int] | None = None  # source=attention: blocks averaged (None: all)
 
 
 class CamConfig(Section):
     scales: list[float] = [1.0, 0.5, 1.5]
     flip: bool = True
+    # cam: class maps of the patch tokens; grad: ACR's gradient class localisation on the
+    # class-to-patch attention; grad_aff: grad refined with the patch-to-patch attention (ACR Table 5)
+    mode: Literal["cam", "grad", "grad_aff"] = "cam"
+    layers: list[int] | None = None  # blocks for grad / grad_aff (None: all; Fig. 8's layer range)
+    aff_layers: list[int] | None = None  # blocks whose patch attention refines grad_aff (None: as ``layers``)
     # background thresholds tried by eval_seeds
     sweep: list[float] = [0.01, 0.02, 0.03, 0.05, 0.075] + [round(0.05 * i, 2) for i in range(2, 20)]
 
@@ -127,7 +163,9 @@ class RunConfig(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train_classifier: TrainConfig = TrainConfig(steps=1000, lr=5e-4)
+    acr: ACRConfig = ACRConfig()
     cam: CamConfig = CamConfig()
+    affinity: AffinityConfig = AffinityConfig()
     pseudo: PseudoConfig = PseudoConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
 
@@ -153,6 +191,7 @@ PROFILES: dict[str, dict] = {
         "model": {"embed_dim": 64, "depth": 2, "num_heads": 2},
         "train_classifier": {"steps": 60, "batch_size": 8, "crop_size": 80, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
         "cam": {"scales": [1.0], "flip": True},
+        "affinity": {"train": {"steps": 40, "batch_size": 8, "crop_size": 80, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5}},
         "pseudo": {"par": {"num_iter": 10}, "crf": {"n_iter": 5}},
         "segmentation": {"train": {"steps": 60, "batch_size": 8, "crop_size": 80, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
                          "eval_scales": [1.0], "eval_flip": False},
@@ -227,8 +266,9 @@ def _check_keys(overrides: dict, model: type[BaseModel], prefix: str = "") -> No
 
 
 def resolve_config(flow: str, profile: str = "default", sets: list[str] | tuple[str, ...] = (),
-                   flow_defaults: dict | None = None, data_root: str | None = None) -> RunConfig:
-    """Defaults ← flow's own defaults ← profile ← ``--set`` pairs, validated."""
+                   flow_defaults: dict | None = None, data_root: str | None = None,
+                   flow_profile_defaults: dict | None = None) -> RunConfig:
+    """Defaults ← flow's own defaults ← profile ← flow's defaults for that profile ← ``--set`` pairs, validated."""
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}: choose smoke, default or paper")
     overrides = parse_set(sets)
@@ -236,6 +276,7 @@ def resolve_config(flow: str, profile: str = "default", sets: list[str] | tuple[
     base = RunConfig().model_dump(mode="json")
     merged = deep_update(base, flow_defaults or {})
     merged = deep_update(merged, PROFILES[profile])
+    merged = deep_update(merged, (flow_profile_defaults or {}).get(profile, {}))
     merged = deep_update(merged, {"flow": flow, "profile": profile})
     if data_root is not None:
         merged["data"]["root"] = str(data_root)

@@ -9,6 +9,7 @@ import torch
 from models import create_model
 from pipeline.checkpoint import load_weights
 from pipeline.config import RunConfig
+from pipeline.errors import UserError
 from pipeline.parallel import map_images
 from pipeline.store import open_for_stage
 
@@ -19,8 +20,16 @@ def classifier_from_config(cfg: RunConfig, for_inference: bool = False) -> torch
     backbone = dict(name=m.backbone, pretrained=m.pretrained and not for_inference,
                     weights=None if for_inference else m.weights, patch_size=m.patch_size,
                     embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads)
+    if m.arch == "vit_acr":
+        return create_model("vit_acr_classifier", backbone=backbone, img_size=cfg.train_classifier.crop_size, num_classes=20)
     return create_model("vit_cam_classifier", backbone=backbone, img_size=cfg.train_classifier.crop_size,
                         num_classes=20, pooling=m.pooling, topk=m.topk)
+
+
+def affinity_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Module:
+    a = cfg.affinity
+    return create_model("affinity_net", backbone=a.backbone, dims=a.dims, pretrained=a.pretrained and not for_inference,
+                        weights=None if for_inference else a.weights)
 
 
 def segmentation_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Module:
@@ -50,6 +59,13 @@ def trained_model(stage_dir: Path, build) -> torch.nn.Module:
         _TRAINED.clear()
         _TRAINED.update(key=key, model=load_trained(build(), Path(stage_dir)))
     return _TRAINED["model"]
+
+
+def check_layers(layers: list[int] | None, depth: int, key: str) -> None:
+    """Refuse block indices outside ``[-depth, depth)`` with one line naming the config key."""
+    bad = [i for i in layers or [] if not -depth <= i < depth]
+    if bad or layers == []:
+        raise UserError(f"{key}={layers} names blocks the {depth}-block ViT does not have: use indices in [-{depth}, {depth})")
 
 
 def labels_to_onehot_classes(label_vec: np.ndarray) -> list[int]:

@@ -1,4 +1,4 @@
-"""Stage ``make_pseudo_labels``: seeds → background threshold → PAR and/or dense CRF → labels.
+"""Stage ``make_pseudo_labels``: seeds (or random-walk maps) → background threshold → PAR and/or dense CRF → labels.
 
 Scores are [t, CAM_1..CAM_K] with the background score t; ``refine`` applies PAR
 (``stages.refine.par``) and then a dense CRF (``stages.crf.dense_crf``) to them; the label is the
@@ -71,11 +71,16 @@ class PseudoLabelWorker:
         LabelStore(self.out).write(image_id, label)
 
 
+#: the stage whose score maps a flow's pseudo labels come from, and its store
+SCORE_SOURCES = {"make_seeds": "seeds.zarr", "random_walk": "rw_seeds.zarr"}
+
+
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.run.dataset(cfg.data.label_split)
-    seeds = LabelStore(ctx.input_dir("make_seeds") / "seeds.zarr")
+    source = next(s for s in ctx.stage.inputs if s in SCORE_SOURCES)
+    seeds = LabelStore(ctx.input_dir(source) / SCORE_SOURCES[source])
     store, done = fill_store(ctx, "pseudo_labels.zarr", {"stage": "make_pseudo_labels", "kind": "labels", "refine": list(cfg.pseudo.refine)},
                              seeds.ids(), lambda out: PseudoLabelWorker(ds.root, seeds.path, out, cfg.pseudo.model_dump(mode="json")),
                              cfg.pseudo.workers, "make_pseudo_labels")
-    return {"images": len(store), "resumed_from": done}
+    return {"images": len(store), "resumed_from": done, "scores": source}

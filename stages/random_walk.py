@@ -23,4 +23,11 @@ def propagate(cams: torch.Tensor, affinity: torch.Tensor, beta: float = 2.0, log
     >>> propagate(torch.tensor([[1., 0., 0.]]), a, beta=1.0, eps=0.0).tolist()
     [[0.5, 0.5, 0.0]]
     """
+    n, c = affinity.shape[-1], cams.shape[-2]
+    if (1 << log_t) * c < log_t * n:
+        # the same product, cheaper for few maps: (cams @ T0) @ T0 ... 2^log_t times, O(2^t·C·N²) not O(t·N³)
+        t0 = transition_matrix(affinity, beta, 0, eps)
+        for _ in range(1 << log_t):
+            cams = cams @ t0
+        return cams
     return cams @ transition_matrix(affinity, beta, log_t, eps)

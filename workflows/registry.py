@@ -1,11 +1,11 @@
 """Flows by name: the Prefect flow, its stages (for inspect) and its one-line description."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.errors import UserError
-from workflows import cam_voc, supervised_voc
+from workflows import acr_voc, cam_voc, supervised_voc
 
 
 @dataclass(frozen=True)
@@ -15,9 +15,12 @@ class FlowSpec:
     stages: list
     description: str
     defaults: dict  # the flow's own config defaults, under the profile
+    profile_defaults: dict = field(default_factory=dict)  # per profile, over the profile
 
 
 FLOWS: dict[str, FlowSpec] = {
+    "acr_voc": FlowSpec("acr_voc", acr_voc.acr_voc, acr_voc.STAGES, acr_voc.DESCRIPTION, acr_voc.DEFAULTS,
+                        acr_voc.PROFILE_DEFAULTS),
     "cam_voc": FlowSpec("cam_voc", cam_voc.cam_voc, cam_voc.STAGES, cam_voc.DESCRIPTION, {}),
     "supervised_voc": FlowSpec("supervised_voc", supervised_voc.supervised_voc, supervised_voc.STAGES,
                                supervised_voc.DESCRIPTION, {}),

@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.runs import Run, Stage, run_stage
 from stages import (eval_pseudo_labels, eval_seeds, eval_segmentation, make_pseudo_labels, make_seeds,
-                    train_classifier, train_segmentation)
+                    random_walk_seeds, train_affinity, train_classifier, train_segmentation)
 
 _SEG_TRAIN = ("segmentation.backbone", "segmentation.pretrained", "segmentation.weights", "segmentation.head",
               "segmentation.output_stride", "segmentation.train", "seed", "data.train_split", "data.label_split",
@@ -15,16 +15,30 @@ _SEG_TRAIN = ("segmentation.backbone", "segmentation.pretrained", "segmentation.
 _SEG_EVAL = ("segmentation.eval_scales", "segmentation.eval_flip", "segmentation.eval_crf", "segmentation.eval_split",
              "pseudo.crf", "data.max_images")
 
+_PSEUDO = ("pseudo.bkg_threshold", "pseudo.ignore_band", "pseudo.refine", "pseudo.par", "pseudo.crf")
+
 TRAIN_CLASSIFIER = Stage("train_classifier", train_classifier.run,
-                         ("model", "train_classifier", "seed", "data.train_split", "data.max_images"),
-                         description="multi-label ViT classifier on image-level labels")
-MAKE_SEEDS = Stage("make_seeds", make_seeds.run, ("cam.scales", "cam.flip", "data.label_split", "data.max_images"),
-                   ("train_classifier",), description="multi-scale CAM score maps → seeds.zarr")
+                         ("model", "train_classifier", "acr", "seed", "data.train_split", "data.max_images"),
+                         description="multi-label ViT classifier on image-level labels (ACR: + attention consistency)")
+MAKE_SEEDS = Stage("make_seeds", make_seeds.run, ("cam.scales", "cam.flip", "cam.mode", "cam.layers", "cam.aff_layers",
+                                                  "data.label_split", "data.max_images"),
+                   ("train_classifier",), description="multi-scale CAM / gradient-attention score maps → seeds.zarr")
+TRAIN_AFFINITY = Stage("train_affinity", train_affinity.run,
+                       ("affinity.source", "affinity.backbone", "affinity.pretrained", "affinity.weights", "affinity.dims",
+                        "affinity.radius", "affinity.label_seeds", "affinity.label_band", "affinity.label_refine",
+                        "affinity.train", "pseudo.par", "pseudo.crf", "seed", "data.score_split"),
+                       ("make_seeds",), description="AffinityNet (PSA) on confident labels from the unrefined seeds")
+RANDOM_WALK = Stage("random_walk", random_walk_seeds.run,
+                    ("affinity.source", "affinity.radius", "affinity.beta", "affinity.log_t", "affinity.attention_layers",
+                     "cam.sweep", "data.score_split"),
+                    ("make_seeds", "train_affinity", "train_classifier"),
+                    description="seeds propagated by the random walk over the affinity → rw_seeds.zarr")
 EVAL_SEEDS = Stage("eval_seeds", eval_seeds.run, ("cam.sweep", "data.score_split"), ("make_seeds",),
                    description="seed mIoU at the best background threshold, FP/FN")
-MAKE_PSEUDO_LABELS = Stage("make_pseudo_labels", make_pseudo_labels.run,
-                           ("pseudo.bkg_threshold", "pseudo.ignore_band", "pseudo.refine", "pseudo.par", "pseudo.crf"),
-                           ("make_seeds",), description="background threshold, PAR, CRF → pseudo_labels.zarr")
+MAKE_PSEUDO_LABELS = Stage("make_pseudo_labels", make_pseudo_labels.run, _PSEUDO, ("make_seeds",),
+                           description="background threshold, PAR, CRF → pseudo_labels.zarr")
+MAKE_PSEUDO_LABELS_FROM_RW = Stage("make_pseudo_labels", make_pseudo_labels.run, _PSEUDO, ("random_walk",),
+                                   description="random-walk maps → background threshold, PAR, CRF → pseudo_labels.zarr")
 EVAL_PSEUDO_LABELS = Stage("eval_pseudo_labels", eval_pseudo_labels.run, ("data.score_split",), ("make_pseudo_labels",),
                            description="pseudo-label mIoU and coverage")
 TRAIN_SEG_ON_PSEUDO = Stage("train_segmentation", train_segmentation.run, _SEG_TRAIN, ("make_pseudo_labels",),
