@@ -116,6 +116,21 @@ def acr_losses(model, images: torch.Tensor, labels: torch.Tensor, view: View, al
     return out
 
 
+def consistency_weight(step: int, start: int, ramp: int) -> float:
+    """Schedule of α and β: 0 before ``start``, then a linear ramp to 1 over ``ramp`` steps.
+
+    A pretrained ViT (the paper) starts with informative attention and needs none (start = ramp = 0);
+    from scratch, consistency from step 0 is met first by uniform attention and classification
+    never recovers, so the from-scratch profiles let the classifier learn before the terms switch on.
+
+    >>> [consistency_weight(s, 2, 4) for s in (0, 2, 4, 6, 9)]
+    [0.0, 0.0, 0.5, 1.0, 1.0]
+    """
+    if step < start:
+        return 0.0
+    return 1.0 if ramp <= 0 else min(1.0, (step - start) / ramp)
+
+
 def _layer_ids(layers: list[int] | None, n: int) -> list[int]:
     ids = list(range(n)) if layers is None else [i % n for i in layers]
     if not ids or any(not -n <= i < n for i in (layers or [])):

@@ -83,6 +83,8 @@ class ACRConfig(Section):
     layers: list[int] | None = None  # blocks whose attention is regularised (None: all; negatives count from the end)
     transforms: list[Literal["resize", "hflip", "vflip", "rot90"]] = ["resize", "hflip", "vflip", "rot90"]
     resize_range: tuple[float, float] = (0.5, 1.5)  # scale of the resized view (rounded to whole patches)
+    start_step: int = 0  # classification only before this step (from scratch: let attention become informative first)
+    ramp_steps: int = 0  # then α, β ramp up linearly over this many steps
 
 
 class AffinityConfig(Section):

@@ -57,11 +57,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable[[torch.nn.Module, tuple], dict],
+def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable[[torch.nn.Module, tuple, int], dict],
           cfg: TrainConfig, out_dir: Path, meta: dict, desc: str, workers: int = 0) -> dict:
     """Run (or continue) training; returns the final logged losses.
 
-    ``loss_fn(model, batch)`` returns a dict of scalar tensors with a ``loss`` entry. Every
+    ``loss_fn(model, batch, step)`` returns a dict of scalar tensors with a ``loss`` entry (``step``
+    counts from 0, for losses with their own schedule). Every
     ``checkpoint_every`` steps the full training state goes to ``out_dir/checkpoint.safetensors``;
     a run that finds a checkpoint with the same ``meta['key']`` continues from it. At the end the
     weights go to ``out_dir/model.safetensors`` and the curves to ``out_dir/curves.png``.
@@ -96,7 +97,7 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_mult", 1.0)
-            losses = loss_fn(model, batch)
+            losses = loss_fn(model, batch, step)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             opt.step()

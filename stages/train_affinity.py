@@ -69,7 +69,7 @@ class AffinitySamples:
 class AffinityLoss:
     radius: int
 
-    def __call__(self, model, batch) -> dict:
+    def __call__(self, model, batch, step: int = 0) -> dict:
         images, labels = batch
         feats = model(images)
         offsets = pair_offsets(self.radius)

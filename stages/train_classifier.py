@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.acr import acr_losses, view_seed
+from models.acr import acr_losses, consistency_weight, view_seed
 from models.token_views import sample_view
 from pipeline.config import ACRConfig, TrainConfig
 from pipeline.errors import UserError
@@ -40,7 +40,7 @@ class ClassificationSamples:
         return img, torch.from_numpy(self.labels[i]), int(rng.integers(1 << 62))
 
 
-def classification_loss(model: torch.nn.Module, batch) -> dict:
+def classification_loss(model: torch.nn.Module, batch, step: int = 0) -> dict:
     """Multi-label soft-margin loss on the pooled class scores."""
     images, labels, _ = batch
     return {"loss": F.multilabel_soft_margin_loss(model(images), labels)}
@@ -53,11 +53,12 @@ class ACRLoss:
     cfg: ACRConfig
     crop_size: int
 
-    def __call__(self, model: torch.nn.Module, batch) -> dict:
+    def __call__(self, model: torch.nn.Module, batch, step: int = 0) -> dict:
         images, labels, seeds = batch
         c = self.cfg
         view = sample_view(view_seed(seeds), c.transforms, c.resize_range, self.crop_size, model.patch_size)
-        return acr_losses(model, images, labels, view, c.alpha, c.beta, c.layers)
+        on = consistency_weight(step, c.start_step, c.ramp_steps)
+        return acr_losses(model, images, labels, view, c.alpha * on, c.beta * on, c.layers)
 
 
 def run(ctx) -> dict:

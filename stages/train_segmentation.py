@@ -35,7 +35,7 @@ class SegmentationSamples:
         return img, lab
 
 
-def segmentation_loss(model: torch.nn.Module, batch) -> dict:
+def segmentation_loss(model: torch.nn.Module, batch, step: int = 0) -> dict:
     """Pixel-wise cross-entropy, ignoring 255."""
     images, labels = batch
     return {"loss": F.cross_entropy(model(images), labels, ignore_index=IGNORE_INDEX)}

@@ -29,7 +29,7 @@ def _load(i, rng):
     return x, x.sum().reshape(1)
 
 
-def _loss(model, batch):
+def _loss(model, batch, step=0):
     x, y = batch
     return {"loss": ((model(x) - y) ** 2).mean()}
 

@@ -53,3 +53,21 @@ def test_every_printed_key_can_be_set():
     again = resolve_config("cam_voc", "default", sets)
     assert again == cfg
     assert RunConfig.model_validate(printed) == cfg
+
+
+def test_acr_table4_settings_and_profiles():
+    from workflows.registry import get_flow
+    spec = get_flow("acr_voc")
+
+    def acr(profile, sets=()):
+        return resolve_config("acr_voc", profile, list(sets), spec.defaults, None, spec.profile_defaults)
+
+    base = acr("default", ["acr.alpha=0", "acr.beta=0"])
+    assert (base.acr.alpha, base.acr.beta) == (0, 0)
+    assert acr("default", ["acr.beta=0"]).acr.alpha > 0
+    cfg = acr("paper")
+    assert cfg.model.arch == "vit_acr" and cfg.model.backbone == "vit_base_r50_s16_384" and cfg.cam.mode == "grad_aff"
+    assert cfg.train_classifier.crop_size == 384 and cfg.model.pretrained
+    assert acr("default").model.depth == 4 and resolve_config("cam_voc", "default").model.depth == 2
+    with pytest.raises(UserError, match="cam.mode"):
+        acr("smoke", ["cam.mode=gradcam"])
