@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from models.backbones import AttentionRecorder, create_vit
 from models.registry import register_model
 from models.token_views import View, invert_class_attention, invert_patch_attention
+from pipeline.errors import UserError
 
 
 class ACRClassifier(nn.Module):
@@ -72,7 +73,6 @@ class ACRClassifier(nn.Module):
 def vit_acr_classifier(backbone: dict, img_size: int, num_classes: int = 20) -> ACRClassifier:
     vit = create_vit(img_size=img_size, **backbone)
     if vit.num_prefix_tokens < 1 or getattr(vit, "cls_token", None) is None:
-        from pipeline.errors import UserError
         raise UserError(f"backbone {backbone['name']!r} has no class token: ACR needs one (e.g. vit_small_patch16_224)")
     return ACRClassifier(vit, num_classes)
 
@@ -111,7 +111,7 @@ def acr_losses(model, images: torch.Tensor, labels: torch.Tensor, view: View, al
     if beta > 0:
         l_aff = sum(patch_attention_consistency(a[:, p:, p:], invert_patch_attention(view, va[:, p:, p:], grid, v_grid))
                     for a, va in zip(att, v_att)) / len(att)
-    out.update(act=l_act.detach() if alpha == 0 else l_act, aff=l_aff.detach() if beta == 0 else l_aff)
+    out.update(act=l_act, aff=l_aff)
     out["loss"] = l_cls + alpha * l_act + beta * l_aff
     return out
 
@@ -129,13 +129,6 @@ def consistency_weight(step: int, start: int, ramp: int) -> float:
     if step < start:
         return 0.0
     return 1.0 if ramp <= 0 else min(1.0, (step - start) / ramp)
-
-
-def _layer_ids(layers: list[int] | None, n: int) -> list[int]:
-    ids = list(range(n)) if layers is None else [i % n for i in layers]
-    if not ids or any(not -n <= i < n for i in (layers or [])):
-        raise ValueError(f"attention layers {layers} out of range for {n} blocks")
-    return ids
 
 
 def gradient_localization(logits: torch.Tensor, maps: list[torch.Tensor], classes: list[int], prefix: int = 1) -> torch.Tensor:
@@ -160,15 +153,12 @@ def affinity_refinement(m: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor
 def acr_seed_maps(model: ACRClassifier, x: torch.Tensor, classes: list[int], layers: list[int] | None,
                   aff_layers: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient localisation maps and their affinity refinement, each B×K×h×w, for 0-based ``classes``."""
-    n_layers = model.num_layers
-    g_ids = _layer_ids(layers, n_layers)
-    a_ids = _layer_ids(aff_layers if aff_layers is not None else layers, n_layers)
     with torch.enable_grad():
         logits = model(x)
-        maps = [model.attention.maps[i] for i in g_ids]
-        m = gradient_localization(logits, maps, classes, model.prefix)
+        m = gradient_localization(logits, model.attention.select(layers), classes, model.prefix)
     p = model.prefix
-    aff = torch.stack([model.attention.maps[i].detach().mean(1)[:, p:, p:] for i in a_ids]).mean(0)
+    aff_maps = model.attention.head_mean(aff_layers if aff_layers is not None else layers)
+    aff = torch.stack([a.detach()[:, p:, p:] for a in aff_maps]).mean(0)
     h, w = model.grid(x)
     m = m.detach()
     return m.reshape(*m.shape[:2], h, w), affinity_refinement(m, aff).reshape(*m.shape[:2], h, w)

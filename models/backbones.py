@@ -29,10 +29,14 @@ class AttentionRecorder:
             self.maps[i] = out
         return hook
 
+    def select(self, layers: list[int] | None = None) -> list[torch.Tensor]:
+        """Per-head attention B×heads×N×N of the chosen layers (all by default; negatives count from the end)."""
+        idx = range(len(self.maps)) if layers is None else layers
+        return [self.maps[i] for i in idx]
+
     def head_mean(self, layers: list[int] | None = None) -> list[torch.Tensor]:
         """Head-averaged attention A_l ∈ B×N×N for the chosen layers (all by default)."""
-        idx = range(len(self.maps)) if layers is None else layers
-        return [self.maps[i].mean(1) for i in idx]
+        return [m.mean(1) for m in self.select(layers)]
 
 
 def load_local_weights(model: nn.Module, path: str | Path, filter_fn=None) -> None:

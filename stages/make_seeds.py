@@ -86,7 +86,8 @@ def run(ctx) -> dict:
     if cfg.cam.mode != "cam":
         if cfg.model.arch != "vit_acr":
             raise UserError(f"cam.mode={cfg.cam.mode} needs the class-token classifier: set model.arch=vit_acr")
-        depth = len(classifier_from_config(cfg, for_inference=True).backbone.blocks)
+        # the worker runs in this process and reuses the model loaded here
+        depth = trained_model(ctx.input_dir("train_classifier"), lambda: classifier_from_config(cfg, for_inference=True)).num_layers
         check_layers(cfg.cam.layers, depth, "cam.layers")
         check_layers(cfg.cam.aff_layers, depth, "cam.aff_layers")
     for extra in seed_stores(cfg.cam.mode)[1:]:

@@ -25,6 +25,7 @@ from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
 from stages.common import affinity_from_config, classifier_from_config, fill_store, trained_model
+from stages.eval_seeds import score_ids
 from stages.evaluate import evaluate_sweep
 from stages.random_walk import propagate
 
@@ -92,7 +93,6 @@ def run(ctx) -> dict:
                                                                        ctx.input_dir("train_affinity"),
                                                                        ctx.input_dir("train_classifier"), out),
                              workers=1, desc="random_walk")
-    from stages.eval_seeds import score_ids
     sweep = evaluate_sweep(ds, store, cfg.cam.sweep, cfg.pseudo.workers, score_ids(ctx))
     return {"images": len(store), "resumed_from": done, "source": cfg.affinity.source,
             "miou": sweep["miou"], "threshold": sweep["threshold"], "sweep": sweep["sweep"]}

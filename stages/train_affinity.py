@@ -20,6 +20,7 @@ import torch
 
 from models.affinity_net import affinity_loss, labels_at_stride, pair_offsets, pairwise_affinity
 from pipeline.config import PseudoConfig, RunConfig, TrainConfig
+from pipeline.errors import UserError
 from pipeline.store import LabelStore
 from pipeline.training import StepIndexedDataset, train
 from pipeline.transforms import train_transform
@@ -84,7 +85,6 @@ def run(ctx) -> dict:
         return {"source": "attention", "trained": 0}
     low, high = a.label_band
     if not 0 <= low <= high:
-        from pipeline.errors import UserError
         raise UserError(f"affinity.label_band={list(a.label_band)} must be (low, high) with 0 <= low <= high")
     seeds = LabelStore(ctx.input_dir("make_seeds") / LABEL_STORES[a.label_seeds])
     ds = ctx.run.dataset(cfg.data.label_split)

@@ -85,23 +85,26 @@ def _wait_for(pred, proc, timeout=240):
     return False
 
 
+def _run_and_kill_when(cmd, env, ready) -> bool:
+    """Start the flow, SIGKILL its process group once ``ready()`` holds; whether it ever did."""
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ok = _wait_for(ready, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return ok
+
+
 def test_sigkill_and_resume_matches_uninterrupted(cam_run, env, tmp_path):
     ref = cam_run[2]["summary"]
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "cli.py"), "run-flow", "cam_voc", "--profile", "smoke", "--run-dir", str(run_dir)]
     # kill 1: mid classifier training, after its first checkpoint
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ok = _wait_for(lambda: (run_dir / "stages/train_classifier/checkpoint.json").is_file(), proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    ok = _run_and_kill_when(cmd, env, lambda: (run_dir / "stages/train_classifier/checkpoint.json").is_file())
     assert ok, "the flow never checkpointed the classifier"
     assert inspect_json(run_dir, env)["stages"][0]["status"] == "failed"
     # kill 2: while pseudo labels are being written
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     store = run_dir / "stages/make_pseudo_labels/pseudo_labels.zarr"
-    ok = _wait_for(lambda: store.is_dir() and len([p for p in store.iterdir() if p.is_dir()]) >= 3, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _run_and_kill_when(cmd, env, lambda: store.is_dir() and len([p for p in store.iterdir() if p.is_dir()]) >= 3)
     st = statuses(inspect_json(run_dir, env))
     assert st["train_classifier"] in ("completed", "cached")
     # resume to the end
@@ -206,10 +209,7 @@ def test_acr_sigkill_during_affinity_training_resumes(acr_run, env, tmp_path):
     ref = acr_run[1]["summary"]
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "cli.py"), "run-flow", "acr_voc", "--profile", "smoke", "--run-dir", str(run_dir)]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ok = _wait_for(lambda: (run_dir / "stages/train_affinity/checkpoint.json").is_file(), proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    ok = _run_and_kill_when(cmd, env, lambda: (run_dir / "stages/train_affinity/checkpoint.json").is_file())
     assert ok, "the flow never checkpointed the affinity network"
     r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
