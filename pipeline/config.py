@@ -105,6 +105,41 @@ class AffinityConfig(Section):
     attention_layers: list[int] | None = None  # source=attention: blocks averaged (None: all)
 
 
+class AFAConfig(Section):
+    """AFA single-stage training (Ru et al., CVPR 2022): MiT encoder, CAM, affinity from attention, segmentation."""
+
+    backbone: str = "pvt_v2_b1"  # a timm Mix Transformer (pvt_v2_b*; the paper's MiT-B1)
+    pretrained: bool = False  # ImageNet weights through timm (needs the hub)
+    weights: str | None = None  # a local .safetensors / .pth file of encoder weights
+    embed_dims: list[int] | None = [32, 64, 128, 160]  # from-scratch overrides (None keeps timm's)
+    depths: list[int] | None = [1, 1, 2, 2]
+    num_heads: list[int] | None = [1, 2, 4, 4]
+    output_stride: Literal[8, 16] = 8  # 16: last patch merging at stride 1 (paper); 8: the last two (small images)
+    pooling: Literal["gmp", "gap", "topk"] = "gmp"  # of the last stage's features (paper: global max pooling)
+    topk: float = 0.1  # fraction of locations averaged by top-k pooling
+    decoder_dim: int = 128  # SegFormer MLP decoder width (paper: 256)
+    affinity: bool = True  # the AFA module (Table 2): L_aff and propagated labels; off: PAR labels of the CAM
+    par: bool = True  # PAR on the training labels (Table 2); its parameters are ``pseudo.par``
+    reg: bool = True  # L_reg, local consistency of the segmentation (Table 2)
+    bkg_band: tuple[float, float] = (0.35, 0.55)  # (β_l, β_h): background scores of the reliable labels
+    radius: int = 8  # affinity pairs within this many feature pixels
+    power: float = 2.0  # α of T = D⁻¹A^α
+    log_t: int = 0  # random walk steps: T^(2^log_t) (reference code: 0)
+    par_downscale: int = 2  # PAR on the training labels runs on images downscaled by this factor (as the reference code)
+    cls_weight: float = 1.0
+    seg_weight: float = 0.1  # λ₁
+    aff_weight: float = 0.1  # λ₂
+    reg_weight: float = 0.01  # λ₃
+    reg_kernel: int = 5  # L_reg window
+    reg_sigma_rgb: float = 15.0
+    reg_sigma_xy: float = 6.0
+    reg_scale: float = 0.5  # L_reg on predictions and images resized by this factor
+    cls_warmup_steps: int = 200  # classification only before this step (paper: 2k of 20k)
+    aff_warmup_steps: int = 400  # + affinity before this step, then segmentation too (paper: 4k)
+    train: TrainConfig = TrainConfig(steps=1000, batch_size=8, crop_size=96, lr=1e-3, head_lr_mult=10.0, warmup_steps=50,
+                                     poly_power=1.0)
+
+
 class CamConfig(Section):
     scales: list[float] = [1.0, 0.5, 1.5]
     flip: bool = True
@@ -168,6 +203,7 @@ class RunConfig(Section):
     acr: ACRConfig = ACRConfig()
     cam: CamConfig = CamConfig()
     affinity: AffinityConfig = AffinityConfig()
+    afa: AFAConfig = AFAConfig()
     pseudo: PseudoConfig = PseudoConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
 
@@ -194,6 +230,9 @@ PROFILES: dict[str, dict] = {
         "train_classifier": {"steps": 60, "batch_size": 8, "crop_size": 80, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
         "cam": {"scales": [1.0], "flip": True},
         "affinity": {"train": {"steps": 40, "batch_size": 8, "crop_size": 80, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5}},
+        "afa": {"embed_dims": [16, 32, 64, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "decoder_dim": 32,
+                "cls_warmup_steps": 20, "aff_warmup_steps": 40,
+                "train": {"steps": 80, "batch_size": 8, "crop_size": 80, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5}},
         "pseudo": {"par": {"num_iter": 10}, "crf": {"n_iter": 5}},
         "segmentation": {"train": {"steps": 60, "batch_size": 8, "crop_size": 80, "lr": 2e-3, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5},
                          "eval_scales": [1.0], "eval_flip": False},

@@ -39,6 +39,25 @@ def segmentation_from_config(cfg: RunConfig, for_inference: bool = False) -> tor
                         pretrained=s.pretrained and not for_inference, weights=None if for_inference else s.weights)
 
 
+def afa_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Module:
+    a = cfg.afa
+    return create_model("afa_mit", backbone=a.backbone, pretrained=a.pretrained and not for_inference,
+                        weights=None if for_inference else a.weights, output_stride=a.output_stride,
+                        embed_dims=a.embed_dims, depths=a.depths, num_heads=a.num_heads, num_classes=20,
+                        pooling=a.pooling, topk=a.topk, decoder_dim=a.decoder_dim)
+
+
+#: the training stages whose model a later stage may read, and how to build that model from the config
+MODEL_BUILDERS = {"train_classifier": classifier_from_config, "train_segmentation": segmentation_from_config,
+                  "train_single_stage": afa_from_config}
+
+
+def model_source(ctx) -> tuple[str, object]:
+    """The training stage a stage reads its model from (the first of its inputs that trains one) and its builder."""
+    name = next(s for s in ctx.stage.inputs if s in MODEL_BUILDERS)
+    return name, MODEL_BUILDERS[name]
+
+
 def load_trained(model: torch.nn.Module, stage_dir: Path) -> torch.nn.Module:
     state, _ = load_weights(stage_dir / "model.safetensors")
     model.load_state_dict(state)

@@ -16,7 +16,7 @@ from pipeline.config import RunConfig
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import fill_store, segmentation_from_config, trained_model
+from stages.common import MODEL_BUILDERS, fill_store, model_source, trained_model
 from stages.crf import dense_crf
 from stages.evaluate import evaluate_labels
 
@@ -39,6 +39,7 @@ def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[flo
 @dataclass
 class PredictWorker:
     config: dict
+    model_stage: str  # the training stage whose network segments (train_segmentation, train_single_stage)
     model_dir: Path
     root: Path
     out: Path
@@ -49,7 +50,7 @@ class PredictWorker:
 
     def __call__(self, image_id: str) -> None:
         cfg = self.cfg
-        model = trained_model(self.model_dir, lambda: segmentation_from_config(cfg, for_inference=True))
+        model = trained_model(self.model_dir, lambda: MODEL_BUILDERS[self.model_stage](cfg, for_inference=True))
         s = cfg.segmentation
         image = VOCFolder(self.root).image(image_id)
         probs = multiscale_probs(model, image, s.eval_scales, s.eval_flip)
@@ -62,9 +63,10 @@ class PredictWorker:
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.run.dataset(cfg.segmentation.eval_split)
+    source, _ = model_source(ctx)
     # inference uses torch's threads in one process; CRF alone gains from a pool
     store, _ = fill_store(ctx, "predictions.zarr", {"stage": "eval_segmentation", "kind": "labels"}, ds.ids,
-                          lambda out: PredictWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_segmentation"), ds.root, out),
+                          lambda out: PredictWorker(cfg.model_dump(mode="json"), source, ctx.input_dir(source), ds.root, out),
                           cfg.pseudo.workers if cfg.segmentation.eval_crf else 1, "predict")
     out = evaluate_labels(ds, store, cfg.pseudo.workers, "eval_segmentation")
     out.pop("coverage", None)

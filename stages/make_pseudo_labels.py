@@ -7,6 +7,7 @@ the two labels disagree are set to 255 (AFA's reliable/unreliable split).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,19 +37,28 @@ def refine_scores(image: np.ndarray, scores: np.ndarray, cfg: PseudoConfig) -> n
     return scores
 
 
-def label_at(image: np.ndarray, cams: np.ndarray, classes: list[int], bkg: float, cfg: PseudoConfig) -> np.ndarray:
-    scores = np.concatenate([np.full((1, *cams.shape[1:]), bkg, np.float32), cams.astype(np.float32)])
-    scores = refine_scores(image, scores, cfg)
-    return np.asarray([0, *classes], np.uint8)[scores.argmax(0)]
+def constant_background(cams: np.ndarray) -> Callable[[float], np.ndarray]:
+    """Scores [t, CAM_1..CAM_K] for a background score t (the CAM papers' rule)."""
+    return lambda bkg: np.concatenate([np.full((1, *cams.shape[1:]), bkg, np.float32), cams.astype(np.float32)])
 
 
-def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], cfg: PseudoConfig) -> np.ndarray:
-    """H×W uint8 pseudo label of one image from its normalised CAMs (K×H×W) of ``classes``."""
+def label_at(image: np.ndarray, scores: np.ndarray, classes: list[int], cfg: PseudoConfig) -> np.ndarray:
+    """Refine (K+1)×H×W scores (background first) and take the argmax as VOC labels."""
+    return np.asarray([0, *classes], np.uint8)[refine_scores(image, scores, cfg).argmax(0)]
+
+
+def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], cfg: PseudoConfig,
+                      scores_at: Callable[[float], np.ndarray] | None = None) -> np.ndarray:
+    """H×W uint8 pseudo label of one image from its normalised CAMs (K×H×W) of ``classes``.
+
+    ``scores_at(t)`` gives the (K+1)×H×W scores for background score t (default: t prepended to the CAMs).
+    """
+    scores_at = scores_at or constant_background(cams)
     if cfg.ignore_band is None:
-        return label_at(image, cams, classes, cfg.bkg_threshold, cfg)
+        return label_at(image, scores_at(cfg.bkg_threshold), classes, cfg)
     low, high = cfg.ignore_band
-    lab_h = label_at(image, cams, classes, high, cfg)
-    lab_l = label_at(image, cams, classes, low, cfg)
+    lab_h = label_at(image, scores_at(high), classes, cfg)
+    lab_l = label_at(image, scores_at(low), classes, cfg)
     return np.where(lab_h == lab_l, lab_h, IGNORE_INDEX).astype(np.uint8)
 
 

@@ -24,7 +24,7 @@ from pipeline.errors import UserError
 from pipeline.store import LabelStore, open_for_stage
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import check_layers, classifier_from_config, fill_store, labels_to_onehot_classes, trained_model
+from stages.common import MODEL_BUILDERS, check_layers, fill_store, labels_to_onehot_classes, model_source, trained_model
 
 
 def image_cams(model, image: np.ndarray, classes: list[int], scales: list[float], flip: bool) -> np.ndarray:
@@ -56,7 +56,8 @@ def seed_stores(mode: str) -> list[str]:
 @dataclass
 class SeedWorker:
     config: dict
-    classifier_dir: Path
+    model_stage: str  # the training stage whose model gives the maps (train_classifier, train_single_stage)
+    model_dir: Path
     root: Path
     out: Path
 
@@ -66,7 +67,7 @@ class SeedWorker:
 
     def __call__(self, image_id: str) -> None:
         cfg = self.cfg
-        model = trained_model(self.classifier_dir, lambda: classifier_from_config(cfg, for_inference=True))
+        model = trained_model(self.model_dir, lambda: MODEL_BUILDERS[self.model_stage](cfg, for_inference=True))
         ds = VOCFolder(self.root)
         classes = labels_to_onehot_classes(ds.image_labels(image_id))
         image = ds.image(image_id)
@@ -83,17 +84,18 @@ class SeedWorker:
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.run.dataset(cfg.data.label_split)
+    source, build = model_source(ctx)
     if cfg.cam.mode != "cam":
-        if cfg.model.arch != "vit_acr":
-            raise UserError(f"cam.mode={cfg.cam.mode} needs the class-token classifier: set model.arch=vit_acr")
+        if cfg.model.arch != "vit_acr" or source != "train_classifier":
+            raise UserError(f"cam.mode={cfg.cam.mode} needs the class-token classifier: set model.arch=vit_acr in acr_voc")
         # the worker runs in this process and reuses the model loaded here
-        depth = trained_model(ctx.input_dir("train_classifier"), lambda: classifier_from_config(cfg, for_inference=True)).num_layers
+        depth = trained_model(ctx.input_dir(source), lambda: build(cfg, for_inference=True)).num_layers
         check_layers(cfg.cam.layers, depth, "cam.layers")
         check_layers(cfg.cam.aff_layers, depth, "cam.aff_layers")
     for extra in seed_stores(cfg.cam.mode)[1:]:
         open_for_stage(ctx.dir / extra, ctx.key, {"stage": "make_seeds", "kind": "grad_scores"})
     # inference uses torch's threads in this process
     _, done = fill_store(ctx, "seeds.zarr", {"stage": "make_seeds", "kind": "cam_scores"}, ds.ids,
-                         lambda out: SeedWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_classifier"), ds.root, out),
+                         lambda out: SeedWorker(cfg.model_dump(mode="json"), source, ctx.input_dir(source), ds.root, out),
                          workers=1, desc="make_seeds")
     return {"images": len(ds), "resumed_from": done}

@@ -6,8 +6,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.runs import Run, Stage, run_stage
-from stages import (eval_pseudo_labels, eval_seeds, eval_segmentation, make_pseudo_labels, make_seeds,
-                    random_walk_seeds, train_affinity, train_classifier, train_segmentation)
+from stages import (afa_pseudo_labels, eval_pseudo_labels, eval_seeds, eval_segmentation, make_pseudo_labels, make_seeds,
+                    random_walk_seeds, train_affinity, train_classifier, train_segmentation, train_single_stage)
 
 _SEG_TRAIN = ("segmentation.backbone", "segmentation.pretrained", "segmentation.weights", "segmentation.head",
               "segmentation.output_stride", "segmentation.train", "seed", "data.train_split", "data.label_split",
@@ -16,13 +16,13 @@ _SEG_EVAL = ("segmentation.eval_scales", "segmentation.eval_flip", "segmentation
              "pseudo.crf", "data.max_images")
 
 _PSEUDO = ("pseudo.bkg_threshold", "pseudo.ignore_band", "pseudo.refine", "pseudo.par", "pseudo.crf")
+_SEEDS = ("cam.scales", "cam.flip", "cam.mode", "cam.layers", "cam.aff_layers", "data.label_split", "data.max_images")
 
 TRAIN_CLASSIFIER = Stage("train_classifier", train_classifier.run,
                          ("model", "train_classifier", "acr", "seed", "data.train_split", "data.max_images"),
                          description="multi-label ViT classifier on image-level labels (ACR: + attention consistency)")
-MAKE_SEEDS = Stage("make_seeds", make_seeds.run, ("cam.scales", "cam.flip", "cam.mode", "cam.layers", "cam.aff_layers",
-                                                  "data.label_split", "data.max_images"),
-                   ("train_classifier",), description="multi-scale CAM / gradient-attention score maps → seeds.zarr")
+MAKE_SEEDS = Stage("make_seeds", make_seeds.run, _SEEDS, ("train_classifier",),
+                   description="multi-scale CAM / gradient-attention score maps → seeds.zarr")
 TRAIN_AFFINITY = Stage("train_affinity", train_affinity.run,
                        ("affinity.source", "affinity.backbone", "affinity.pretrained", "affinity.weights", "affinity.dims",
                         "affinity.radius", "affinity.label_seeds", "affinity.label_band", "affinity.label_refine",
@@ -45,6 +45,17 @@ TRAIN_SEG_ON_PSEUDO = Stage("train_segmentation", train_segmentation.run, _SEG_T
                             description="segmentation network on the stored pseudo labels")
 TRAIN_SEG_ON_GT = Stage("train_segmentation", train_segmentation.run, _SEG_TRAIN,
                         description="segmentation network on ground-truth masks")
+TRAIN_SINGLE_STAGE = Stage("train_single_stage", train_single_stage.run,
+                           ("afa", "pseudo.par", "seed", "data.train_split", "data.max_images"),
+                           description="AFA: classification, affinity from attention and segmentation trained at once")
+MAKE_SEEDS_FROM_AFA = Stage("make_seeds", make_seeds.run, _SEEDS, ("train_single_stage",),
+                            description="multi-scale CAM of the single-stage network → seeds.zarr")
+MAKE_AFA_PSEUDO_LABELS = Stage("make_pseudo_labels", afa_pseudo_labels.run,
+                               _PSEUDO + ("afa.affinity", "afa.radius", "afa.power", "afa.log_t"),
+                               ("make_seeds", "train_single_stage"),
+                               description="seeds propagated over the learned affinity, PAR (CRF) → pseudo_labels.zarr")
+EVAL_SINGLE_STAGE_SEGMENTATION = Stage("eval_segmentation", eval_segmentation.run, _SEG_EVAL, ("train_single_stage",),
+                                       description="the single-stage network's segmentation branch on val, mIoU")
 EVAL_SEGMENTATION = Stage("eval_segmentation", eval_segmentation.run, _SEG_EVAL, ("train_segmentation",),
                           description="multi-scale (+CRF) inference on val, mIoU")
 
