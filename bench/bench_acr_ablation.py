@@ -11,15 +11,9 @@ The same settings through the command line are four ``run-flow acr_voc`` calls, 
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.config import resolve_config  # noqa: E402
-from pipeline.runs import Run, run_stage  # noqa: E402
-from workflows.registry import get_flow  # noqa: E402
+from ablation import run_variant
 
 TABLE4 = {"baseline (no reg.)": ["acr.alpha=0", "acr.beta=0"], "L_act": ["acr.beta=0"], "L_aff": ["acr.alpha=0"],
           "L_act + L_aff (ACR)": []}
@@ -27,14 +21,9 @@ TABLE5 = {"cam": ["cam.mode=cam"], "grad": ["cam.mode=grad"], "grad_aff": ["cam.
 
 
 def seeds(run_dir: Path, profile: str, sets: list[str]) -> tuple[float, float, float]:
-    spec = get_flow("acr_voc")
-    cfg = resolve_config("acr_voc", profile, sets, spec.defaults, None, spec.profile_defaults)
-    run = Run.create(run_dir, cfg)
-    t = time.time()
-    for stage in spec.stages[:3]:
-        rec = run_stage(run, stage)
-    m = rec["metrics"]
-    return m["miou"], m["threshold"], time.time() - t
+    metrics, seconds = run_variant("acr_voc", run_dir, profile, sets, "eval_seeds")
+    m = metrics["eval_seeds"]
+    return m["miou"], m["threshold"], seconds
 
 
 def main() -> None:

@@ -119,6 +119,7 @@ class AFAConfig(Section):
     topk: float = 0.1  # fraction of locations averaged by top-k pooling
     decoder_dim: int = 128  # SegFormer MLP decoder width (paper: 256)
     affinity: bool = True  # the AFA module (Table 2): L_aff and propagated labels; off: PAR labels of the CAM
+    propagate: bool = True  # make_pseudo_labels propagates the seeds over the learned affinity (needs ``affinity``)
     par: bool = True  # PAR on the training labels (Table 2); its parameters are ``pseudo.par``
     reg: bool = True  # L_reg, local consistency of the segmentation (Table 2)
     bkg_band: tuple[float, float] = (0.35, 0.55)  # (β_l, β_h): background scores of the reliable labels

@@ -5,7 +5,8 @@ Per image, as in AFA's training labels but offline and on the whole image: the s
 CAMs of ``make_seeds``) are resized to the affinity's grid, background-softmaxed with the background
 score t (``pseudo.bkg_threshold``, or both ends of ``pseudo.ignore_band``), propagated by the random
 walk over σ(A) within ``afa.radius`` (T = D⁻¹A^α), resized back and refined by ``pseudo.refine``.
-``afa.affinity=false`` skips the propagation (Table 2 without AFA), ``pseudo.refine=[]`` skips PAR.
+``afa.propagate=false`` skips the propagation (as does a network trained with ``afa.affinity=false``,
+Table 2 without AFA), ``pseudo.refine=[]`` skips PAR.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class AFAPseudoLabelWorker:
         cams, classes = seeds.read(image_id), seeds.read_attrs(image_id)["classes"]
         image = VOCFolder(self.root).image(image_id)
         affinity, grid = None, (0, 0)
-        if cfg.afa.affinity and classes:
+        if propagates(cfg.afa) and classes:
             model = trained_model(self.model_dir, lambda: afa_from_config(cfg, for_inference=True))
             with torch.no_grad():
                 aff, grid = model.affinity(normalise(image)[None])
@@ -67,13 +68,17 @@ class AFAPseudoLabelWorker:
         LabelStore(self.out).write(image_id, label)
 
 
+def propagates(cfg: AFAConfig) -> bool:
+    return cfg.affinity and cfg.propagate
+
+
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.run.dataset(cfg.data.label_split)
     seeds = LabelStore(ctx.input_dir("make_seeds") / "seeds.zarr")
     store, done = fill_store(ctx, "pseudo_labels.zarr", {"stage": "make_pseudo_labels", "kind": "labels",
-                                                         "refine": list(cfg.pseudo.refine), "propagated": cfg.afa.affinity},
+                                                         "refine": list(cfg.pseudo.refine), "propagated": propagates(cfg.afa)},
                              seeds.ids(), lambda out: AFAPseudoLabelWorker(cfg.model_dump(mode="json"), ctx.input_dir("train_single_stage"),
                                                                            ds.root, seeds.path, out),
                              cfg.pseudo.workers, "make_pseudo_labels")
-    return {"images": len(store), "resumed_from": done, "propagated": cfg.afa.affinity}
+    return {"images": len(store), "resumed_from": done, "propagated": propagates(cfg.afa)}

@@ -24,7 +24,7 @@ from pipeline.config import RunConfig
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import affinity_from_config, classifier_from_config, fill_store, trained_model
+from stages.common import affinity_from_config, check_layers, classifier_from_config, fill_store, trained_model
 from stages.eval_seeds import score_ids
 from stages.evaluate import evaluate_sweep
 from stages.random_walk import propagate
@@ -88,6 +88,10 @@ def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.run.dataset(cfg.data.label_split)
     seeds = LabelStore(ctx.input_dir("make_seeds") / "seeds.zarr")
+    if cfg.affinity.source == "attention":
+        # the worker runs in this process and reuses the model loaded here
+        model = trained_model(ctx.input_dir("train_classifier"), lambda: classifier_from_config(cfg, for_inference=True))
+        check_layers(cfg.affinity.attention_layers, model.num_layers, "affinity.attention_layers")
     store, done = fill_store(ctx, "rw_seeds.zarr", {"stage": "random_walk", "kind": "cam_scores", "source": cfg.affinity.source},
                              seeds.ids(), lambda out: RandomWalkWorker(cfg.model_dump(mode="json"), ds.root, seeds.path,
                                                                        ctx.input_dir("train_affinity"),

@@ -51,7 +51,7 @@ TRAIN_SINGLE_STAGE = Stage("train_single_stage", train_single_stage.run,
 MAKE_SEEDS_FROM_AFA = Stage("make_seeds", make_seeds.run, _SEEDS, ("train_single_stage",),
                             description="multi-scale CAM of the single-stage network → seeds.zarr")
 MAKE_AFA_PSEUDO_LABELS = Stage("make_pseudo_labels", afa_pseudo_labels.run,
-                               _PSEUDO + ("afa.affinity", "afa.radius", "afa.power", "afa.log_t"),
+                               _PSEUDO + ("afa.affinity", "afa.propagate", "afa.radius", "afa.power", "afa.log_t"),
                                ("make_seeds", "train_single_stage"),
                                description="seeds propagated over the learned affinity, PAR (CRF) → pseudo_labels.zarr")
 EVAL_SINGLE_STAGE_SEGMENTATION = Stage("eval_segmentation", eval_segmentation.run, _SEG_EVAL, ("train_single_stage",),
