@@ -38,14 +38,17 @@ def pool_features(feats: torch.Tensor, pooling: str = "gmp", topk: float = 0.1) 
     return flat.topk(k, dim=-1).values.mean(-1)
 
 
-def affinity_logits(attns: list[torch.Tensor], proj: nn.Conv2d) -> torch.Tensor:
+def affinity_logits(attns: list[torch.Tensor], proj: nn.Conv2d, per_token: bool = False) -> torch.Tensor:
     """AFA module (Sec. 3.2): logits of A = MLP(S + Sᵀ), B×N×N.
 
     S is the concatenation over the recorded blocks of their multi-head attention (B×(L·heads)×N×N);
     S + Sᵀ makes it symmetric and the MLP (a 1×1 convolution over the L·heads maps) fuses the heads.
-    The affinity itself is ``sigmoid`` of the logits.
+    The affinity itself is ``sigmoid`` of the logits. ``per_token`` feeds N·S instead (uniform
+    attention → 1), so the MLP's inputs do not shrink as 1/N with the image size.
     """
     s = torch.cat(attns, dim=1)
+    if per_token:
+        s = s * s.shape[-1]
     return proj(s + s.transpose(-1, -2))[:, 0]
 
 
@@ -217,9 +220,10 @@ class AFANet(nn.Module):
     """MiT encoder + classifier (CAM) + AFA module + SegFormer MLP decoder."""
 
     def __init__(self, encoder: MixTransformer, num_classes: int = 20, pooling: str = "gmp", topk: float = 0.1,
-                 decoder_dim: int = 256) -> None:
+                 decoder_dim: int = 256, attention_per_token: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
+        self.attention_per_token = attention_per_token
         self.pooling, self.topk = pooling, topk
         self.classifier = nn.Conv2d(encoder.channels[-1], num_classes, 1, bias=False)
         self.decoder = MLPHead(encoder.channels, num_classes + 1, decoder_dim)
@@ -230,7 +234,7 @@ class AFANet(nn.Module):
         feats = self.encoder(x)
         cls = self.classifier(pool_features(feats[-1], self.pooling, self.topk)[..., None, None]).flatten(1)
         cam = self.classifier(feats[-1])
-        aff = affinity_logits(self.encoder.attention.select(), self.attn_proj)
+        aff = affinity_logits(self.encoder.attention.select(), self.attn_proj, self.attention_per_token)
         return AFAOutputs(cls, cam, self.decoder(feats), aff)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -245,7 +249,7 @@ class AFANet(nn.Module):
     def affinity(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """The learned affinity σ(A) (B×N×N) and its grid (h, w)."""
         feats = self.encoder(x)
-        logits = affinity_logits(self.encoder.attention.select(), self.attn_proj)
+        logits = affinity_logits(self.encoder.attention.select(), self.attn_proj, self.attention_per_token)
         return torch.sigmoid(logits), tuple(feats[-1].shape[-2:])
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -258,6 +262,7 @@ class AFANet(nn.Module):
 @register_model
 def afa_mit(backbone: str = "pvt_v2_b1", pretrained: bool = False, weights: str | None = None, output_stride: int = 16,
             embed_dims: list[int] | None = None, depths: list[int] | None = None, num_heads: list[int] | None = None,
-            num_classes: int = 20, pooling: str = "gmp", topk: float = 0.1, decoder_dim: int = 256) -> AFANet:
+            num_classes: int = 20, pooling: str = "gmp", topk: float = 0.1, decoder_dim: int = 256,
+            attention_per_token: bool = False) -> AFANet:
     enc = MixTransformer(backbone, pretrained, weights, output_stride, embed_dims, depths, num_heads)
-    return AFANet(enc, num_classes, pooling, topk, decoder_dim)
+    return AFANet(enc, num_classes, pooling, topk, decoder_dim, attention_per_token)

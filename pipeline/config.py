@@ -118,12 +118,15 @@ class AFAConfig(Section):
     pooling: Literal["gmp", "gap", "topk"] = "gmp"  # of the last stage's features (paper: global max pooling)
     topk: float = 0.1  # fraction of locations averaged by top-k pooling
     decoder_dim: int = 128  # SegFormer MLP decoder width (paper: 256)
+    # the AFA module reads N·S instead of the attention S (uniform → 1): from scratch, with S ≈ 1/N, the MLP
+    # cannot reach discriminative logits in a short schedule (paper: false, the raw attention)
+    attention_per_token: bool = True
     affinity: bool = True  # the AFA module (Table 2): L_aff and propagated labels; off: PAR labels of the CAM
     propagate: bool = True  # make_pseudo_labels propagates the seeds over the learned affinity (needs ``affinity``)
     par: bool = True  # PAR on the training labels (Table 2); its parameters are ``pseudo.par``
     reg: bool = True  # L_reg, local consistency of the segmentation (Table 2)
-    bkg_band: tuple[float, float] = (0.35, 0.55)  # (β_l, β_h): background scores of the reliable labels
-    radius: int = 8  # affinity pairs within this many feature pixels
+    bkg_band: tuple[float, float] = (0.05, 0.15)  # (β_l, β_h): background scores of the reliable labels (paper: 0.35, 0.55)
+    radius: int = 2  # affinity pairs within this many feature pixels (paper: 8 on a 32×32 grid; here grids are ~12-18)
     power: float = 2.0  # α of T = D⁻¹A^α
     log_t: int = 0  # random walk steps: T^(2^log_t) (reference code: 0)
     par_downscale: int = 2  # PAR on the training labels runs on images downscaled by this factor (as the reference code)

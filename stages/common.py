@@ -44,7 +44,7 @@ def afa_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Mod
     return create_model("afa_mit", backbone=a.backbone, pretrained=a.pretrained and not for_inference,
                         weights=None if for_inference else a.weights, output_stride=a.output_stride,
                         embed_dims=a.embed_dims, depths=a.depths, num_heads=a.num_heads, num_classes=20,
-                        pooling=a.pooling, topk=a.topk, decoder_dim=a.decoder_dim)
+                        pooling=a.pooling, topk=a.topk, decoder_dim=a.decoder_dim, attention_per_token=a.attention_per_token)
 
 
 #: the training stages whose model a later stage may read, and how to build that model from the config

@@ -71,3 +71,23 @@ def test_acr_table4_settings_and_profiles():
     assert acr("default").model.depth == 4 and resolve_config("cam_voc", "default").model.depth == 2
     with pytest.raises(UserError, match="cam.mode"):
         acr("smoke", ["cam.mode=gradcam"])
+
+
+def test_afa_profiles_and_table2_switches():
+    from workflows.registry import get_flow
+    spec = get_flow("afa_voc")
+
+    def afa(profile, sets=()):
+        return resolve_config("afa_voc", profile, list(sets), spec.defaults, None, spec.profile_defaults)
+
+    paper = afa("paper")
+    a = paper.afa
+    assert (a.backbone, a.pretrained, a.output_stride, a.attention_per_token) == ("pvt_v2_b1", True, 16, False)
+    assert tuple(a.bkg_band) == (0.35, 0.55) and (a.seg_weight, a.aff_weight, a.reg_weight) == (0.1, 0.1, 0.01)
+    assert (a.cls_warmup_steps, a.aff_warmup_steps, a.train.steps, a.train.crop_size) == (2000, 4000, 20000, 512)
+    assert (a.radius, a.power) == (8, 2.0) and paper.pseudo.bkg_threshold == 0.45 and paper.segmentation.eval_crf
+    off = afa("default", ["afa.affinity=false", "afa.par=false", "afa.reg=false"]).afa
+    assert not (off.affinity or off.par or off.reg)
+    smoke = afa("smoke").afa
+    assert smoke.cls_warmup_steps < smoke.aff_warmup_steps < smoke.train.steps
+    assert get_flow("afa_voc_multistage").profile_defaults == spec.profile_defaults
