@@ -5,6 +5,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from pipeline.config import AFAConfig
 from pipeline.runs import Run, Stage, run_stage
 from stages import (afa_pseudo_labels, eval_pseudo_labels, eval_seeds, eval_segmentation, make_pseudo_labels, make_seeds,
                     random_walk_seeds, train_affinity, train_classifier, train_segmentation, train_single_stage)
@@ -45,8 +46,10 @@ TRAIN_SEG_ON_PSEUDO = Stage("train_segmentation", train_segmentation.run, _SEG_T
                             description="segmentation network on the stored pseudo labels")
 TRAIN_SEG_ON_GT = Stage("train_segmentation", train_segmentation.run, _SEG_TRAIN,
                         description="segmentation network on ground-truth masks")
+#: every ``afa`` key but the one that only the pseudo-label stage reads
+_AFA_TRAIN = tuple(f"afa.{k}" for k in AFAConfig.model_fields if k != "propagate")
 TRAIN_SINGLE_STAGE = Stage("train_single_stage", train_single_stage.run,
-                           ("afa", "pseudo.par", "seed", "data.train_split", "data.max_images"),
+                           (*_AFA_TRAIN, "pseudo.par", "seed", "data.train_split", "data.max_images"),
                            description="AFA: classification, affinity from attention and segmentation trained at once")
 MAKE_SEEDS_FROM_AFA = Stage("make_seeds", make_seeds.run, _SEEDS, ("train_single_stage",),
                             description="multi-scale CAM of the single-stage network → seeds.zarr")
