@@ -13,7 +13,8 @@ DEFAULTS: dict = {"pseudo": {"bkg_threshold": 0.1}}
 PROFILE_DEFAULTS: dict[str, dict] = {
     # MiT-B1 with ImageNet weights, 512 crops, 20k iterations (warm-ups 2k / 4k), AdamW 6e-5, poly power 1
     "paper": {"afa": {"backbone": "pvt_v2_b1", "pretrained": True, "embed_dims": None, "depths": None, "num_heads": None,
-                      "output_stride": 16, "decoder_dim": 256, "attention_per_token": False, "bkg_band": [0.35, 0.55], "radius": 8, "cls_warmup_steps": 2000, "aff_warmup_steps": 4000,
+                      "output_stride": 16, "decoder_dim": 256, "attention_per_token": False, "bkg_band": [0.35, 0.55],
+                      "radius": 8, "cls_warmup_steps": 2000, "aff_warmup_steps": 4000,
                       "train": {"steps": 20000, "batch_size": 8, "crop_size": 512, "scale_range": [0.5, 2.0], "lr": 6e-5,
                                 "weight_decay": 0.01, "warmup_steps": 1500, "poly_power": 1.0, "checkpoint_every": 1000,
                                 "log_every": 50, "color_jitter": 0.3}},
