@@ -19,23 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.cam_classifier import pool_scores
 from models.mix_transformer import MixTransformer
 from models.registry import register_model
 from models.segmentation import MLPHead
 from stages.random_walk import propagate
 
 IGNORE = 255
-
-
-def pool_features(feats: torch.Tensor, pooling: str = "gmp", topk: float = 0.1) -> torch.Tensor:
-    """B×C×h×w → B×C: global max pooling (AFA), global average, or the mean of the top-k fraction per channel."""
-    flat = feats.flatten(2)
-    if pooling == "gmp":
-        return flat.amax(-1)
-    if pooling == "gap":
-        return flat.mean(-1)
-    k = max(1, int(round(topk * flat.shape[-1])))
-    return flat.topk(k, dim=-1).values.mean(-1)
 
 
 def affinity_logits(attns: list[torch.Tensor], proj: nn.Conv2d, per_token: bool = False) -> torch.Tensor:
@@ -232,7 +222,8 @@ class AFANet(nn.Module):
 
     def forward_train(self, x: torch.Tensor) -> AFAOutputs:
         feats = self.encoder(x)
-        cls = self.classifier(pool_features(feats[-1], self.pooling, self.topk)[..., None, None]).flatten(1)
+        # pooled features, then the classifier (the reference code's order; for GMP not the same as pooling the CAM)
+        cls = self.classifier(pool_scores(feats[-1], self.pooling, self.topk)[..., None, None]).flatten(1)
         cam = self.classifier(feats[-1])
         aff = affinity_logits(self.encoder.attention.select(), self.attn_proj, self.attention_per_token)
         return AFAOutputs(cls, cam, self.decoder(feats), aff)

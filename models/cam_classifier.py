@@ -10,7 +10,7 @@ from models.registry import register_model
 
 
 def pool_scores(cams: torch.Tensor, pooling: str = "gap", topk: float = 0.1) -> torch.Tensor:
-    """Image scores from class maps B×C×h×w: global average, global max, or mean of the top-k fraction."""
+    """B×C×h×w maps (class maps or features) → B×C: global average, global max, or mean of the top-k fraction."""
     flat = cams.flatten(2)
     if pooling == "gap":
         return flat.mean(-1)
