@@ -87,6 +87,13 @@ def check_layers(layers: list[int] | None, depth: int, key: str) -> None:
         raise UserError(f"{key}={layers} names blocks the {depth}-block ViT does not have: use indices in [-{depth}, {depth})")
 
 
+def labelled_images(ds) -> tuple[list[str], np.ndarray]:
+    """The ids of a split's images with at least one foreground class, and their 20-way multi-hot labels."""
+    labels = ds.label_matrix
+    keep = labels.sum(1) > 0
+    return [i for i, k in zip(ds.ids, keep) if k], labels[keep]
+
+
 def labels_to_onehot_classes(label_vec: np.ndarray) -> list[int]:
     """Multi-hot over the 20 foreground classes → VOC class indices (1..20)."""
     return [int(c) + 1 for c in np.nonzero(label_vec)[0]]

@@ -20,7 +20,7 @@ from pipeline.errors import UserError
 from pipeline.training import StepIndexedDataset, train
 from pipeline.transforms import train_transform
 from pipeline.voc import VOCFolder
-from stages.common import check_layers, classifier_from_config
+from stages.common import check_layers, classifier_from_config, labelled_images
 
 
 @dataclass
@@ -64,12 +64,10 @@ class ACRLoss:
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.run.dataset(cfg.data.train_split)
-    labels = ds.label_matrix
-    keep = labels.sum(1) > 0
-    ids = [i for i, k in zip(ds.ids, keep) if k]
+    ids, labels = labelled_images(ds)
     torch.manual_seed(cfg.seed)
     model = classifier_from_config(cfg)
-    samples = StepIndexedDataset(len(ids), ClassificationSamples(ds.root, ids, labels[keep], cfg.train_classifier), cfg.seed)
+    samples = StepIndexedDataset(len(ids), ClassificationSamples(ds.root, ids, labels, cfg.train_classifier), cfg.seed)
     loss_fn = classification_loss
     if cfg.model.arch == "vit_acr":
         crop = cfg.train_classifier.crop_size

@@ -26,7 +26,7 @@ from pipeline.config import AFAConfig, ParConfig, TrainConfig
 from pipeline.training import StepIndexedDataset, train
 from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
 from pipeline.voc import VOCFolder
-from stages.common import afa_from_config
+from stages.common import afa_from_config, labelled_images
 from stages.refine import par
 
 
@@ -120,13 +120,11 @@ class AFALoss:
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.run.dataset(cfg.data.train_split)
-    labels = ds.label_matrix
-    keep = labels.sum(1) > 0
-    ids = [i for i, k in zip(ds.ids, keep) if k]
+    ids, labels = labelled_images(ds)
     torch.manual_seed(cfg.seed)
     model = afa_from_config(cfg)
     tcfg = cfg.afa.train
-    samples = StepIndexedDataset(len(ids), SingleStageSamples(ds.root, ids, labels[keep], tcfg), cfg.seed)
+    samples = StepIndexedDataset(len(ids), SingleStageSamples(ds.root, ids, labels, tcfg), cfg.seed)
     last = train(model, samples, AFALoss(cfg.afa, cfg.pseudo.par), tcfg, ctx.dir,
                  {"key": ctx.key, "stage": "train_single_stage"}, desc="train_single_stage")
     return {"steps": tcfg.steps, "images": len(ids), **{f"final_{k}": round(v, 5) for k, v in last.items()}}
