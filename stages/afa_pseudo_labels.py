@@ -11,7 +11,6 @@ Table 2 without AFA), ``pseudo.refine=[]`` skips PAR.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from models.afa import PresentClasses, label_scores
-from pipeline.config import AFAConfig, RunConfig
+from pipeline.config import AFAConfig
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import afa_from_config, fill_store, trained_model
+from stages.common import RunConfigWorker, afa_from_config, fill_store, trained_model
 from stages.make_pseudo_labels import make_pseudo_label
 
 
@@ -41,16 +40,11 @@ def propagated_scores(cams: np.ndarray, affinity: torch.Tensor | None, grid: tup
 
 
 @dataclass
-class AFAPseudoLabelWorker:
-    config: dict
+class AFAPseudoLabelWorker(RunConfigWorker):
     model_dir: Path
     root: Path
     seeds: Path
     out: Path
-
-    @cached_property
-    def cfg(self) -> RunConfig:
-        return RunConfig.model_validate(self.config)
 
     def __call__(self, image_id: str) -> None:
         cfg = self.cfg

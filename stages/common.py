@@ -1,6 +1,8 @@
 """Helpers the stage modules share: model loading from a stage's outputs, image tensors."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +58,17 @@ def model_source(ctx) -> tuple[str, object]:
     """The training stage a stage reads its model from (the first of its inputs that trains one) and its builder."""
     name = next(s for s in ctx.stage.inputs if s in MODEL_BUILDERS)
     return name, MODEL_BUILDERS[name]
+
+
+@dataclass
+class RunConfigWorker:
+    """Base of the picklable per-image workers: carries the run config as a dict, parsed once per process."""
+
+    config: dict
+
+    @cached_property
+    def cfg(self) -> RunConfig:
+        return RunConfig.model_validate(self.config)
 
 
 def load_trained(model: torch.nn.Module, stage_dir: Path) -> torch.nn.Module:

@@ -5,18 +5,16 @@ Predictions are stored in ``predictions.zarr`` (so ``cli.py show`` can draw them
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import RunConfig
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import MODEL_BUILDERS, fill_store, model_source, trained_model
+from stages.common import MODEL_BUILDERS, RunConfigWorker, fill_store, model_source, trained_model
 from stages.crf import dense_crf
 from stages.evaluate import evaluate_labels
 
@@ -37,16 +35,11 @@ def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[flo
 
 
 @dataclass
-class PredictWorker:
-    config: dict
+class PredictWorker(RunConfigWorker):
     model_stage: str  # the training stage whose network segments (train_segmentation, train_single_stage)
     model_dir: Path
     root: Path
     out: Path
-
-    @cached_property
-    def cfg(self) -> RunConfig:
-        return RunConfig.model_validate(self.config)
 
     def __call__(self, image_id: str) -> None:
         cfg = self.cfg

@@ -10,7 +10,6 @@ class-to-patch attention) or ``grad_aff`` (grad refined by the patch-to-patch at
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,12 @@ import torch
 
 from models.acr import acr_seed_maps
 from models.cam_classifier import multiscale_cams, multiscale_maps, normalise_cams
-from pipeline.config import CamConfig, RunConfig
+from pipeline.config import CamConfig
 from pipeline.errors import UserError
 from pipeline.store import LabelStore, open_for_stage
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import MODEL_BUILDERS, check_layers, fill_store, labels_to_onehot_classes, model_source, trained_model
+from stages.common import MODEL_BUILDERS, RunConfigWorker, check_layers, fill_store, labels_to_onehot_classes, model_source, trained_model
 
 
 def image_cams(model, image: np.ndarray, classes: list[int], scales: list[float], flip: bool) -> np.ndarray:
@@ -54,16 +53,11 @@ def seed_stores(mode: str) -> list[str]:
 
 
 @dataclass
-class SeedWorker:
-    config: dict
+class SeedWorker(RunConfigWorker):
     model_stage: str  # the training stage whose model gives the maps (train_classifier, train_single_stage)
     model_dir: Path
     root: Path
     out: Path
-
-    @cached_property
-    def cfg(self) -> RunConfig:
-        return RunConfig.model_validate(self.config)
 
     def __call__(self, image_id: str) -> None:
         cfg = self.cfg

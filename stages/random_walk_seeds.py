@@ -11,7 +11,6 @@ reads it like seeds; the stage also reports the threshold sweep of these maps.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,10 @@ import torch.nn.functional as F
 
 from models.affinity_net import dense_affinity
 from models.cam_classifier import normalise_cams
-from pipeline.config import RunConfig
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import affinity_from_config, check_layers, classifier_from_config, fill_store, trained_model
+from stages.common import RunConfigWorker, affinity_from_config, check_layers, classifier_from_config, fill_store, trained_model
 from stages.eval_seeds import score_ids
 from stages.evaluate import evaluate_sweep
 from stages.random_walk import propagate
@@ -56,17 +54,12 @@ def random_walk_maps(seeds: np.ndarray, affinity: torch.Tensor, grid: tuple[int,
 
 
 @dataclass
-class RandomWalkWorker:
-    config: dict
+class RandomWalkWorker(RunConfigWorker):
     root: Path
     seeds: Path
     affinity_dir: Path
     classifier_dir: Path
     out: Path
-
-    @cached_property
-    def cfg(self) -> RunConfig:
-        return RunConfig.model_validate(self.config)
 
     @torch.no_grad()
     def __call__(self, image_id: str) -> None:
