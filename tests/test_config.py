@@ -90,4 +90,14 @@ def test_afa_profiles_and_table2_switches():
     assert not (off.affinity or off.par or off.reg)
     smoke = afa("smoke").afa
     assert smoke.cls_warmup_steps < smoke.aff_warmup_steps < smoke.train.steps
-    assert get_flow("afa_voc_multistage").profile_defaults == spec.profile_defaults
+    default = afa("default")
+    assert (tuple(default.afa.bkg_band), default.afa.train.steps) == ((0.02, 0.15), 1500)
+    # the multistage flow shares afa_voc's single-stage settings in every profile (its first stages are
+    # cached across the two flows); only its separate segmentation network differs
+    ms = get_flow("afa_voc_multistage")
+    for profile in ("smoke", "default", "paper"):
+        mine = resolve_config("afa_voc_multistage", profile, [], ms.defaults, None, ms.profile_defaults)
+        theirs = afa(profile)
+        assert mine.afa == theirs.afa and mine.pseudo == theirs.pseudo and mine.cam == theirs.cam
+    assert resolve_config("afa_voc_multistage", "default", [], ms.defaults, None,
+                          ms.profile_defaults).segmentation.train.steps == 600
