@@ -6,7 +6,7 @@ module, L_reg and CRF each do to the pseudo labels and the segmentation branch; 
 Without ``--training``: one network (the full AFA training) and its pseudo labels made four ways —
 raw CAM labels, + PAR, + propagation, both — plus its segmentation with CRF. With ``--training``:
 networks trained without the AFA module, without training-label PAR, without L_reg (one training
-each, about 7 minutes on 2 CPU cores with the default profile).
+each, 8–11 minutes on 2 CPU cores with the default profile).
 """
 from __future__ import annotations
 
