@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.backbones import AttentionRecorder, create_vit
+from models.backbones import AttentionRecorder, TokenGrid, create_vit
 from models.registry import register_model
 from models.token_views import View, invert_class_attention, invert_patch_attention
 from pipeline.errors import UserError
@@ -34,31 +34,19 @@ class ACRClassifier(nn.Module):
         self.head = nn.Linear(backbone.embed_dim, num_classes)
         self.attention = AttentionRecorder(backbone.blocks)
         self.prefix = backbone.num_prefix_tokens
-        # input size → token grid, as the patch embedding actually produced it: timm's dynamic_feat_size
-        # floors the stride of a hybrid's CNN stem, whose "same" padding rounds up (130 px → 17 rows, not 16)
-        self._grids: dict[tuple[int, int], tuple[int, int]] = {}
-        backbone.patch_embed.register_forward_hook(self._record_grid)
-
-    def _record_grid(self, _module, inp, out) -> None:
-        if out.ndim == 4:  # NHWC tokens (dynamic image size)
-            self._grids[tuple(inp[0].shape[-2:])] = (out.shape[1], out.shape[2])
+        self.tokens = TokenGrid(backbone.patch_embed)
 
     @property
     def num_layers(self) -> int:
         return len(self.backbone.blocks)
 
     def grid(self, x: torch.Tensor) -> tuple[int, int]:
-        """The token grid (h, w) of an input batch (measured on a blank image the first time a size is seen)."""
-        size = tuple(x.shape[-2:])
-        if size not in self._grids:
-            with torch.no_grad():
-                self.backbone.patch_embed(x.new_zeros(1, x.shape[1], *size))
-        return self._grids[size]
+        """The token grid (h, w) of an input batch."""
+        return self.tokens(x)
 
     @property
     def patch_size(self) -> int:
-        s = 384
-        return s // self.grid(torch.zeros(1, 3, s, s))[0]
+        return self.tokens.stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.forward_features(x)[:, 0])

@@ -39,6 +39,42 @@ class AttentionRecorder:
         return [m.mean(1) for m in self.select(layers)]
 
 
+class TokenGrid:
+    """Input size → the token grid (h, w) that a timm ViT's patch embedding actually produced.
+
+    Recorded by a forward hook on the patch embedding (and measured on a blank image the first time
+    a size is asked for before any forward). timm's ``dynamic_feat_size`` floors a hybrid's CNN-stem
+    stride while the stem's "same" padding rounds up (130 px → 17 rows at stride 8, not 16), and a
+    hybrid's ``patch_size`` is the patch on the stem's features, not the stride on the image.
+
+    >>> vit = create_vit("vit_small_patch16_224", img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=1)
+    >>> TokenGrid(vit.patch_embed)(torch.zeros(1, 3, 40, 28)), TokenGrid(vit.patch_embed).stride
+    ((5, 4), 8)
+    """
+
+    def __init__(self, patch_embed: nn.Module) -> None:
+        self.patch_embed = patch_embed
+        self.sizes: dict[tuple[int, int], tuple[int, int]] = {}
+        patch_embed.register_forward_hook(self._record)
+
+    def _record(self, _module, inp, out) -> None:
+        if out.ndim == 4:  # NHWC tokens (dynamic image size)
+            self.sizes[tuple(inp[0].shape[-2:])] = (out.shape[1], out.shape[2])
+
+    def __call__(self, x: torch.Tensor) -> tuple[int, int]:
+        size = tuple(x.shape[-2:])
+        if size not in self.sizes:
+            with torch.no_grad():
+                self.patch_embed(x.new_zeros(1, x.shape[1], *size))
+        return self.sizes[size]
+
+    @property
+    def stride(self) -> int:
+        """Image pixels per token along a side (patch size × the stem's stride for a hybrid)."""
+        s = 384
+        return s // self(torch.zeros(1, 3, s, s))[0]
+
+
 def load_local_weights(model: nn.Module, path: str | Path, filter_fn=None) -> None:
     """Load backbone weights from a local file (safetensors or torch, never unpickled objects)."""
     p = Path(path)

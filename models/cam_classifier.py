@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.backbones import AttentionRecorder, create_vit
+from models.backbones import AttentionRecorder, TokenGrid, create_vit
 from models.registry import register_model
 
 
@@ -29,16 +29,16 @@ class CAMClassifier(nn.Module):
         self.classifier = nn.Conv2d(backbone.embed_dim, num_classes, 1, bias=False)
         self.pooling, self.topk = pooling, topk
         self.attention = AttentionRecorder(backbone.blocks)
+        self.tokens = TokenGrid(backbone.patch_embed)
 
     @property
     def patch_size(self) -> int:
-        return self.backbone.patch_embed.patch_size[0]
+        return self.tokens.stride
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """B×D×h×w patch feature map (h = ⌈H/patch⌉)."""
+        """B×D×h×w patch feature map (h = ⌈H/patch⌉ for a plain ViT; a hybrid's stem decides its own)."""
         tokens = self.backbone.forward_features(x)[:, self.backbone.num_prefix_tokens:]
-        p = self.patch_size
-        h, w = -(-x.shape[-2] // p), -(-x.shape[-1] // p)
+        h, w = self.tokens(x)
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
     def class_maps(self, x: torch.Tensor) -> torch.Tensor:

@@ -149,18 +149,27 @@ def test_seed_maps_of_a_vit():
     assert torch.allclose(grad_aff.flatten(2), grad.flatten(2) @ a, atol=1e-6)
 
 
+HYBRID = dict(name="vit_tiny_r_s16_p8_224", patch_size=2, embed_dim=32, depth=2, num_heads=2)
+
 
 @pytest.mark.parametrize("size", [(96, 96), (130, 123), (74, 49), (70, 90)])
 def test_token_grid_of_a_hybrid_vit_at_odd_sizes(size):
     """The paper's ViT-hybrid: the CNN stem's 'same' padding rounds up, so the grid is not timm's floor."""
-    model = create_model("vit_acr_classifier", backbone=dict(name="vit_tiny_r_s16_p8_224", patch_size=2, embed_dim=32,
-                                                             depth=2, num_heads=2), img_size=96).eval()
+    model = create_model("vit_acr_classifier", backbone=HYBRID, img_size=96).eval()
     x = torch.rand(1, 3, *size)
     h, w = model.grid(x)
     assert h * w == model.backbone.forward_features(x).shape[1] - model.prefix
-    assert (h, w) == tuple(-(-s // 8) for s in size)
+    assert (h, w) == tuple(-(-s // 8) for s in size) and model.patch_size == 8
     grad, grad_aff = acr_seed_maps(model, x, [2], layers=None, aff_layers=None)
     assert grad.shape == grad_aff.shape == (1, 1, h, w)
+
+
+def test_cam_classifier_on_a_hybrid_vit():
+    """The CAM baseline's patch-token maps use the same measured grid (a hybrid's patch is not its stride)."""
+    model = create_model("vit_cam_classifier", backbone=HYBRID, img_size=96).eval()
+    assert model.class_maps(torch.rand(1, 3, 130, 123)).shape == (1, 20, 17, 16)
+    assert model.patch_size == 8
+
 
 def test_sampled_views_keep_whole_patches():
     rng = np.random.default_rng(0)

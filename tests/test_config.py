@@ -95,9 +95,9 @@ def test_afa_profiles_and_table2_switches():
     # the multistage flow shares afa_voc's single-stage settings in every profile (its first stages are
     # cached across the two flows); only its separate segmentation network differs
     ms = get_flow("afa_voc_multistage")
-    for profile in ("smoke", "default", "paper"):
-        mine = resolve_config("afa_voc_multistage", profile, [], ms.defaults, None, ms.profile_defaults)
+    multistage = {p: resolve_config("afa_voc_multistage", p, [], ms.defaults, None, ms.profile_defaults)
+                  for p in ("smoke", "default", "paper")}
+    for profile, mine in multistage.items():
         theirs = afa(profile)
         assert mine.afa == theirs.afa and mine.pseudo == theirs.pseudo and mine.cam == theirs.cam
-    assert resolve_config("afa_voc_multistage", "default", [], ms.defaults, None,
-                          ms.profile_defaults).segmentation.train.steps == 600
+    assert multistage["default"].segmentation.train.steps == 600
