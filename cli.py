@@ -99,10 +99,9 @@ def _validate_data(run) -> None:
 @_guard
 def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
     """Run flow NAME; the same command again resumes (unchanged stages are cached)."""
-    from pipeline.config import resolve_config
     from workflows import get_flow
     spec = get_flow(name)
-    cfg = resolve_config(name, profile, sets, spec.defaults, data_root, spec.profile_defaults)
+    cfg = spec.resolve(profile, sets, data_root)
     if show_config:
         click.echo(cfg.to_yaml(), nl=False)
         return
@@ -149,7 +148,7 @@ def _print_table(run, spec, per_class: bool) -> None:
 
     from pipeline.runs import summarise
     from pipeline.voc import CLASS_NAMES
-    info = summarise(run, [s.name for s in spec.stages])
+    info = summarise(run, spec.stages)
     console = Console()
     t = Table(title=f"{info['flow']} — {run.dir}")
     for col in ("stage", "status", "seconds", "metrics"):
@@ -190,7 +189,7 @@ def inspect(run_dir, per_class, as_json) -> None:
     from pipeline.runs import summarise
     run, spec = _open_run(run_dir)
     if as_json:
-        click.echo(json.dumps(summarise(run, [s.name for s in spec.stages])))
+        click.echo(json.dumps(summarise(run, spec.stages)))
     else:
         _print_table(run, spec, per_class)
 
@@ -217,7 +216,7 @@ def make_synthetic_cmd(out_dir, n_train, n_val, seed) -> None:
 @_guard
 def show(run_dir, stage, out, num) -> None:
     """Draw image | ground truth | seed | pseudo label | prediction overlays (VOC palette)."""
-    from pipeline.visualise import draw_run
+    from stages.visualise import draw_run
     run, spec = _open_run(run_dir)
     names = [s.name for s in spec.stages]
     stage = stage or ("make_pseudo_labels" if "make_pseudo_labels" in names else "eval_segmentation")

@@ -14,15 +14,37 @@ M̃^c = M^c · mean_l A_l[1:,1:].
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models.backbones import AttentionRecorder, TokenGrid, create_vit
-from models.registry import register_model
+from models.cam_classifier import ClassifierConfig
+from models.registry import ModelSpec, register_model
 from models.token_views import View, invert_class_attention, invert_patch_attention
+from pipeline.config import Section, config_section
 from pipeline.errors import UserError
+
+
+@config_section("acr")
+class ACRConfig(Section):
+    """ACR: all-pairs consistency of the classifier's attention across two views, and its seeds."""
+
+    alpha: float = 1.0  # weight of L_act (class-to-patch attention consistency); 0 switches it off
+    beta: float = 1.0  # weight of L_aff (patch-to-patch attention consistency); 0 switches it off
+    layers: list[int] | None = None  # blocks whose attention is regularised (None: all; negatives count from the end)
+    transforms: list[Literal["resize", "hflip", "vflip", "rot90"]] = ["resize", "hflip", "vflip", "rot90"]
+    resize_range: tuple[float, float] = (0.5, 1.5)  # scale of the resized view (rounded to whole patches)
+    start_step: int = 0  # classification only before this step (from scratch: let attention become informative first)
+    ramp_steps: int = 0  # then α, β ramp up linearly over this many steps
+    # seeds (Table 5): cam — the head applied to the patch tokens; grad — gradient class localisation on the
+    # class-to-patch attention; grad_aff — grad refined with the patch-to-patch attention
+    seed_mode: Literal["cam", "grad", "grad_aff"] = "grad_aff"
+    seed_layers: list[int] | None = None  # blocks for grad / grad_aff (None: all; Fig. 8's layer range)
+    seed_aff_layers: list[int] | None = None  # blocks whose patch attention refines grad_aff (None: as ``seed_layers``)
 
 
 class ACRClassifier(nn.Module):
@@ -62,6 +84,12 @@ class ACRClassifier(nn.Module):
         h, w = self.grid(x)
         return (tokens @ self.head.weight.T + self.head.bias).transpose(1, 2).reshape(x.shape[0], -1, h, w)
 
+    def patch_attention(self, x: torch.Tensor, layers: list[int] | None = None) -> torch.Tensor:
+        """The patch-to-patch attention mean_l A_l[1:,1:] of the chosen blocks for a batch: B×n×n."""
+        self(x)
+        p = self.prefix
+        return torch.stack([m[:, p:, p:] for m in self.attention.head_mean(layers)]).mean(0)
+
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
@@ -75,6 +103,11 @@ def vit_acr_classifier(backbone: dict, img_size: int, num_classes: int = 20) -> 
     if vit.num_prefix_tokens < 1 or getattr(vit, "cls_token", None) is None:
         raise UserError(f"backbone {backbone['name']!r} has no class token: ACR needs one (e.g. vit_small_patch16_224)")
     return ACRClassifier(vit, num_classes)
+
+
+def acr_classifier_spec(m: ClassifierConfig, img_size: int) -> ModelSpec:
+    """ACR's class-token classifier on the ViT of a ``model`` section, built for crops of ``img_size``."""
+    return ModelSpec("vit_acr_classifier", dict(backbone=m.vit(), img_size=img_size, num_classes=20))
 
 
 def class_attention_consistency(a: torch.Tensor, a_view_inv: torch.Tensor) -> torch.Tensor:

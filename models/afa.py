@@ -8,12 +8,13 @@ One network with three branches on a shared MiT encoder:
   over A and refined again with PAR, plus the local-consistency regularisation L_reg.
 
 The pure functions below are the paper's equations; ``AFALoss`` in ``stages/train_single_stage.py``
-wires them into one training step.
+wires them into one training step, and ``stages/afa_labels.py`` holds AFA's label rules (scores at a
+background score, propagated over the learned affinity).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -21,11 +22,54 @@ import torch.nn.functional as F
 
 from models.cam_classifier import pool_scores
 from models.mix_transformer import MixTransformer
-from models.registry import register_model
+from models.pairs import pair_labels, radius_mask
+from models.registry import ModelSpec, register_model
 from models.segmentation import MLPHead
-from stages.random_walk import propagate
+from pipeline.config import SMOKE_TRAIN, BkgBand, Section, TrainConfig, config_section
+from pipeline.voc import IGNORE_INDEX
 
-IGNORE = 255
+
+@config_section("afa", profiles={
+    "smoke": {"embed_dims": [16, 32, 64, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "decoder_dim": 32,
+              "cls_warmup_steps": 20, "aff_warmup_steps": 40, "train": {**SMOKE_TRAIN, "steps": 80}},
+})
+class AFAConfig(Section):
+    """AFA single-stage training (Ru et al., CVPR 2022): MiT encoder, CAM, affinity from attention, segmentation."""
+
+    backbone: str = "pvt_v2_b1"  # a timm Mix Transformer (pvt_v2_b*; the paper's MiT-B1)
+    pretrained: bool = False  # ImageNet weights through timm (needs the hub)
+    weights: str | None = None  # a local .safetensors / .pth file of encoder weights
+    embed_dims: list[int] | None = [32, 64, 128, 160]  # from-scratch overrides (None keeps timm's)
+    depths: list[int] | None = [1, 1, 2, 2]
+    num_heads: list[int] | None = [1, 2, 4, 4]
+    output_stride: Literal[8, 16] = 8  # 16: last patch merging at stride 1 (paper); 8: the last two (small images)
+    pooling: Literal["gmp", "gap", "topk"] = "gmp"  # of the last stage's features (paper: global max pooling)
+    topk: float = 0.1  # fraction of locations averaged by top-k pooling
+    decoder_dim: int = 128  # SegFormer MLP decoder width (paper: 256)
+    # the AFA module reads N·S instead of the attention S (uniform → 1): from scratch, with S ≈ 1/N, the MLP
+    # cannot reach discriminative logits in a short schedule (paper: false, the raw attention)
+    attention_per_token: bool = True
+    affinity: bool = True  # the AFA module (Table 2): L_aff and propagated labels; off: PAR labels of the CAM
+    propagate: bool = True  # make_pseudo_labels propagates the seeds over the learned affinity (needs ``affinity``)
+    par: bool = True  # PAR on the training labels (Table 2); its parameters are ``pseudo.par``
+    reg: bool = True  # L_reg, local consistency of the segmentation (Table 2)
+    bkg_band: BkgBand = (0.05, 0.15)  # (β_l, β_h): background scores of the reliable labels (paper: 0.35, 0.55)
+    radius: int = 2  # affinity pairs within this many feature pixels (paper: 8 on a 32×32 grid; here grids are ~12-18)
+    beta: float = 2.0  # the random walk's power: T = D⁻¹A^β (the paper's α)
+    log_t: int = 0  # random walk steps: T^(2^log_t) (reference code: 0)
+    par_downscale: int = 2  # PAR on the training labels runs on images downscaled by this factor (as the reference code)
+    cls_weight: float = 1.0
+    seg_weight: float = 0.1  # λ₁
+    aff_weight: float = 0.1  # λ₂
+    reg_weight: float = 0.01  # λ₃
+    reg_kernel: int = 5  # L_reg window
+    reg_sigma_rgb: float = 15.0
+    reg_sigma_xy: float = 6.0
+    reg_scale: float = 0.5  # L_reg on predictions and images resized by this factor
+    cls_warmup_steps: int = 200  # classification only before this step (paper: 2k of 20k)
+    aff_warmup_steps: int = 400  # + affinity before this step, then segmentation too (paper: 4k)
+    train: TrainConfig = TrainConfig(steps=1000, batch_size=8, crop_size=96, lr=1e-3, head_lr_mult=10.0, warmup_steps=50,
+                                     poly_power=1.0)
 
 
 def affinity_logits(attns: list[torch.Tensor], proj: nn.Conv2d, per_token: bool = False) -> torch.Tensor:
@@ -42,31 +86,19 @@ def affinity_logits(attns: list[torch.Tensor], proj: nn.Conv2d, per_token: bool 
     return proj(s + s.transpose(-1, -2))[:, 0]
 
 
-def radius_mask(h: int, w: int, radius: int, device=None) -> torch.Tensor:
-    """N×N bool (N = h·w): True for pairs within ``radius`` in both directions (|Δy| ≤ r and |Δx| ≤ r).
-
-    >>> radius_mask(1, 3, 1).int().tolist()
-    [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
-    """
-    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    ys, xs = ys.flatten(), xs.flatten()
-    return ((ys[:, None] - ys[None]).abs() <= radius) & ((xs[:, None] - xs[None]).abs() <= radius)
-
-
 def affinity_targets(labels: torch.Tensor, radius: int) -> torch.Tensor:
     """Pseudo affinity labels (Sec. 3.2) from B×h×w labels at feature resolution: B×N×N int64.
 
-    1 where both pixels carry the same label, 0 where they differ, 255 where either is 255 or the pair
-    lies outside the radius.
+    ``models.pairs.pair_labels`` of every pair (1 same label, 0 different, 255 if either is 255), and
+    255 where the pair lies outside the radius (AFA's square neighbourhood).
 
     >>> affinity_targets(torch.tensor([[[1, 1, 0, 255]]]), radius=2)[0].tolist()
     [[1, 1, 0, 255], [1, 1, 0, 255], [0, 0, 1, 255], [255, 255, 255, 255]]
     """
     b, h, w = labels.shape
     flat = labels.reshape(b, -1)
-    out = (flat[:, :, None] == flat[:, None, :]).long()
-    bad = (flat == IGNORE)[:, :, None] | (flat == IGNORE)[:, None, :] | ~radius_mask(h, w, radius, labels.device)[None]
-    return out.masked_fill(bad, IGNORE)
+    out = pair_labels(flat[:, :, None], flat[:, None, :])
+    return out.masked_fill(~radius_mask(h, w, radius, "chebyshev", labels.device)[None], IGNORE_INDEX)
 
 
 def affinity_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -110,92 +142,6 @@ def local_consistency_loss(images: torch.Tensor, probs: torch.Tensor, valid: tor
     kern[:, k * k // 2] = 0  # not the pixel itself
     agree = (nb_p * probs[:, :, None]).sum(1)
     return (kern * (1 - agree)).sum() / valid.sum().clamp_min(1)
-
-
-@dataclass
-class PresentClasses:
-    """The classes of each image of a batch, background first: ``index`` B×K (VOC ids, padded), ``valid`` B×K."""
-
-    index: torch.Tensor
-    valid: torch.Tensor
-
-    @classmethod
-    def from_labels(cls, labels: torch.Tensor) -> "PresentClasses":
-        """From B×20 multi-hot image labels."""
-        b = labels.shape[0]
-        k = int(labels.sum(1).max()) + 1 if b else 1
-        index = torch.zeros(b, k, dtype=torch.long, device=labels.device)
-        valid = torch.zeros(b, k, dtype=torch.bool, device=labels.device)
-        valid[:, 0] = True
-        for i in range(b):
-            cls_ids = torch.nonzero(labels[i] > 0)[:, 0] + 1
-            index[i, 1:1 + len(cls_ids)] = cls_ids
-            valid[i, 1:1 + len(cls_ids)] = True
-        return cls(index, valid)
-
-    def gather(self, cams: torch.Tensor) -> torch.Tensor:
-        """B×20×h×w class maps → B×(K−1)×h×w maps of the present classes (padding: zeros)."""
-        idx = (self.index[:, 1:] - 1).clamp_min(0)
-        out = cams.gather(1, idx[:, :, None, None].expand(-1, -1, *cams.shape[-2:]))
-        return out * self.valid[:, 1:, None, None]
-
-    def to_labels(self, scores: torch.Tensor) -> torch.Tensor:
-        """B×K×H×W scores → B×H×W VOC labels (argmax over the valid entries)."""
-        scores = scores.masked_fill(~self.valid[:, :, None, None], float("-inf"))
-        return self.index.gather(1, scores.argmax(1).flatten(1)).view(scores.shape[0], *scores.shape[-2:])
-
-
-def normalise_batch_cams(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """AFA's CAM normalisation per map: ReLU, minus its minimum, over its maximum (→ [0, 1])."""
-    cams = F.relu(cams)
-    cams = cams - cams.flatten(2).amin(-1)[..., None, None]
-    return cams / (cams.flatten(2).amax(-1)[..., None, None] + eps)
-
-
-def background_softmax(cams: torch.Tensor, valid: torch.Tensor, bkg: float) -> torch.Tensor:
-    """[bkg, CAM_1..CAM_K] softmax-normalised over each image's valid entries: B×(K+1)×h×w (AFA's scores)."""
-    scores = torch.cat([torch.full_like(cams[:, :1], bkg), cams], 1)
-    return scores.masked_fill(~valid[:, :, None, None], float("-inf")).softmax(1)
-
-
-def propagate_scores(scores: torch.Tensor, affinity: torch.Tensor, radius: int, power: float = 2.0,
-                     log_t: int = 0) -> torch.Tensor:
-    """Random walk of B×K×h×w scores over the affinity B×N×N (N = h·w), pairs beyond ``radius`` cut:
-    T = D⁻¹A^α (AFA Sec. 3.3, α = ``power``) by ``stages.random_walk.propagate``."""
-    b, k, h, w = scores.shape
-    a = affinity * radius_mask(h, w, radius, affinity.device)[None]
-    return propagate(scores.flatten(2), a, beta=power, log_t=log_t).view(b, k, h, w)
-
-
-def label_scores(cams: torch.Tensor, present: PresentClasses, bkg: float, size: tuple[int, int],
-                 affinity: torch.Tensor | None = None, radius: int = 8, power: float = 2.0, log_t: int = 0,
-                 refine: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """AFA's scores for one background score: B×K×H×W (background first).
-
-    ``cams`` B×(K−1)×h×w are the normalised maps of the present classes. With an ``affinity`` (on the
-    grid h×w) the background-softmax scores are propagated by the random walk; ``refine`` (PAR)
-    then runs on them. The result is resized to ``size``.
-    """
-    if affinity is None:
-        scores = background_softmax(F.interpolate(cams, size=size, mode="bilinear", align_corners=False), present.valid, bkg)
-    else:
-        scores = propagate_scores(background_softmax(cams, present.valid, bkg), affinity, radius, power, log_t)
-        scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
-    if refine is not None:
-        scores = refine(scores)
-    return scores
-
-
-def reliable_labels(label_high: torch.Tensor, label_low: torch.Tensor) -> torch.Tensor:
-    """AFA's reliable labels from the labels at the high and low background scores (β_h, β_l):
-    foreground where the high-score label is foreground, background where both are background,
-    255 (ignore) where only the low-score label says foreground.
-
-    >>> reliable_labels(torch.tensor([3, 0, 0]), torch.tensor([3, 3, 0])).tolist()
-    [3, 255, 0]
-    """
-    out = label_high.masked_fill(label_high == 0, IGNORE)
-    return out.masked_fill((label_high == 0) & (label_low == 0), 0)
 
 
 @dataclass
@@ -248,6 +194,14 @@ class AFANet(nn.Module):
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters())
+
+
+def afa_spec(a: AFAConfig) -> ModelSpec:
+    """The network of an ``afa`` section."""
+    return ModelSpec("afa_mit", dict(backbone=a.backbone, pretrained=a.pretrained, weights=a.weights,
+                                     output_stride=a.output_stride, embed_dims=a.embed_dims, depths=a.depths,
+                                     num_heads=a.num_heads, num_classes=20, pooling=a.pooling, topk=a.topk,
+                                     decoder_dim=a.decoder_dim, attention_per_token=a.attention_per_token))
 
 
 @register_model

@@ -9,21 +9,45 @@ Training uses pairs within a radius whose labels are both confident (PSA Eq. 2�
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models.backbones import create_feature_backbone
-from models.registry import register_model
+from models.pairs import pair_labels, radius_mask
+from models.registry import ModelSpec, register_model
+from pipeline.config import BkgBand, Section, TrainConfig, config_section
+from pipeline.voc import IGNORE_INDEX
 
-IGNORE = 255
+
+@config_section("affinity", profiles={
+    "smoke": {"train": {"steps": 40, "batch_size": 8, "crop_size": 80, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5}},
+})
+class AffinityConfig(Section):
+    """Offline affinity (PSA manner) and the random walk of the seeds over it (ACR step 3)."""
+
+    source: Literal["network", "attention"] = "network"  # a trained AffinityNet, or the ViT's own patch attention
+    backbone: str = "resnet18"  # timm CNN with features_only (paper: ResNet-38 / ResNet-50)
+    pretrained: bool = False
+    weights: str | None = None
+    dims: tuple[int, int, int] = (32, 64, 128)  # embedding channels from the last three feature levels
+    radius: int = 5  # pairs within this radius (feature pixels, PSA's ‖Δ‖ < r) are trained and propagated over
+    label_seeds: Literal["unrefined", "refined"] = "unrefined"  # ACR*: seeds without affinity refinement
+    bkg_band: BkgBand = (0.05, 0.3)  # (low, high) background scores of the confident labels: fg above high, bg below low
+    label_refine: list[Literal["par", "crf"]] = ["par"]
+    train: TrainConfig = TrainConfig(steps=400, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=10.0)
+    beta: float = 8.0  # random walk: A^β
+    log_t: int = 5  # random walk: T^(2^log_t)
+    attention_layers: list[int] | None = None  # source=attention: blocks averaged (None: all)
 
 
 class AffinityNet(nn.Module):
-    def __init__(self, backbone: nn.Module, dims: tuple[int, ...] = (64, 128, 256)) -> None:
+    def __init__(self, backbone: nn.Module, dims: tuple[int, ...] = (64, 128, 256), radius: int = 5) -> None:
         super().__init__()
         self.backbone = backbone
+        self.radius = radius
         chans = backbone.feature_info.channels()[-len(dims):]
         self.proj = nn.ModuleList(nn.Sequential(nn.Conv2d(c, d, 1, bias=False), nn.GroupNorm(min(4, d), d), nn.ELU())
                                   for c, d in zip(chans, dims))
@@ -37,6 +61,11 @@ class AffinityNet(nn.Module):
         f = [F.interpolate(p(t), size=size, mode="bilinear", align_corners=False) for p, t in zip(self.proj, feats)]
         return self.fuse(torch.cat(f, 1))
 
+    def affinity(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Dense affinity B×N×N over the stride-8 grid (zero beyond the radius) and the grid (h, w)."""
+        feats = self(x)
+        return torch.stack([dense_affinity(f, self.radius) for f in feats]), tuple(feats.shape[-2:])
+
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.proj.parameters()) + list(self.fuse.parameters())
 
@@ -46,19 +75,14 @@ class AffinityNet(nn.Module):
 
 @register_model
 def affinity_net(backbone: str = "resnet18", dims: tuple[int, ...] = (64, 128, 256), pretrained: bool = False,
-                 weights: str | None = None) -> AffinityNet:
-    return AffinityNet(create_feature_backbone(backbone, 8, pretrained, weights), tuple(dims))
+                 weights: str | None = None, radius: int = 5) -> AffinityNet:
+    return AffinityNet(create_feature_backbone(backbone, 8, pretrained, weights), tuple(dims), radius)
 
 
-def pair_offsets(radius: int) -> list[tuple[int, int]]:
-    """Offsets (dy, dx) to the neighbours within ``radius`` (‖o‖ < radius), one of each ± pair (PSA's half plane).
-
-    >>> pair_offsets(2)
-    [(0, 1), (1, -1), (1, 0), (1, 1)]
-    """
-    out = [(0, dx) for dx in range(1, radius)]
-    out += [(dy, dx) for dy in range(1, radius) for dx in range(-radius + 1, radius) if dy * dy + dx * dx < radius * radius]
-    return out
+def affinity_spec(a: AffinityConfig) -> ModelSpec:
+    """The AffinityNet of an ``affinity`` section."""
+    return ModelSpec("affinity_net", dict(backbone=a.backbone, dims=list(a.dims), pretrained=a.pretrained,
+                                          weights=a.weights, radius=a.radius))
 
 
 def _shifted(t: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,16 +102,15 @@ def affinity_loss(affinities: list[torch.Tensor], labels: torch.Tensor, offsets:
 
     ``labels`` B×h×w at feature resolution (0 background, 1..20 classes, 255 ignored). A pair is
     positive when both labels agree (foreground or background), negative when they differ, and
-    left out when either is ignored. L⁺ = −mean log a, L⁻ = −mean log(1 − a).
+    left out when either is ignored (``models.pairs.pair_labels``). L⁺ = −mean log a, L⁻ = −mean log(1 − a).
     """
     fg, bg, neg = [], [], []
     for a, (dy, dx) in zip(affinities, offsets):
         la, lb = _shifted(labels, dy, dx)
-        valid = (la != IGNORE) & (lb != IGNORE)
-        same = valid & (la == lb)
-        fg.append(-torch.log(a[same & (la > 0)] + eps))
-        bg.append(-torch.log(a[same & (la == 0)] + eps))
-        neg.append(-torch.log(1 + eps - a[valid & (la != lb)]))
+        pairs = pair_labels(la, lb)
+        fg.append(-torch.log(a[(pairs == 1) & (la > 0)] + eps))
+        bg.append(-torch.log(a[(pairs == 1) & (la == 0)] + eps))
+        neg.append(-torch.log(1 + eps - a[pairs == 0]))
 
     def mean(parts):
         t = torch.cat(parts)
@@ -101,9 +124,7 @@ def dense_affinity(feats: torch.Tensor, radius: int) -> torch.Tensor:
     """N×N affinity of one D×h×w feature map: exp(−mean_c|f_i − f_j|) for ‖p_i − p_j‖ < radius, else 0 (a_ii = 1)."""
     d, h, w = feats.shape
     f = feats.reshape(d, -1).T
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    pos = torch.stack([yy.flatten(), xx.flatten()], 1).float()
-    near = torch.cdist(pos, pos) < radius
+    near = radius_mask(h, w, radius, "euclidean", feats.device)
     aff = torch.exp(-torch.cdist(f, f, p=1) / d)
     return torch.where(near, aff, torch.zeros((), dtype=aff.dtype))
 
@@ -111,7 +132,7 @@ def dense_affinity(feats: torch.Tensor, radius: int) -> torch.Tensor:
 def labels_at_stride(labels: torch.Tensor, stride: int, size: tuple[int, int]) -> torch.Tensor:
     """Labels B×H×W sampled at the centres of the stride cells → B×h×w (cells past the image get 255)."""
     b, H, W = labels.shape
-    out = torch.full((b, *size), IGNORE, dtype=labels.dtype)
+    out = torch.full((b, *size), IGNORE_INDEX, dtype=labels.dtype)
     sub = labels[:, stride // 2::stride, stride // 2::stride][:, :size[0], :size[1]]
     out[:, :sub.shape[1], :sub.shape[2]] = sub
     return out

@@ -1,12 +1,50 @@
-"""A ViT classifier whose class-activation maps come from its patch tokens (the CAM baseline)."""
+"""A ViT classifier whose class-activation maps come from its patch tokens (the CAM baseline).
+
+Its config is the ``model`` section (the ViT, shared with ACR's class-token classifier) and the
+``train_classifier`` section (the schedule of every classifier-training stage).
+"""
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from models.backbones import AttentionRecorder, TokenGrid, create_vit
-from models.registry import register_model
+from models.registry import ModelSpec, register_model
+from pipeline.config import SMOKE_TRAIN, Section, TrainConfig, config_section, register_section
+
+
+@config_section("model", profiles={
+    "smoke": {"embed_dim": 64, "depth": 2, "num_heads": 2},
+    "paper": {"backbone": "vit_base_patch16_384", "pretrained": True, "patch_size": None, "embed_dim": None, "depth": None,
+              "num_heads": None, "pooling": "gap"},
+})
+class ClassifierConfig(Section):
+    """The classifier: a timm ViT (from scratch, ImageNet weights through timm, or a local file) and its pooling."""
+
+    backbone: str = "vit_small_patch16_224"  # any timm ViT name
+    pretrained: bool = False  # ImageNet weights through timm (needs the hub)
+    weights: str | None = None  # a local .safetensors / .pth file of backbone weights
+    patch_size: int | None = 8  # overrides for a from-scratch ViT (None keeps timm's)
+    embed_dim: int | None = 128
+    depth: int | None = 2
+    num_heads: int | None = 4
+    pooling: Literal["gap", "gmp", "topk"] = "topk"  # of the patch-token class maps (the CAM classifier)
+    topk: float = 0.1  # fraction of locations averaged by top-k pooling
+
+    def vit(self) -> dict:
+        """The ``create_vit`` arguments of this ViT."""
+        return dict(name=self.backbone, pretrained=self.pretrained, weights=self.weights, patch_size=self.patch_size,
+                    embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads)
+
+
+register_section("train_classifier", TrainConfig, TrainConfig(steps=1000, lr=5e-4), profiles={
+    "smoke": {**SMOKE_TRAIN, "lr": 2e-3},
+    "paper": {"steps": 20000, "batch_size": 4, "crop_size": 384, "scale_range": [0.5, 2.0], "lr": 6e-5,
+              "weight_decay": 0.01, "warmup_steps": 1500, "checkpoint_every": 1000, "log_every": 50},
+})
 
 
 def pool_scores(cams: torch.Tensor, pooling: str = "gap", topk: float = 0.1) -> torch.Tensor:
@@ -58,6 +96,12 @@ class CAMClassifier(nn.Module):
 def vit_cam_classifier(backbone: dict, img_size: int, num_classes: int = 20, pooling: str = "gap", topk: float = 0.1) -> CAMClassifier:
     vit = create_vit(img_size=img_size, **backbone)
     return CAMClassifier(vit, num_classes, pooling, topk)
+
+
+def cam_classifier_spec(m: ClassifierConfig, img_size: int) -> ModelSpec:
+    """The CAM classifier of a ``model`` section, built for crops of ``img_size``."""
+    return ModelSpec("vit_cam_classifier", dict(backbone=m.vit(), img_size=img_size, num_classes=20,
+                                                pooling=m.pooling, topk=m.topk))
 
 
 def multiscale_maps(map_fn, image: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:

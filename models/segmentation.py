@@ -6,7 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.backbones import create_feature_backbone
-from models.registry import register_model
+from models.registry import ModelSpec, register_model
+from pipeline.config import SegmentationConfig
 
 
 class ASPPHead(nn.Module):
@@ -70,6 +71,12 @@ def segmentation_net(backbone: str = "resnet18", head: str = "aspp", num_classes
         if len(chans) > 4:
             bb = _DropFirst(bb)
     return SegmentationNet(bb, h)
+
+
+def segmentation_spec(s: SegmentationConfig) -> ModelSpec:
+    """The segmentation network of the ``segmentation`` section (21 classes)."""
+    return ModelSpec("segmentation_net", dict(backbone=s.backbone, head=s.head, num_classes=21, output_stride=s.output_stride,
+                                              pretrained=s.pretrained, weights=s.weights))
 
 
 class _DropFirst(nn.Module):

@@ -15,6 +15,9 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.fsutil import atomic_write_text
 
+#: the trained weights every training stage leaves in its folder (its sidecar holds the model spec)
+MODEL_FILE = "model.safetensors"
+
 
 def _sidecar(path: Path) -> Path:
     return Path(path).with_suffix(".json")

@@ -14,17 +14,16 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.config import RunConfig
+from pipeline.config import RunConfigBase, validate_config
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_text
+from pipeline.stage import Stage, StageContext, stage_key
 from pipeline.synthetic import embedded_dataset
 from pipeline.voc import VOCDataset, find_voc_root
 
@@ -34,12 +33,12 @@ STATUSES = ("completed", "cached", "failed", "pending")
 class Run:
     """A run folder and its resolved config."""
 
-    def __init__(self, run_dir: str | Path, config: RunConfig) -> None:
+    def __init__(self, run_dir: str | Path, config: RunConfigBase) -> None:
         self.dir = Path(run_dir)
         self.config = config
 
     @classmethod
-    def create(cls, run_dir: str | Path, config: RunConfig) -> "Run":
+    def create(cls, run_dir: str | Path, config: RunConfigBase) -> "Run":
         run = cls(run_dir, config)
         run.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.dir / "config.yaml", config.to_yaml())
@@ -52,7 +51,7 @@ class Run:
         d = Path(run_dir)
         if not (d / "config.yaml").is_file():
             raise UserError(f"{d} is not a run folder (no config.yaml): give the --run-dir of a run-flow call")
-        return cls(d, RunConfig.model_validate(yaml.safe_load((d / "config.yaml").read_text())))
+        return cls(d, validate_config(yaml.safe_load((d / "config.yaml").read_text())))
 
     # data ---------------------------------------------------------------------------------------
     @cached_property
@@ -95,51 +94,22 @@ class Run:
         return json.loads(p.read_text())["flow"] if p.is_file() else self.config.flow
 
 
-@dataclass
-class Stage:
-    """A stage: ``fn(ctx) -> metrics``, the config sections it depends on, the stages it reads."""
-
-    name: str
-    fn: Callable[["StageContext"], dict]
-    sections: tuple[str, ...]
-    inputs: tuple[str, ...] = ()
-    version: int = 1
-    description: str = ""
-
-
-@dataclass
-class StageContext:
-    run: Run
-    stage: Stage
-    key: str
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def config(self) -> RunConfig:
-        return self.run.config
-
-    @property
-    def dir(self) -> Path:
-        return self.run.stage_dir(self.stage.name)
-
-    def input_dir(self, name: str) -> Path:
-        return self.run.stage_dir(name)
-
-
-def stage_key(run: Run, stage: Stage) -> str:
-    payload = {"stage": stage.name, "version": stage.version, "data": run.data_fingerprint,
-               "config": {s: run.config.section(s) for s in stage.sections}, "inputs": {}}
-    for inp in stage.inputs:
-        rec = run.read_record(inp)
-        if rec is None or rec.get("status") not in ("completed", "cached"):
-            raise RuntimeError(f"stage {stage.name} needs {inp}, which has not completed")
-        payload["inputs"][inp] = rec["key"]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def key_of(run: Run, stage: Stage) -> str:
+    """``stage``'s cache key in this run (``pipeline.stage.stage_key``)."""
+    return stage_key(stage, run.config.model_dump(mode="json"), run.data_fingerprint)
 
 
 def run_stage(run: Run, stage: Stage) -> dict:
-    """Run ``stage`` unless its record is complete with the same key; returns the record."""
-    key = stage_key(run, stage)
+    """Run ``stage`` unless its record is complete with the same key; returns the record.
+
+    Every stage its inputs come from must have completed under the key this config gives it.
+    """
+    stage.check_wired()
+    for up in {o.stage.name: o.stage for o in stage.sources.values()}.values():
+        rec = run.read_record(up.name)
+        if rec is None or rec.get("status") not in ("completed", "cached") or rec.get("key") != key_of(run, up):
+            raise RuntimeError(f"stage {stage.name} needs {up.name}, which has not completed with this config")
+    key = key_of(run, stage)
     rec = run.read_record(stage.name)
     if rec and rec.get("status") in ("completed", "cached") and rec.get("key") == key:
         rec = {**rec, "status": "cached"}
@@ -181,23 +151,21 @@ def stage_status(rec: dict | None) -> str:
     return st if st in STATUSES else "pending"
 
 
-def summarise(run: Run, stage_names: list[str]) -> dict[str, Any]:
-    """The ``inspect --json`` object of the contract."""
-    stages = []
-    for name in stage_names:
-        rec = run.read_record(name)
-        stages.append({"name": name, "status": stage_status(rec),
-                       "seconds": rec.get("seconds") if rec else None,
-                       "metrics": rec.get("metrics", {}) if rec else {}})
-    by = {s["name"]: s for s in stages}
+#: the summary keys of every flow (null where no stage of the flow fills them)
+SUMMARY_KEYS = ("seed_miou", "pseudo_miou", "pseudo_coverage", "seg_miou")
 
-    def metric(stage: str, key: str):
-        s = by.get(stage)
-        if s and s["status"] in ("completed", "cached"):
-            v = s["metrics"].get(key)
-            return float(v) if v is not None else None
-        return None
 
-    summary = {"seed_miou": metric("eval_seeds", "miou"), "pseudo_miou": metric("eval_pseudo_labels", "miou"),
-               "pseudo_coverage": metric("eval_pseudo_labels", "coverage"), "seg_miou": metric("eval_segmentation", "miou")}
-    return {"flow": run.flow_name(), "run_dir": str(run.dir), "stages": stages, "summary": summary}
+def summarise(run: Run, stages: list[Stage]) -> dict[str, Any]:
+    """The ``inspect --json`` object: every stage's status, seconds and metrics, and the summary that
+    the stages' ``summary`` declarations fill from their metrics."""
+    out, summary = [], dict.fromkeys(SUMMARY_KEYS)
+    for stage in stages:
+        rec = run.read_record(stage.name)
+        status = stage_status(rec)
+        metrics = rec.get("metrics", {}) if rec else {}
+        out.append({"name": stage.name, "status": status, "seconds": rec.get("seconds") if rec else None,
+                    "metrics": metrics})
+        for key, metric in stage.summary.items():
+            v = metrics.get(metric) if status in ("completed", "cached") else None
+            summary[key] = float(v) if v is not None else None
+    return {"flow": run.flow_name(), "run_dir": str(run.dir), "stages": out, "summary": summary}

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.checkpoint import load_train_state, save_train_state, save_weights
+from pipeline.checkpoint import MODEL_FILE, load_train_state, save_train_state, save_weights
 from pipeline.config import TrainConfig
 from pipeline.progress import progress_bar
 
@@ -65,7 +65,7 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
     counts from 0, for losses with their own schedule). Every
     ``checkpoint_every`` steps the full training state goes to ``out_dir/checkpoint.safetensors``;
     a run that finds a checkpoint with the same ``meta['key']`` continues from it. At the end the
-    weights go to ``out_dir/model.safetensors`` and the curves to ``out_dir/curves.png``.
+    weights go to ``out_dir/model.safetensors`` (``MODEL_FILE``, its sidecar with ``meta``) and the curves to ``out_dir/curves.png``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -113,7 +113,7 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
                 log.flush()
             if done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 save_train_state(ckpt, model, opt, done, meta)
-    save_weights(out_dir / "model.safetensors", model.state_dict(), {**meta, "step": cfg.steps, "losses": last})
+    save_weights(out_dir / MODEL_FILE, model.state_dict(), {**meta, "step": cfg.steps, "losses": last})
     ckpt.unlink(missing_ok=True)
     (out_dir / "checkpoint.json").unlink(missing_ok=True)
     from pipeline.plots import plot_curves

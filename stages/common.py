@@ -1,78 +1,43 @@
-"""Helpers the stage modules share: model loading from a stage's outputs, image tensors."""
+"""What the stage modules share: the one training path, trained models from their checkpoints, the one
+per-image loop into a label store, and image-label helpers."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models import create_model
-from pipeline.checkpoint import load_weights
-from pipeline.config import RunConfig
+from models import ModelSpec
+from pipeline.checkpoint import MODEL_FILE, load_weights
+from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.parallel import map_images
+from pipeline.stage import StageContext
 from pipeline.store import open_for_stage
+from pipeline.training import StepIndexedDataset, train
 
 
-def classifier_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Module:
-    m = cfg.model
-    # trained weights replace the initial ones at inference: do not fetch or read them again
-    backbone = dict(name=m.backbone, pretrained=m.pretrained and not for_inference,
-                    weights=None if for_inference else m.weights, patch_size=m.patch_size,
-                    embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads)
-    if m.arch == "vit_acr":
-        return create_model("vit_acr_classifier", backbone=backbone, img_size=cfg.train_classifier.crop_size, num_classes=20)
-    return create_model("vit_cam_classifier", backbone=backbone, img_size=cfg.train_classifier.crop_size,
-                        num_classes=20, pooling=m.pooling, topk=m.topk)
+def run_training(ctx: StageContext, spec: ModelSpec, samples: Callable[[int, np.random.Generator], tuple], n_items: int,
+                 make_loss: Callable[[torch.nn.Module], Callable], tcfg: TrainConfig) -> dict:
+    """Every training stage's one path: seed, build ``spec``, train on sample ``i`` of ``n_items``, report.
+
+    ``make_loss(model)`` returns ``loss(model, batch, step) -> dict`` (it may check the model first).
+    The spec goes into the weights' sidecar, so later stages rebuild the network with ``trained_model``.
+    """
+    seed = ctx.config.seed
+    torch.manual_seed(seed)
+    model = spec.build()
+    loss = make_loss(model)
+    last = train(model, StepIndexedDataset(n_items, samples, seed), loss, tcfg, ctx.dir,
+                 {"key": ctx.key, "stage": ctx.stage.name, "model": spec.to_json()}, desc=ctx.stage.name)
+    return {"steps": tcfg.steps, "images": n_items, **{f"final_{k}": round(v, 5) for k, v in last.items()}}
 
 
-def affinity_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Module:
-    a = cfg.affinity
-    return create_model("affinity_net", backbone=a.backbone, dims=a.dims, pretrained=a.pretrained and not for_inference,
-                        weights=None if for_inference else a.weights)
-
-
-def segmentation_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Module:
-    s = cfg.segmentation
-    # trained weights replace the initial ones at inference: do not fetch or read them again
-    return create_model("segmentation_net", backbone=s.backbone, head=s.head, num_classes=21, output_stride=s.output_stride,
-                        pretrained=s.pretrained and not for_inference, weights=None if for_inference else s.weights)
-
-
-def afa_from_config(cfg: RunConfig, for_inference: bool = False) -> torch.nn.Module:
-    a = cfg.afa
-    return create_model("afa_mit", backbone=a.backbone, pretrained=a.pretrained and not for_inference,
-                        weights=None if for_inference else a.weights, output_stride=a.output_stride,
-                        embed_dims=a.embed_dims, depths=a.depths, num_heads=a.num_heads, num_classes=20,
-                        pooling=a.pooling, topk=a.topk, decoder_dim=a.decoder_dim, attention_per_token=a.attention_per_token)
-
-
-#: the training stages whose model a later stage may read, and how to build that model from the config
-MODEL_BUILDERS = {"train_classifier": classifier_from_config, "train_segmentation": segmentation_from_config,
-                  "train_single_stage": afa_from_config}
-
-
-def model_source(ctx) -> tuple[str, object]:
-    """The training stage a stage reads its model from (the first of its inputs that trains one) and its builder."""
-    name = next(s for s in ctx.stage.inputs if s in MODEL_BUILDERS)
-    return name, MODEL_BUILDERS[name]
-
-
-@dataclass
-class RunConfigWorker:
-    """Base of the picklable per-image workers: carries the run config as a dict, parsed once per process."""
-
-    config: dict
-
-    @cached_property
-    def cfg(self) -> RunConfig:
-        return RunConfig.model_validate(self.config)
-
-
-def load_trained(model: torch.nn.Module, stage_dir: Path) -> torch.nn.Module:
-    state, _ = load_weights(stage_dir / "model.safetensors")
+def load_trained(weights: Path) -> torch.nn.Module:
+    """The network trained into ``weights`` (a training stage's ``model.safetensors``), rebuilt from its sidecar."""
+    state, meta = load_weights(weights)
+    model = ModelSpec.from_json(meta["model"]).for_inference().build()
     model.load_state_dict(state)
     return model.eval()
 
@@ -80,16 +45,18 @@ def load_trained(model: torch.nn.Module, stage_dir: Path) -> torch.nn.Module:
 _TRAINED: dict = {}
 
 
-def trained_model(stage_dir: Path, build) -> torch.nn.Module:
-    """The model trained in ``stage_dir``, loaded once per process (per-image workers call this per image).
+def trained_model(weights: Path) -> torch.nn.Module:
+    """``load_trained``, once per process (per-image workers call this per image).
 
     Keyed by the weights file and its modification time, so a retrained model is never served stale.
     """
-    f = Path(stage_dir) / "model.safetensors"
+    f = Path(weights)
+    if f.is_dir():
+        f = f / MODEL_FILE
     key = (str(f), f.stat().st_mtime_ns)
     if _TRAINED.get("key") != key:
         _TRAINED.clear()
-        _TRAINED.update(key=key, model=load_trained(build(), Path(stage_dir)))
+        _TRAINED.update(key=key, model=load_trained(f))
     return _TRAINED["model"]
 
 
@@ -112,14 +79,14 @@ def labels_to_onehot_classes(label_vec: np.ndarray) -> list[int]:
     return [int(c) + 1 for c in np.nonzero(label_vec)[0]]
 
 
-def fill_store(ctx, filename: str, attrs: dict, ids: list[str], make_worker, workers: int, desc: str):
-    """Run a per-image stage into ``ctx.dir/filename``, skipping images already stored under this key.
+def fill_store(ctx: StageContext, name: str, attrs: dict, ids: list[str], make_worker, workers: int):
+    """The one per-image loop: run ``make_worker(store_path)`` on every image not yet stored under this key.
 
-    ``make_worker(store_path)`` returns the picklable per-image callable that writes one image.
+    The store is the stage's declared output ``name``; the worker writes one image atomically.
     Returns the store and how many images were found done (a resumed stage).
     """
-    store = open_for_stage(ctx.dir / filename, ctx.key, attrs)
+    store = open_for_stage(ctx.output(name), ctx.key, {"stage": ctx.stage.name, **attrs})
     todo = [i for i in ids if i not in store]
-    for _ in map_images(make_worker(store.path), todo, workers, desc):
+    for _ in map_images(make_worker(store.path), todo, workers, ctx.stage.name):
         pass
     return store, len(ids) - len(todo)

@@ -11,12 +11,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import MODEL_BUILDERS, RunConfigWorker, fill_store, model_source, trained_model
+from stages.common import fill_store, trained_model
 from stages.crf import dense_crf
 from stages.evaluate import evaluate_labels
+
+PREDICTIONS = "predictions.zarr"
 
 
 @torch.no_grad()
@@ -35,32 +38,36 @@ def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[flo
 
 
 @dataclass
-class PredictWorker(RunConfigWorker):
-    model_stage: str  # the training stage whose network segments (train_segmentation, train_single_stage)
-    model_dir: Path
+class PredictWorker:
+    config: ConfigView
+    model: Path  # any segmenter's weights (models.protocols.Segmenter)
     root: Path
     out: Path
 
     def __call__(self, image_id: str) -> None:
-        cfg = self.cfg
-        model = trained_model(self.model_dir, lambda: MODEL_BUILDERS[self.model_stage](cfg, for_inference=True))
-        s = cfg.segmentation
+        s = self.config.segmentation
         image = VOCFolder(self.root).image(image_id)
-        probs = multiscale_probs(model, image, s.eval_scales, s.eval_flip)
+        probs = multiscale_probs(trained_model(self.model), image, s.eval_scales, s.eval_flip)
         if s.eval_crf:
-            c = cfg.pseudo.crf
+            c = self.config.pseudo.crf
             probs = dense_crf(image, probs, c.n_iter, c.pos_xy_std, c.pos_w, c.bi_xy_std, c.bi_rgb_std, c.bi_w)
         LabelStore(self.out).write(image_id, probs.argmax(0).astype(np.uint8))
 
 
 def run(ctx) -> dict:
     cfg = ctx.config
-    ds = ctx.run.dataset(cfg.segmentation.eval_split)
-    source, _ = model_source(ctx)
+    ds = ctx.dataset(cfg.segmentation.eval_split)
     # inference uses torch's threads in one process; CRF alone gains from a pool
-    store, _ = fill_store(ctx, "predictions.zarr", {"stage": "eval_segmentation", "kind": "labels"}, ds.ids,
-                          lambda out: PredictWorker(cfg.model_dump(mode="json"), source, ctx.input_dir(source), ds.root, out),
-                          cfg.pseudo.workers if cfg.segmentation.eval_crf else 1, "predict")
-    out = evaluate_labels(ds, store, cfg.pseudo.workers, "eval_segmentation")
+    store, _ = fill_store(ctx, PREDICTIONS, {"kind": "labels"}, ds.ids,
+                          lambda out: PredictWorker(cfg, ctx.input("model"), ds.root, out),
+                          cfg.pseudo.workers if cfg.segmentation.eval_crf else 1)
+    out = evaluate_labels(ds, store, cfg.pseudo.workers, ctx.stage.name)
     out.pop("coverage", None)
     return out
+
+
+EVAL_SEGMENTATION = Stage("eval_segmentation", run,
+                          reads=("segmentation.eval_scales", "segmentation.eval_flip", "segmentation.eval_crf",
+                                 "segmentation.eval_split", "pseudo.crf", "data.max_images"),
+                          writes=(PREDICTIONS,), inputs=("model",), summary={"seg_miou": "miou"},
+                          description="multi-scale (+CRF) inference on val, mIoU")

@@ -10,21 +10,12 @@ from pipeline.metrics import confusion_matrix, coverage, scores
 from pipeline.parallel import map_images, sum_arrays
 from pipeline.store import LabelStore
 from pipeline.voc import NUM_CLASSES, VOCDataset, VOCFolder
-
-
-def cams_to_labels(cams: np.ndarray, classes: list[int], thresholds: np.ndarray) -> np.ndarray:
-    """Labels for each background threshold t: T×H×W, class of the top CAM where it exceeds t, else 0."""
-    h, w = cams.shape[-2:]
-    if len(classes) == 0:
-        return np.zeros((len(thresholds), h, w), np.uint8)
-    top = cams.max(0)
-    cls = np.asarray(classes, np.uint8)[cams.argmax(0)]
-    return np.where(top[None] > np.asarray(thresholds)[:, None, None], cls[None], 0).astype(np.uint8)
+from stages.labels import threshold_labels
 
 
 def sweep_confusions(gt: np.ndarray, cams: np.ndarray, classes: list[int], thresholds: np.ndarray) -> np.ndarray:
     """T×C×C confusion matrices of the seeds at every threshold, in one pass."""
-    preds = cams_to_labels(cams, classes, thresholds)
+    preds = threshold_labels(cams, classes, thresholds)
     valid = (gt < NUM_CLASSES).ravel()
     g = gt.ravel()[valid].astype(np.int64)
     out = np.empty((len(thresholds), NUM_CLASSES, NUM_CLASSES), np.int64)

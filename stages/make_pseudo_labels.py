@@ -1,96 +1,99 @@
-"""Stage ``make_pseudo_labels``: seeds (or random-walk maps) → background threshold → PAR and/or dense CRF → labels.
+"""Stage ``make_pseudo_labels``: score maps (seeds, random-walk maps) → background threshold → PAR and/or dense CRF → labels.
 
-Scores are [t, CAM_1..CAM_K] with the background score t; ``refine`` applies PAR
-(``stages.refine.par``) and then a dense CRF (``stages.crf.dense_crf``) to them; the label is the
-argmax. With an ``ignore_band`` (t_low, t_high) this is done at both thresholds and pixels where
-the two labels disagree are set to 255 (AFA's reliable/unreliable split).
+Scores are [t, CAM_1..CAM_K] with the background score t (``stages.labels.with_background``);
+``refine`` applies PAR (``stages.refine.par``) and then a dense CRF (``stages.crf.dense_crf``) to
+them; the label is the argmax. With a ``bkg_band`` (low, high) this is done at both scores and
+combined by ``stages.labels.reliable_labels`` (foreground from ``high``, background where both agree,
+255 between). The ``scores`` input is any store of per-image K×H×W maps with their ``classes``.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.config import PseudoConfig
+from pipeline.config import CrfConfig, ParConfig
+from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
-from pipeline.voc import IGNORE_INDEX, VOCFolder
+from pipeline.voc import VOCFolder
 from stages.common import fill_store
 from stages.crf import dense_crf
+from stages.labels import reliable_labels, with_background
 from stages.refine import par
 
+PSEUDO_LABELS = "pseudo_labels.zarr"
+#: the keys of ``make_pseudo_label``
+PSEUDO_READS = ("pseudo.bkg_threshold", "pseudo.bkg_band", "pseudo.refine", "pseudo.par", "pseudo.crf")
 
-def refine_scores(image: np.ndarray, scores: np.ndarray, cfg: PseudoConfig) -> np.ndarray:
-    """Apply the configured refinements to (K+1)×H×W scores of one H×W×3 uint8 image."""
-    if "par" in cfg.refine:
+
+def refine_scores(image: np.ndarray, scores: np.ndarray, refine: list[str], par_cfg: ParConfig,
+                  crf_cfg: CrfConfig) -> np.ndarray:
+    """Apply the refinements named in ``refine`` (``par``, then ``crf``) to (K+1)×H×W scores of one H×W×3 uint8 image."""
+    if "par" in refine:
         img = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
-        p = cfg.par
+        p = par_cfg
         scores = par(img, torch.from_numpy(scores)[None], p.dilations, p.num_iter, p.w_rgb, p.w_pos, p.w_mix)[0].numpy()
-    if "crf" in cfg.refine:
+    if "crf" in refine:
         probs = np.clip(scores, 1e-5, None)
         probs = probs / probs.sum(0, keepdims=True)
-        c = cfg.crf
+        c = crf_cfg
         scores = dense_crf(image, probs, c.n_iter, c.pos_xy_std, c.pos_w, c.bi_xy_std, c.bi_rgb_std, c.bi_w)
     return scores
 
 
-def constant_background(cams: np.ndarray) -> Callable[[float], np.ndarray]:
-    """Scores [t, CAM_1..CAM_K] for a background score t (the CAM papers' rule)."""
-    return lambda bkg: np.concatenate([np.full((1, *cams.shape[1:]), bkg, np.float32), cams.astype(np.float32)])
-
-
-def label_at(image: np.ndarray, scores: np.ndarray, classes: list[int], cfg: PseudoConfig) -> np.ndarray:
-    """Refine (K+1)×H×W scores (background first) and take the argmax as VOC labels."""
-    return np.asarray([0, *classes], np.uint8)[refine_scores(image, scores, cfg).argmax(0)]
-
-
-def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], cfg: PseudoConfig,
+def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], bkg_threshold: float,
+                      bkg_band: tuple[float, float] | None, refine: list[str], par_cfg: ParConfig, crf_cfg: CrfConfig,
                       scores_at: Callable[[float], np.ndarray] | None = None) -> np.ndarray:
-    """H×W uint8 pseudo label of one image from its normalised CAMs (K×H×W) of ``classes``.
+    """H×W uint8 pseudo label of one image from its normalised maps (K×H×W) of ``classes``.
 
-    ``scores_at(t)`` gives the (K+1)×H×W scores for background score t (default: t prepended to the CAMs).
+    ``scores_at(t)`` gives the (K+1)×H×W scores for background score t (default: ``with_background``).
+    Without a ``bkg_band`` the label is the refined argmax at ``bkg_threshold``; with one, the reliable
+    labels of the two ends.
     """
-    scores_at = scores_at or constant_background(cams)
-    if cfg.ignore_band is None:
-        return label_at(image, scores_at(cfg.bkg_threshold), classes, cfg)
-    low, high = cfg.ignore_band
-    lab_h = label_at(image, scores_at(high), classes, cfg)
-    lab_l = label_at(image, scores_at(low), classes, cfg)
-    return np.where(lab_h == lab_l, lab_h, IGNORE_INDEX).astype(np.uint8)
+    scores_at = scores_at or (lambda t: with_background(cams, t))
+    lookup = np.asarray([0, *classes], np.uint8)
+
+    def label_at(t: float) -> np.ndarray:
+        return lookup[refine_scores(image, scores_at(t), refine, par_cfg, crf_cfg).argmax(0)]
+
+    if bkg_band is None:
+        return label_at(bkg_threshold)
+    low, high = bkg_band
+    return reliable_labels(torch.from_numpy(label_at(high)), torch.from_numpy(label_at(low))).numpy().astype(np.uint8)
+
+
+def pseudo_label(config: ConfigView, image: np.ndarray, cams: np.ndarray, classes: list[int],
+                 scores_at: Callable[[float], np.ndarray] | None = None) -> np.ndarray:
+    """``make_pseudo_label`` with the run's ``pseudo`` section."""
+    p = config.pseudo
+    return make_pseudo_label(image, cams, classes, p.bkg_threshold, p.bkg_band, p.refine, p.par, p.crf, scores_at)
 
 
 @dataclass
 class PseudoLabelWorker:
+    config: ConfigView
     root: Path
-    seeds: Path
+    scores: Path
     out: Path
-    config: dict
-
-    @cached_property
-    def cfg(self) -> PseudoConfig:
-        return PseudoConfig.model_validate(self.config)
 
     def __call__(self, image_id: str) -> None:
-        cfg = self.cfg
-        seeds = LabelStore(self.seeds)
+        scores = LabelStore(self.scores)
         image = VOCFolder(self.root).image(image_id)
-        label = make_pseudo_label(image, seeds.read(image_id), seeds.read_attrs(image_id)["classes"], cfg)
+        label = pseudo_label(self.config, image, scores.read(image_id), scores.read_attrs(image_id)["classes"])
         LabelStore(self.out).write(image_id, label)
-
-
-#: the stage whose score maps a flow's pseudo labels come from, and its store
-SCORE_SOURCES = {"make_seeds": "seeds.zarr", "random_walk": "rw_seeds.zarr"}
 
 
 def run(ctx) -> dict:
     cfg = ctx.config
-    ds = ctx.run.dataset(cfg.data.label_split)
-    source = next(s for s in ctx.stage.inputs if s in SCORE_SOURCES)
-    seeds = LabelStore(ctx.input_dir(source) / SCORE_SOURCES[source])
-    store, done = fill_store(ctx, "pseudo_labels.zarr", {"stage": "make_pseudo_labels", "kind": "labels", "refine": list(cfg.pseudo.refine)},
-                             seeds.ids(), lambda out: PseudoLabelWorker(ds.root, seeds.path, out, cfg.pseudo.model_dump(mode="json")),
-                             cfg.pseudo.workers, "make_pseudo_labels")
-    return {"images": len(store), "resumed_from": done, "scores": source}
+    scores = LabelStore(ctx.input("scores"))
+    store, done = fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "refine": list(cfg.pseudo.refine)}, scores.ids(),
+                             lambda out: PseudoLabelWorker(cfg, ctx.run.voc_root, scores.path, out), cfg.pseudo.workers)
+    return {"images": len(store), "resumed_from": done, "scores": ctx.input_stage("scores")}
+
+
+MAKE_PSEUDO_LABELS = Stage("make_pseudo_labels", run, reads=PSEUDO_READS,
+                           writes=(PSEUDO_LABELS,), inputs=("scores",),
+                           description="background threshold, PAR, CRF → pseudo_labels.zarr")

@@ -31,3 +31,17 @@ def propagate(cams: torch.Tensor, affinity: torch.Tensor, beta: float = 2.0, log
             cams = cams @ t0
         return cams
     return cams @ transition_matrix(affinity, beta, log_t, eps)
+
+
+def propagate_maps(maps: torch.Tensor, affinity: torch.Tensor, beta: float = 2.0, log_t: int = 0) -> torch.Tensor:
+    """Propagate score maps over the affinity of their grid: B×K×h×w maps, B×N×N affinity (N = h·w) → B×K×h×w.
+
+    The one way every stage walks maps (ACR's seeds over the AffinityNet or the attention, AFA's scores
+    over its learned affinity); ``propagate`` on the flattened maps.
+
+    >>> a = torch.eye(2)[None]
+    >>> propagate_maps(torch.ones(1, 1, 1, 2), a, beta=1.0).shape
+    torch.Size([1, 1, 1, 2])
+    """
+    b, k, h, w = maps.shape
+    return propagate(maps.reshape(b, k, h * w), affinity, beta=beta, log_t=log_t).reshape(b, k, h, w)

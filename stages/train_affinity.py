@@ -1,9 +1,9 @@
 """Stage ``train_affinity``: an AffinityNet (PSA manner) trained on confident labels from the seeds.
 
 1. Confident labels per image (``affinity_labels.zarr``): the seeds — by default ACR* (without
-   affinity refinement, to avoid over-activation) — labelled at two background scores
-   ``affinity.label_band = (low, high)`` after ``affinity.label_refine``; where the two labels agree
-   the pixel is confident (foreground above ``high``, background below ``low``), elsewhere 255.
+   affinity refinement, to avoid over-activation; ``affinity.label_seeds``) — labelled at the two
+   background scores of ``affinity.bkg_band`` after ``affinity.label_refine``, combined by
+   ``stages.labels.reliable_labels`` (foreground above ``high``, background below ``low``, 255 between).
 2. AffinityNet on those labels: pairs within ``affinity.radius`` at stride 8, PSA's balanced loss.
 
 With ``affinity.source = attention`` nothing is trained: the random walk uses the ViT's own
@@ -12,43 +12,39 @@ patch-to-patch attention.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from models.affinity_net import affinity_loss, labels_at_stride, pair_offsets, pairwise_affinity
-from pipeline.config import PseudoConfig, RunConfig, TrainConfig
+from models.affinity_net import affinity_loss, affinity_spec, labels_at_stride, pairwise_affinity
+from models.pairs import pair_offsets
+from pipeline.checkpoint import MODEL_FILE
+from pipeline.config import TrainConfig
 from pipeline.errors import UserError
+from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
-from pipeline.training import StepIndexedDataset, train
 from pipeline.transforms import train_transform
 from pipeline.voc import VOCFolder
-from stages.common import affinity_from_config, fill_store
+from stages.common import fill_store, run_training
 from stages.evaluate import evaluate_labels
 from stages.make_pseudo_labels import make_pseudo_label
 
-LABEL_STORES = {"unrefined": "seeds_unrefined.zarr", "refined": "seeds.zarr"}
+AFFINITY_LABELS = "affinity_labels.zarr"
 
 
 @dataclass
 class ConfidentLabelWorker:
+    config: ConfigView
     root: Path
     seeds: Path
     out: Path
-    config: dict  # the run config
-
-    @cached_property
-    def pseudo(self) -> PseudoConfig:
-        cfg = RunConfig.model_validate(self.config)
-        a = cfg.affinity
-        return cfg.pseudo.model_copy(update={"ignore_band": a.label_band, "refine": a.label_refine})
 
     def __call__(self, image_id: str) -> None:
+        a, p = self.config.affinity, self.config.pseudo
         seeds = LabelStore(self.seeds)
         image = VOCFolder(self.root).image(image_id)
-        label = make_pseudo_label(image, seeds.read(image_id), seeds.read_attrs(image_id)["classes"], self.pseudo)
+        label = make_pseudo_label(image, seeds.read(image_id), seeds.read_attrs(image_id)["classes"], a.bkg_band[1],
+                                  a.bkg_band, a.label_refine, p.par, p.crf)
         LabelStore(self.out).write(image_id, label)
 
 
@@ -73,9 +69,19 @@ class AffinityLoss:
     def __call__(self, model, batch, step: int = 0) -> dict:
         images, labels = batch
         feats = model(images)
-        offsets = pair_offsets(self.radius)
+        offsets = pair_offsets(self.radius, "euclidean")
         small = labels_at_stride(labels, model.stride, tuple(feats.shape[-2:]))
         return affinity_loss(pairwise_affinity(feats, offsets), small, offsets)
+
+
+def label_seeds(ctx) -> LabelStore:
+    """The seeds the confident labels come from (``affinity.label_seeds``)."""
+    choice = ctx.config.affinity.label_seeds
+    path = ctx.input("unrefined_seeds" if choice == "unrefined" and ctx.has_input("unrefined_seeds") else "seeds")
+    if not (path / "zarr.json").is_file():
+        raise UserError(f"affinity.label_seeds={choice} needs {path.name} from {path.parent.name}, which this flow's seeds "
+                        "do not write (ACR writes it with acr.seed_mode=grad_aff): set affinity.label_seeds=refined")
+    return LabelStore(path)
 
 
 def run(ctx) -> dict:
@@ -83,21 +89,21 @@ def run(ctx) -> dict:
     a = cfg.affinity
     if a.source == "attention":
         return {"source": "attention", "trained": 0}
-    low, high = a.label_band
-    if not 0 <= low <= high:
-        raise UserError(f"affinity.label_band={list(a.label_band)} must be (low, high) with 0 <= low <= high")
-    seeds = LabelStore(ctx.input_dir("make_seeds") / LABEL_STORES[a.label_seeds])
-    ds = ctx.run.dataset(cfg.data.label_split)
-    labels, _ = fill_store(ctx, "affinity_labels.zarr", {"stage": "train_affinity", "kind": "labels"}, seeds.ids(),
-                           lambda out: ConfidentLabelWorker(ds.root, seeds.path, out, cfg.model_dump(mode="json")),
-                           cfg.pseudo.workers, "affinity_labels")
+    seeds = label_seeds(ctx)
+    ds = ctx.dataset(cfg.data.label_split)
+    labels, _ = fill_store(ctx, AFFINITY_LABELS, {"kind": "labels"}, seeds.ids(),
+                           lambda out: ConfidentLabelWorker(cfg, ds.root, seeds.path, out), cfg.pseudo.workers)
     quality = evaluate_labels(ds, labels, cfg.pseudo.workers, "affinity_labels")
     ids = labels.ids()
-    torch.manual_seed(cfg.seed)
-    model = affinity_from_config(cfg)
-    samples = StepIndexedDataset(len(ids), AffinitySamples(ds.root, ids, labels.path, a.train), cfg.seed)
-    last = train(model, samples, AffinityLoss(a.radius), a.train, ctx.dir, {"key": ctx.key, "stage": "train_affinity"},
-                 desc="train_affinity")
-    return {"source": "network", "steps": a.train.steps, "images": len(ids),
-            "label_miou": quality["miou"], "label_coverage": quality["coverage"],
-            **{f"final_{k}": round(v, 5) for k, v in last.items()}}
+    metrics = run_training(ctx, affinity_spec(a), AffinitySamples(ds.root, ids, labels.path, a.train), len(ids),
+                           lambda model: AffinityLoss(a.radius), a.train)
+    return {"source": "network", **metrics, "label_miou": quality["miou"], "label_coverage": quality["coverage"]}
+
+
+TRAIN_AFFINITY = Stage(
+    "train_affinity", run,
+    reads=("affinity.source", "affinity.backbone", "affinity.pretrained", "affinity.weights", "affinity.dims",
+           "affinity.radius", "affinity.label_seeds", "affinity.bkg_band", "affinity.label_refine", "affinity.train",
+           "pseudo.par", "pseudo.crf", "seed", "data.label_split", "data.max_images"),
+    writes=(AFFINITY_LABELS, MODEL_FILE), inputs=("seeds",), optional=("unrefined_seeds",),
+    description="AffinityNet (PSA) on confident labels from the (unrefined) seeds")

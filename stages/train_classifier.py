@@ -1,8 +1,7 @@
-"""Stage ``train_classifier``: a multi-label ViT classifier on image-level labels.
+"""Stage ``train_classifier``: the CAM baseline's multi-label ViT classifier on image-level labels.
 
-``model.arch = vit_cam``: patch-token class maps, pooled (the CAM baseline), multi-label soft margin.
-``model.arch = vit_acr``: class-token classifier trained with ACR's attention consistency between
-each batch and a random view of it (``models.acr.acr_losses``; knobs in section ``acr``).
+Patch-token class maps, pooled (``model.pooling``), multi-label soft-margin loss. ACR trains its
+class-token classifier in ``stages/train_acr_classifier.py`` on the same samples.
 """
 from __future__ import annotations
 
@@ -13,14 +12,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.acr import acr_losses, consistency_weight, view_seed
-from models.token_views import sample_view
-from pipeline.config import ACRConfig, TrainConfig
-from pipeline.errors import UserError
-from pipeline.training import StepIndexedDataset, train
+from models.cam_classifier import cam_classifier_spec
+from pipeline.checkpoint import MODEL_FILE
+from pipeline.config import TrainConfig
+from pipeline.stage import Stage
 from pipeline.transforms import train_transform
 from pipeline.voc import VOCFolder
-from stages.common import check_layers, classifier_from_config, labelled_images
+from stages.common import labelled_images, run_training
+
+#: what every classifier-training stage reads
+CLASSIFIER_READS = ("model", "train_classifier", "seed", "data.train_split", "data.max_images")
 
 
 @dataclass
@@ -46,36 +47,20 @@ def classification_loss(model: torch.nn.Module, batch, step: int = 0) -> dict:
     return {"loss": F.multilabel_soft_margin_loss(model(images), labels)}
 
 
-@dataclass
-class ACRLoss:
-    """``models.acr.acr_losses`` with a view drawn from the batch's own seed."""
-
-    cfg: ACRConfig
-    crop_size: int
-
-    def __call__(self, model: torch.nn.Module, batch, step: int = 0) -> dict:
-        images, labels, seeds = batch
-        c = self.cfg
-        view = sample_view(view_seed(seeds), c.transforms, c.resize_range, self.crop_size, model.patch_size)
-        on = consistency_weight(step, c.start_step, c.ramp_steps)
-        return acr_losses(model, images, labels, view, c.alpha * on, c.beta * on, c.layers)
+def classifier_samples(ctx) -> tuple[ClassificationSamples, int]:
+    """The training split's labelled images as classification samples, and how many."""
+    cfg = ctx.config
+    ds = ctx.dataset(cfg.data.train_split)
+    ids, labels = labelled_images(ds)
+    return ClassificationSamples(ds.root, ids, labels, cfg.train_classifier), len(ids)
 
 
 def run(ctx) -> dict:
     cfg = ctx.config
-    ds = ctx.run.dataset(cfg.data.train_split)
-    ids, labels = labelled_images(ds)
-    torch.manual_seed(cfg.seed)
-    model = classifier_from_config(cfg)
-    samples = StepIndexedDataset(len(ids), ClassificationSamples(ds.root, ids, labels, cfg.train_classifier), cfg.seed)
-    loss_fn = classification_loss
-    if cfg.model.arch == "vit_acr":
-        crop = cfg.train_classifier.crop_size
-        if crop % model.patch_size:
-            raise UserError(f"train_classifier.crop_size={crop} is not a multiple of the patch size {model.patch_size}: "
-                            "ACR's flips and rotations permute whole patches only")
-        check_layers(cfg.acr.layers, model.num_layers, "acr.layers")
-        loss_fn = ACRLoss(cfg.acr, crop)
-    last = train(model, samples, loss_fn, cfg.train_classifier, ctx.dir, {"key": ctx.key, "stage": "train_classifier"},
-                 desc="train_classifier")
-    return {"steps": cfg.train_classifier.steps, "images": len(ids), **{f"final_{k}": round(v, 5) for k, v in last.items()}}
+    samples, n = classifier_samples(ctx)
+    spec = cam_classifier_spec(cfg.model, cfg.train_classifier.crop_size)
+    return run_training(ctx, spec, samples, n, lambda model: classification_loss, cfg.train_classifier)
+
+
+TRAIN_CLASSIFIER = Stage("train_classifier", run, reads=CLASSIFIER_READS, writes=(MODEL_FILE,),
+                         description="multi-label ViT classifier (patch-token CAM, pooled) on image-level labels")

@@ -1,4 +1,8 @@
-"""Stage ``train_segmentation``: a segmentation network on stored labels (255 ignored) or on ground truth."""
+"""Stage ``train_segmentation``: a segmentation network on stored labels (255 ignored) or on ground truth.
+
+With its ``labels`` input wired (a label store: pseudo labels), it trains on every image of that
+store; without it, on the ground-truth masks of ``data.train_split`` (the supervised upper bound).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,15 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.segmentation import segmentation_spec
+from pipeline.checkpoint import MODEL_FILE
 from pipeline.config import TrainConfig
+from pipeline.stage import Stage
 from pipeline.store import LabelStore
-from pipeline.training import StepIndexedDataset, train
 from pipeline.transforms import train_transform
 from pipeline.voc import IGNORE_INDEX, VOCFolder
-from stages.common import segmentation_from_config
-
-#: the stage whose LabelStore a flow's segmentation trains on (absent: ground-truth masks)
-LABEL_SOURCES = {"make_pseudo_labels": "pseudo_labels.zarr"}
+from stages.common import run_training
 
 
 @dataclass
@@ -43,18 +46,21 @@ def segmentation_loss(model: torch.nn.Module, batch, step: int = 0) -> dict:
 
 def run(ctx) -> dict:
     cfg = ctx.config
-    source = next((s for s in ctx.stage.inputs if s in LABEL_SOURCES), None)
-    if source:
-        store = LabelStore(ctx.input_dir(source) / LABEL_SOURCES[source])
-        ids, labels = store.ids(), store.path
+    if ctx.has_input("labels"):
+        store = LabelStore(ctx.input("labels"))
+        ids, labels, source = store.ids(), store.path, ctx.input_stage("labels")
     else:
-        ds = ctx.run.dataset(cfg.data.train_split)
-        ids, labels = [i for i in ds.ids if ds.has_mask(i)], None
-    torch.manual_seed(cfg.seed)
-    model = segmentation_from_config(cfg)
+        ds = ctx.dataset(cfg.data.train_split)
+        ids, labels, source = [i for i in ds.ids if ds.has_mask(i)], None, "ground_truth"
     tcfg = cfg.segmentation.train
-    samples = StepIndexedDataset(len(ids), SegmentationSamples(ctx.run.voc_root, ids, labels, tcfg), cfg.seed)
-    last = train(model, samples, segmentation_loss, tcfg, ctx.dir, {"key": ctx.key, "stage": "train_segmentation"},
-                 desc="train_segmentation")
-    return {"steps": tcfg.steps, "images": len(ids), "labels": source or "ground_truth",
-            **{f"final_{k}": round(v, 5) for k, v in last.items()}}
+    metrics = run_training(ctx, segmentation_spec(cfg.segmentation), SegmentationSamples(ctx.run.voc_root, ids, labels, tcfg),
+                           len(ids), lambda model: segmentation_loss, tcfg)
+    return {**metrics, "labels": source}
+
+
+TRAIN_SEGMENTATION = Stage(
+    "train_segmentation", run,
+    reads=("segmentation.backbone", "segmentation.pretrained", "segmentation.weights", "segmentation.head",
+           "segmentation.output_stride", "segmentation.train", "seed", "data.train_split", "data.max_images"),
+    writes=(MODEL_FILE,), optional=("labels",),
+    description="segmentation network on stored labels (or, unwired, on ground-truth masks)")

@@ -3,7 +3,7 @@
 Each step (``AFALoss``):
 1. L_cls: multi-label soft margin on the pooled scores.
 2. Reliable CAM labels: the batch's own CAMs (normalised, present classes only) with background at
-   β_h and β_l, PAR-refined (``afa.par``), combined by ``models.afa.reliable_labels``.
+   β_h and β_l (``afa.bkg_band``), PAR-refined (``afa.par``), combined by ``stages.labels.reliable_labels``.
 3. L_aff (Eq. 5) of the AFA module against the affinity labels of (2) at feature resolution within ``afa.radius``.
 4. Segmentation labels: the CAMs propagated by the random walk over the learned affinity (detached),
    PAR-refined and combined in the same way (``afa.affinity=false``: the labels of (2)); L_seg is the
@@ -20,13 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.afa import (IGNORE, PresentClasses, affinity_loss, affinity_targets, label_scores, local_consistency_loss,
-                        normalise_batch_cams, reliable_labels)
-from pipeline.config import AFAConfig, ParConfig, TrainConfig
-from pipeline.training import StepIndexedDataset, train
+from models.afa import AFAConfig, affinity_loss, affinity_targets, afa_spec, local_consistency_loss
+from pipeline.checkpoint import MODEL_FILE
+from pipeline.config import ParConfig, TrainConfig
+from pipeline.stage import Stage
 from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
-from pipeline.voc import VOCFolder
-from stages.common import afa_from_config, labelled_images
+from pipeline.voc import IGNORE_INDEX, VOCFolder
+from stages.afa_labels import PresentClasses, label_scores, normalise_batch_cams
+from stages.common import labelled_images, run_training
+from stages.labels import reliable_labels
 from stages.refine import par
 
 
@@ -69,7 +71,7 @@ class AFALoss:
         """
         c, size = self.cfg, rgb.shape[-2:]
         small = (size[0] // c.par_downscale, size[1] // c.par_downscale)
-        scores = [label_scores(cams, present, bkg, small, aff, c.radius, c.power, c.log_t)
+        scores = [label_scores(cams, present, bkg, small, aff, c.radius, c.beta, c.log_t)
                   for aff in affinities for bkg in (c.bkg_band[1], c.bkg_band[0])]
         if c.par:
             p = self.par
@@ -77,7 +79,7 @@ class AFALoss:
                           p.dilations, p.num_iter, p.w_rgb, p.w_pos, p.w_mix)
             scores = list(refined.split([s.shape[1] for s in scores], 1))
         labs = [present.to_labels(F.interpolate(s, size=size, mode="bilinear", align_corners=False)) for s in scores]
-        return [reliable_labels(hi, lo).masked_fill(~valid, IGNORE) for hi, lo in zip(labs[::2], labs[1::2])]
+        return [reliable_labels(hi, lo).masked_fill(~valid, IGNORE_INDEX) for hi, lo in zip(labs[::2], labs[1::2])]
 
     def __call__(self, model: torch.nn.Module, batch, step: int = 0) -> dict:
         images, labels, valid = batch
@@ -104,7 +106,7 @@ class AFALoss:
                 total = total + c.aff_weight * losses["aff"]
             if train_seg:
                 seg = F.interpolate(out.seg, size=images.shape[-2:], mode="bilinear", align_corners=False)
-                losses["seg"] = F.cross_entropy(seg, seg_labels, ignore_index=IGNORE)
+                losses["seg"] = F.cross_entropy(seg, seg_labels, ignore_index=IGNORE_INDEX)
                 total = total + c.seg_weight * losses["seg"]
                 if c.reg:
                     size = [max(1, round(s * c.reg_scale)) for s in images.shape[-2:]]
@@ -119,12 +121,16 @@ class AFALoss:
 
 def run(ctx) -> dict:
     cfg = ctx.config
-    ds = ctx.run.dataset(cfg.data.train_split)
+    ds = ctx.dataset(cfg.data.train_split)
     ids, labels = labelled_images(ds)
-    torch.manual_seed(cfg.seed)
-    model = afa_from_config(cfg)
     tcfg = cfg.afa.train
-    samples = StepIndexedDataset(len(ids), SingleStageSamples(ds.root, ids, labels, tcfg), cfg.seed)
-    last = train(model, samples, AFALoss(cfg.afa, cfg.pseudo.par), tcfg, ctx.dir,
-                 {"key": ctx.key, "stage": "train_single_stage"}, desc="train_single_stage")
-    return {"steps": tcfg.steps, "images": len(ids), **{f"final_{k}": round(v, 5) for k, v in last.items()}}
+    return run_training(ctx, afa_spec(cfg.afa), SingleStageSamples(ds.root, ids, labels, tcfg), len(ids),
+                        lambda model: AFALoss(cfg.afa, cfg.pseudo.par), tcfg)
+
+
+#: every ``afa`` key but the one that only the pseudo-label stage reads
+_AFA_TRAIN = tuple(f"afa.{k}" for k in AFAConfig.model_fields if k != "propagate")
+TRAIN_SINGLE_STAGE = Stage("train_single_stage", run,
+                           reads=(*_AFA_TRAIN, "pseudo.par", "seed", "data.train_split", "data.max_images"),
+                           writes=(MODEL_FILE,),
+                           description="AFA: classification, affinity from attention and segmentation trained at once")

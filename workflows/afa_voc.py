@@ -1,14 +1,27 @@
-"""``afa_voc``: AFA as one merged single-stage training, its seeds and pseudo labels stored and scored."""
-from prefect import flow
+"""``afa_voc``: AFA as one merged single-stage training, its seeds and pseudo labels stored and scored.
 
-from workflows.stages import (EVAL_PSEUDO_LABELS, EVAL_SEEDS, EVAL_SINGLE_STAGE_SEGMENTATION, MAKE_AFA_PSEUDO_LABELS,
-                              MAKE_SEEDS_FROM_AFA, TRAIN_SINGLE_STAGE, as_task)
+AFA's parts: ``models/afa.py`` (network, AFA module, losses, the ``afa`` config section),
+``models/mix_transformer.py``, ``stages/train_single_stage.py``, ``stages/afa_labels.py``,
+``stages/afa_pseudo_labels.py``.
+"""
+from pipeline.checkpoint import MODEL_FILE
+from stages.afa_pseudo_labels import MAKE_AFA_PSEUDO_LABELS
+from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
+from stages.eval_seeds import EVAL_SEEDS
+from stages.eval_segmentation import EVAL_SEGMENTATION
+from stages.make_pseudo_labels import PSEUDO_LABELS
+from stages.make_seeds import MAKE_SEEDS, SEEDS
+from stages.train_single_stage import TRAIN_SINGLE_STAGE
+from workflows.registry import define_flow
 
-STAGES = [TRAIN_SINGLE_STAGE, MAKE_SEEDS_FROM_AFA, EVAL_SEEDS, MAKE_AFA_PSEUDO_LABELS, EVAL_PSEUDO_LABELS,
-          EVAL_SINGLE_STAGE_SEGMENTATION]
-DESCRIPTION = "AFA single stage: MiT classifier + affinity from attention + segmentation → seeds, pseudo labels, val mIoU"
-
-#: the flow's own defaults (under every profile) and its per-profile ones (over the profile)
+network = TRAIN_SINGLE_STAGE.out(MODEL_FILE)
+seeds = MAKE_SEEDS.wire(model=network)
+pseudo = MAKE_AFA_PSEUDO_LABELS.wire(seeds=seeds.out(SEEDS), model=network)
+#: the stages up to the pseudo labels' score, shared with ``afa_voc_multistage``
+LABEL_STAGES = [TRAIN_SINGLE_STAGE, seeds, EVAL_SEEDS.wire(seeds=seeds.out(SEEDS)), pseudo,
+                EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS))]
+OWN_BRANCH = EVAL_SEGMENTATION.wire(model=network)
+PSEUDO = pseudo
 DEFAULTS: dict = {"pseudo": {"bkg_threshold": 0.1}}
 PROFILE_DEFAULTS: dict[str, dict] = {
     # from scratch on 2 CPU cores: a longer schedule than the other flows' 1000 steps, and β_l = 0.02 so that
@@ -27,8 +40,6 @@ PROFILE_DEFAULTS: dict[str, dict] = {
               "segmentation": {"eval_scales": [1.0, 0.75, 1.25], "eval_flip": True, "eval_crf": True}},
 }
 
-
-@flow(name="afa_voc", description=DESCRIPTION)
-def afa_voc(run_dir: str) -> None:
-    for stage in STAGES:
-        as_task(stage)(run_dir)
+SPEC = define_flow("afa_voc", [*LABEL_STAGES, OWN_BRANCH],
+                   "AFA single stage: MiT classifier + affinity from attention + segmentation → seeds, pseudo labels, val mIoU",
+                   DEFAULTS, PROFILE_DEFAULTS)

@@ -1,15 +1,21 @@
 """``cam_voc``: ViT CAM baseline — classifier, CAM seeds, PAR/CRF pseudo labels, segmentation."""
-from prefect import flow
+from pipeline.checkpoint import MODEL_FILE
+from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
+from stages.eval_seeds import EVAL_SEEDS
+from stages.eval_segmentation import EVAL_SEGMENTATION
+from stages.make_pseudo_labels import MAKE_PSEUDO_LABELS, PSEUDO_LABELS
+from stages.make_seeds import MAKE_SEEDS, SEEDS
+from stages.train_classifier import TRAIN_CLASSIFIER
+from stages.train_segmentation import TRAIN_SEGMENTATION
+from workflows.registry import define_flow
 
-from workflows.stages import (EVAL_PSEUDO_LABELS, EVAL_SEEDS, EVAL_SEGMENTATION, MAKE_PSEUDO_LABELS, MAKE_SEEDS,
-                              TRAIN_CLASSIFIER, TRAIN_SEG_ON_PSEUDO, as_task)
+seeds = MAKE_SEEDS.wire(model=TRAIN_CLASSIFIER.out(MODEL_FILE))
+pseudo = MAKE_PSEUDO_LABELS.wire(scores=seeds.out(SEEDS))
+segmentation = TRAIN_SEGMENTATION.wire(labels=pseudo.out(PSEUDO_LABELS))
 
-STAGES = [TRAIN_CLASSIFIER, MAKE_SEEDS, EVAL_SEEDS, MAKE_PSEUDO_LABELS, EVAL_PSEUDO_LABELS, TRAIN_SEG_ON_PSEUDO,
-          EVAL_SEGMENTATION]
-DESCRIPTION = "ViT CAM baseline: classifier → CAM seeds → PAR/CRF pseudo labels → segmentation"
-
-
-@flow(name="cam_voc", description=DESCRIPTION)
-def cam_voc(run_dir: str) -> None:
-    for stage in STAGES:
-        as_task(stage)(run_dir)
+SPEC = define_flow(
+    "cam_voc",
+    [TRAIN_CLASSIFIER, seeds, EVAL_SEEDS.wire(seeds=seeds.out(SEEDS)), pseudo,
+     EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS)), segmentation,
+     EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))],
+    "ViT CAM baseline: classifier → CAM seeds → PAR/CRF pseudo labels → segmentation")

@@ -1,35 +1,62 @@
-"""Flows by name: the Prefect flow, its stages (for inspect) and its one-line description."""
+"""Flows by name. A flow module calls ``define_flow`` once: its stages (wired), description and
+config defaults; the Prefect flow that runs the stages in order is made here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
 
+from prefect import flow as prefect_flow
+
+from pipeline.config import RunConfigBase, resolve_config
 from pipeline.errors import UserError
-from workflows import acr_voc, afa_voc, afa_voc_multistage, cam_voc, supervised_voc
+from pipeline.stage import Stage
+from workflows.tasks import as_task
+
+FLOWS: dict[str, "FlowSpec"] = {}
 
 
 @dataclass(frozen=True)
 class FlowSpec:
     name: str
     flow: Callable
-    stages: list
+    stages: list[Stage]
     description: str
     defaults: dict  # the flow's own config defaults, under the profile
     profile_defaults: dict = field(default_factory=dict)  # per profile, over the profile
 
+    def resolve(self, profile: str = "default", sets: list[str] | tuple[str, ...] = (),
+                data_root: str | None = None) -> RunConfigBase:
+        """This flow's config: defaults ← flow defaults ← profile ← flow's profile defaults ← ``--set``."""
+        return resolve_config(self.name, profile, sets, self.defaults, data_root, self.profile_defaults)
 
-FLOWS: dict[str, FlowSpec] = {
-    "acr_voc": FlowSpec("acr_voc", acr_voc.acr_voc, acr_voc.STAGES, acr_voc.DESCRIPTION, acr_voc.DEFAULTS,
-                        acr_voc.PROFILE_DEFAULTS),
-    "afa_voc": FlowSpec("afa_voc", afa_voc.afa_voc, afa_voc.STAGES, afa_voc.DESCRIPTION, afa_voc.DEFAULTS,
-                        afa_voc.PROFILE_DEFAULTS),
-    "afa_voc_multistage": FlowSpec("afa_voc_multistage", afa_voc_multistage.afa_voc_multistage, afa_voc_multistage.STAGES,
-                                   afa_voc_multistage.DESCRIPTION, afa_voc_multistage.DEFAULTS,
-                                   afa_voc_multistage.PROFILE_DEFAULTS),
-    "cam_voc": FlowSpec("cam_voc", cam_voc.cam_voc, cam_voc.STAGES, cam_voc.DESCRIPTION, {}),
-    "supervised_voc": FlowSpec("supervised_voc", supervised_voc.supervised_voc, supervised_voc.STAGES,
-                               supervised_voc.DESCRIPTION, {}),
-}
+
+def define_flow(name: str, stages: list[Stage], description: str, defaults: dict | None = None,
+                profile_defaults: dict[str, dict] | None = None) -> FlowSpec:
+    """Register flow ``name``: a Prefect flow that runs ``stages`` in order, each as a task.
+
+    Every stage's inputs must be wired to stages that come before it in the list.
+    """
+    names: list[str] = []
+    for st in stages:
+        st.check_wired()
+        for role, o in st.sources.items():
+            if o.stage.name not in names:
+                raise ValueError(f"flow {name}: {st.name}.{role} reads {o.stage.name}, which does not run before it")
+        if st.name in names:
+            raise ValueError(f"flow {name}: two stages named {st.name}")
+        names.append(st.name)
+    tasks = [as_task(st) for st in stages]
+
+    @prefect_flow(name=name, description=description)
+    def run_flow(run_dir: str) -> None:
+        for t in tasks:
+            t(run_dir)
+
+    spec = FlowSpec(name, run_flow, list(stages), description, defaults or {}, profile_defaults or {})
+    if name in FLOWS:
+        raise ValueError(f"flow {name!r} is defined twice")
+    FLOWS[name] = spec
+    return spec
 
 
 def get_flow(name: str) -> FlowSpec:

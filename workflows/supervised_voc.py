@@ -1,13 +1,8 @@
 """``supervised_voc``: the segmentation stage on ground-truth masks — the upper bound of every weak flow."""
-from prefect import flow
+from pipeline.checkpoint import MODEL_FILE
+from stages.eval_segmentation import EVAL_SEGMENTATION
+from stages.train_segmentation import TRAIN_SEGMENTATION
+from workflows.registry import define_flow
 
-from workflows.stages import EVAL_SEGMENTATION, TRAIN_SEG_ON_GT, as_task
-
-STAGES = [TRAIN_SEG_ON_GT, EVAL_SEGMENTATION]
-DESCRIPTION = "fully supervised upper bound: segmentation on ground-truth masks"
-
-
-@flow(name="supervised_voc", description=DESCRIPTION)
-def supervised_voc(run_dir: str) -> None:
-    for stage in STAGES:
-        as_task(stage)(run_dir)
+SPEC = define_flow("supervised_voc", [TRAIN_SEGMENTATION, EVAL_SEGMENTATION.wire(model=TRAIN_SEGMENTATION.out(MODEL_FILE))],
+                   "fully supervised upper bound: segmentation on ground-truth masks")

@@ -9,11 +9,14 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.plots import draw_grid, overlay
 from pipeline.store import LabelStore
+from stages.eval_segmentation import PREDICTIONS
+from stages.labels import threshold_labels
+from stages.make_pseudo_labels import PSEUDO_LABELS
+from stages.make_seeds import SEEDS
 
 
 def _seed_label(store: LabelStore, image_id: str, threshold: float) -> np.ndarray:
-    from stages.evaluate import cams_to_labels
-    return cams_to_labels(store.read(image_id).astype(np.float32), store.read_attrs(image_id)["classes"], np.array([threshold]))[0]
+    return threshold_labels(store.read(image_id).astype(np.float32), store.read_attrs(image_id)["classes"], np.array([threshold]))[0]
 
 
 def draw_run(run, stage: str, out: Path, num: int) -> None:
@@ -25,9 +28,9 @@ def draw_run(run, stage: str, out: Path, num: int) -> None:
         shutil.copy(src, out)
         return
     cfg = run.config
-    seeds = run.stage_dir("make_seeds") / "seeds.zarr"
-    pseudo = run.stage_dir("make_pseudo_labels") / "pseudo_labels.zarr"
-    preds = run.stage_dir("eval_segmentation") / "predictions.zarr"
+    seeds = run.stage_dir("make_seeds") / SEEDS
+    pseudo = run.stage_dir("make_pseudo_labels") / PSEUDO_LABELS
+    preds = run.stage_dir("eval_segmentation") / PREDICTIONS
     if stage in ("eval_segmentation",):
         split, columns = cfg.segmentation.eval_split, [("prediction", preds)]
     else:

@@ -1,0 +1,228 @@
+"""A stage declares what it reads and writes; its cache key follows from the declaration.
+
+A ``Stage`` is a function ``fn(ctx) -> metrics`` with
+
+- ``reads``: the config keys it reads (dotted; a section covers all its keys). Its ``ctx.config``
+  is a view that refuses any other key, so the declaration cannot fall behind the code;
+- ``writes``: the files and stores it leaves in its folder for later stages;
+- ``inputs``: the roles it reads from earlier stages (``"model"``, ``"seeds"``, ...), which a flow
+  binds to another stage's output with ``wire(role=other.out(NAME))``;
+- ``summary``: which of its metrics fill which key of ``inspect``'s summary.
+
+The key of a stage digests its name and version, the data's identity, the values of the keys it
+reads and the keys of the stages its inputs come from (``stage_key``): so it changes when, and only
+when, something it depends on changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from pipeline.config import RunConfigBase, parse_config_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.runs import Run
+    from pipeline.voc import VOCDataset
+
+#: what every stage depends on through the data's fingerprint (the dataset's identity)
+DATA_KEYS = ("data.root", "data.synthetic")
+#: knobs of how a stage runs, not of what it computes: any stage may read them and they stay out of keys
+EXECUTION_KEYS = ("pseudo.workers",)
+
+
+def _covered(path: str, keys: tuple[str, ...]) -> bool:
+    """Whether dotted ``path`` is one of ``keys`` or lies inside one of them."""
+    return any(path == k or path.startswith(k + ".") for k in keys)
+
+
+def lookup(config: Mapping, dotted: str) -> Any:
+    """The value at a dotted key of a nested dict."""
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+class UndeclaredConfigRead(RuntimeError):
+    """A stage read a config key that it does not declare (a defect of the stage, not of the user's input)."""
+
+
+class ConfigView:
+    """A run config as one stage may see it: attribute access like the config itself, limited to ``reads``.
+
+    Reading a key that the stage does not declare raises ``UndeclaredConfigRead`` naming both, so a
+    stage's cache key can never miss a key that the stage uses. Picklable (per-image workers get it).
+    """
+
+    __slots__ = ("_root", "_path", "_reads", "_stage")
+
+    def __init__(self, root: RunConfigBase, reads: tuple[str, ...], stage: str, path: str = "") -> None:
+        object.__setattr__(self, "_root", root)
+        object.__setattr__(self, "_reads", tuple(reads))
+        object.__setattr__(self, "_stage", stage)
+        object.__setattr__(self, "_path", path)
+
+    def _obj(self) -> Any:
+        obj: Any = self._root
+        for part in self._path.split(".") if self._path else ():
+            obj = getattr(obj, part)
+        return obj
+
+    def _refuse(self, path: str) -> None:
+        raise UndeclaredConfigRead(f"stage {self._stage} reads config key {path!r} but does not declare it in its reads "
+                                   f"({', '.join(self._reads)})")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self._obj(), name)
+        path = f"{self._path}.{name}" if self._path else name
+        allowed = self._reads + EXECUTION_KEYS
+        if isinstance(value, BaseModel):
+            if not (_covered(path, allowed) or any(k.startswith(path + ".") for k in allowed)):
+                self._refuse(path)
+            return ConfigView(self._root, self._reads, self._stage, path)
+        if not _covered(path, allowed):
+            self._refuse(path)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a stage's config is read-only")
+
+    def _whole(self) -> BaseModel:
+        if not _covered(self._path, self._reads):
+            self._refuse(self._path or "<the whole config>")
+        return self._obj()
+
+    def model_dump(self, **kwargs) -> dict:
+        return self._whole().model_dump(**kwargs)
+
+    def model_copy(self, **kwargs) -> BaseModel:
+        return self._whole().model_copy(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"ConfigView({self._stage}: {self._path or 'config'})"
+
+    def __reduce__(self):
+        return _restore_view, (self._root.model_dump_json(), self._reads, self._stage, self._path)
+
+
+def _restore_view(config_json: str, reads: tuple[str, ...], stage: str, path: str) -> ConfigView:
+    return ConfigView(parse_config_json(config_json), reads, stage, path)
+
+
+@dataclass(frozen=True)
+class Output:
+    """A file or store that ``stage`` writes in its folder."""
+
+    stage: "Stage"
+    name: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage kind: its function and what it reads, writes and takes from earlier stages (module docstring)."""
+
+    name: str
+    fn: Callable[["StageContext"], dict]
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # roles the flow must bind
+    optional: tuple[str, ...] = ()  # roles the flow may bind
+    summary: Mapping[str, str] = field(default_factory=dict)  # inspect's summary key -> this stage's metric
+    description: str = ""
+    version: int = 1
+    bound: tuple[tuple[str, Output], ...] = ()
+
+    def out(self, name: str) -> Output:
+        """This stage's output ``name`` (declared in ``writes``), for binding to a later stage's input."""
+        if name not in self.writes:
+            raise ValueError(f"stage {self.name} does not write {name!r} (it writes {', '.join(self.writes) or 'nothing'})")
+        return Output(self, name)
+
+    def wire(self, **bindings: Output) -> "Stage":
+        """This stage with its input roles bound to earlier stages' outputs."""
+        unknown = set(bindings) - set(self.inputs) - set(self.optional)
+        if unknown:
+            raise ValueError(f"stage {self.name} has no input {sorted(unknown)} (inputs: {self.inputs + self.optional})")
+        bound = dict(self.bound)
+        bound.update(bindings)
+        return dataclasses.replace(self, bound=tuple(sorted(bound.items())))
+
+    def named(self, name: str, summary: Mapping[str, str] | None = None) -> "Stage":
+        """The same stage under another name (a flow that keeps both of two routes), optionally filling other
+        summary keys (``{}``: none)."""
+        return dataclasses.replace(self, name=name, summary=self.summary if summary is None else dict(summary))
+
+    @property
+    def sources(self) -> dict[str, Output]:
+        return dict(self.bound)
+
+    def check_wired(self) -> None:
+        missing = set(self.inputs) - set(self.sources)
+        if missing:
+            raise ValueError(f"stage {self.name}: inputs {sorted(missing)} are not wired")
+
+    def upstream(self) -> list["Stage"]:
+        """Every stage this one depends on, directly or not (each once)."""
+        seen: dict[str, Stage] = {}
+        for o in self.sources.values():
+            for s in [*o.stage.upstream(), o.stage]:
+                seen.setdefault(s.name, s)
+        return list(seen.values())
+
+
+def stage_key(stage: Stage, config: Mapping, data_id: str) -> str:
+    """The cache key of ``stage`` under a config (its JSON dump) and the data's fingerprint."""
+    payload = {"stage": stage.name, "version": stage.version, "data": data_id,
+               "dataset": {k: lookup(config, k) for k in DATA_KEYS},
+               "config": {k: lookup(config, k) for k in stage.reads},
+               "inputs": {role: [o.stage.name, o.name, stage_key(o.stage, config, data_id)] for role, o in stage.bound}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageContext:
+    """What a stage function gets: its run, its key, its config view, its folder, its inputs and outputs."""
+
+    run: "Run"
+    stage: Stage
+    key: str
+
+    @property
+    def config(self) -> ConfigView:
+        return ConfigView(self.run.config, self.stage.reads, self.stage.name)
+
+    @property
+    def dir(self) -> Path:
+        return self.run.stage_dir(self.stage.name)
+
+    def has_input(self, role: str) -> bool:
+        return role in self.stage.sources
+
+    def input(self, role: str) -> Path:
+        """The path of the output bound to ``role``."""
+        o = self.stage.sources.get(role)
+        if o is None:
+            raise KeyError(f"stage {self.stage.name} has no input {role!r} wired")
+        return self.run.stage_dir(o.stage.name) / o.name
+
+    def input_stage(self, role: str) -> str:
+        return self.stage.sources[role].stage.name
+
+    def output(self, name: str) -> Path:
+        if name not in self.stage.writes:
+            raise KeyError(f"stage {self.stage.name} writes {name!r} without declaring it")
+        return self.dir / name
+
+    def dataset(self, split: str) -> "VOCDataset":
+        """A split of the run's data, capped by ``data.max_images`` (which the stage must declare)."""
+        from pipeline.voc import VOCDataset
+        return VOCDataset(self.run.voc_root, split, self.config.data.max_images)

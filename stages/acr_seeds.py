@@ -1,0 +1,82 @@
+"""Stage ``make_seeds`` of ACR: gradient class localisation on the class-token ViT's attention (Table 5).
+
+``acr.seed_mode``: ``grad`` — M^c = mean_l ReLU(∂y_c/∂A_l[0,1:]) over ``acr.seed_layers``; ``grad_aff`` —
+M^c refined with the patch-to-patch attention of ``acr.seed_aff_layers`` (``models.acr.acr_seed_maps``);
+``cam`` — the head applied to the patch tokens (``stages.make_seeds.image_cams``). Multi-scale + flip,
+max-normalised per class, in ``seeds.zarr`` as every seed stage. With ``grad_aff`` the unrefined ``grad``
+maps of the same pass also go to ``seeds_unrefined.zarr`` (ACR*, the labels of the offline affinity).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.acr import acr_seed_maps
+from models.cam_classifier import multiscale_maps, normalise_cams
+from pipeline.stage import ConfigView, Stage
+from pipeline.store import LabelStore, open_for_stage
+from pipeline.transforms import normalise
+from pipeline.voc import VOCFolder
+from stages.common import check_layers, fill_store, labels_to_onehot_classes, trained_model
+from stages.make_seeds import SEED_READS, SEEDS, image_cams
+
+SEEDS_UNREFINED = "seeds_unrefined.zarr"
+
+
+def image_acr_seeds(model, image: np.ndarray, classes: list[int], scales: list[float], flip: bool,
+                    layers: list[int] | None, aff_layers: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """ACR seeds of one uint8 image: (grad maps, grad_aff maps), each K×H×W float32, max-normalised."""
+    if not classes:
+        empty = np.zeros((0, *image.shape[:2]), np.float32)
+        return empty, empty
+    idx = [c - 1 for c in classes]
+    both = multiscale_maps(lambda b: torch.cat(acr_seed_maps(model, b, idx, layers, aff_layers), 1),
+                           normalise(image), scales, flip)
+    k = len(classes)
+    return normalise_cams(both[:k]).numpy(), normalise_cams(both[k:]).numpy()
+
+
+@dataclass
+class ACRSeedWorker:
+    config: ConfigView
+    model: Path
+    root: Path
+    out: Path
+
+    def __call__(self, image_id: str) -> None:
+        cam, acr = self.config.cam, self.config.acr
+        model = trained_model(self.model)
+        ds = VOCFolder(self.root)
+        classes = labels_to_onehot_classes(ds.image_labels(image_id))
+        image = ds.image(image_id)
+        if acr.seed_mode == "cam":
+            stores = {SEEDS: image_cams(model, image, classes, cam.scales, cam.flip)}
+        else:
+            grad, grad_aff = image_acr_seeds(model, image, classes, cam.scales, cam.flip, acr.seed_layers, acr.seed_aff_layers)
+            stores = {SEEDS_UNREFINED: grad, SEEDS: grad_aff} if acr.seed_mode == "grad_aff" else {SEEDS: grad}
+        # the unrefined store first: the seeds store is the one fill_store checks for resumption
+        for name, maps in stores.items():
+            LabelStore(self.out.parent / name).write(image_id, maps.astype(np.float16), {"classes": classes})
+
+
+def run(ctx) -> dict:
+    cfg = ctx.config
+    ds = ctx.dataset(cfg.data.label_split)
+    if cfg.acr.seed_mode != "cam":
+        # the worker runs in this process and reuses the model loaded here
+        depth = trained_model(ctx.input("model")).num_layers
+        check_layers(cfg.acr.seed_layers, depth, "acr.seed_layers")
+        check_layers(cfg.acr.seed_aff_layers, depth, "acr.seed_aff_layers")
+    if cfg.acr.seed_mode == "grad_aff":
+        open_for_stage(ctx.output(SEEDS_UNREFINED), ctx.key, {"stage": ctx.stage.name, "kind": "grad_scores"})
+    _, done = fill_store(ctx, SEEDS, {"kind": "cam_scores"}, ds.ids,
+                         lambda out: ACRSeedWorker(cfg, ctx.input("model"), ds.root, out), workers=1)
+    return {"images": len(ds), "resumed_from": done}
+
+
+MAKE_ACR_SEEDS = Stage("make_seeds", run, reads=(*SEED_READS, "acr.seed_mode", "acr.seed_layers", "acr.seed_aff_layers"),
+                       writes=(SEEDS, SEEDS_UNREFINED), inputs=("model",),
+                       description="ACR's gradient class localisation on the attention (+ patch affinity) → seeds.zarr")
