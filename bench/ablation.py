@@ -7,9 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import resolve_config  # noqa: E402
 from pipeline.runs import Run, run_stage  # noqa: E402
-from workflows.registry import get_flow  # noqa: E402
+from workflows import get_flow  # noqa: E402
 
 
 def run_variant(flow: str, run_dir: Path, profile: str, sets: list[str], upto: str) -> tuple[dict, float]:
@@ -18,7 +17,7 @@ def run_variant(flow: str, run_dir: Path, profile: str, sets: list[str], upto: s
     Returns each run stage's metrics by name and the seconds taken.
     """
     spec = get_flow(flow)
-    cfg = resolve_config(flow, profile, sets, spec.defaults, None, spec.profile_defaults)
+    cfg = spec.resolve(profile, sets)
     run = Run.create(run_dir, cfg)
     t = time.time()
     metrics = {}

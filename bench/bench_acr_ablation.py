@@ -17,7 +17,7 @@ from ablation import run_variant
 
 TABLE4 = {"baseline (no reg.)": ["acr.alpha=0", "acr.beta=0"], "L_act": ["acr.beta=0"], "L_aff": ["acr.alpha=0"],
           "L_act + L_aff (ACR)": []}
-TABLE5 = {"cam": ["cam.mode=cam"], "grad": ["cam.mode=grad"], "grad_aff": ["cam.mode=grad_aff"]}
+TABLE5 = {"cam": ["acr.seed_mode=cam"], "grad": ["acr.seed_mode=grad"], "grad_aff": ["acr.seed_mode=grad_aff"]}
 
 
 def seeds(run_dir: Path, profile: str, sets: list[str]) -> tuple[float, float, float]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.voc import IGNORE_INDEX
 
-def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+
+def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Confusion matrix ``conf[g, p]`` = number of pixels with ground truth g predicted as p.
 
     >>> confusion_matrix(np.array([0, 1, 1, 255]), np.array([0, 1, 0, 1]), 2).tolist()
@@ -60,7 +62,7 @@ def scores(conf: np.ndarray) -> dict:
     }
 
 
-def coverage(pred: np.ndarray, gt: np.ndarray | None = None, ignore_index: int = 255) -> tuple[int, int]:
+def coverage(pred: np.ndarray, gt: np.ndarray | None = None, ignore_index: int = IGNORE_INDEX) -> tuple[int, int]:
     """(labelled pixels, counted pixels) of a pseudo label: the fraction of pixels not ``ignore_index``.
 
     When ``gt`` is given only pixels with valid ground truth are counted, so void borders do not

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.voc import PALETTE  # noqa: E402
+from pipeline.voc import IGNORE_INDEX, PALETTE  # noqa: E402
 
 
 def plot_curves(log_path: Path, out: Path, title: str = "") -> None:
@@ -35,7 +35,7 @@ def overlay(image: np.ndarray, label: np.ndarray | None, alpha: float = 0.6) -> 
     if label is None:
         return np.full_like(image, 255)
     col = PALETTE[label].astype(np.float32)
-    col[label == 255] = 255
+    col[label == IGNORE_INDEX] = 255
     blend = np.where((label > 0)[..., None], (1 - alpha) * image + alpha * col, image.astype(np.float32))
     return blend.clip(0, 255).astype(np.uint8)
 

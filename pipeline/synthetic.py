@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.voc import CLASS_NAMES, save_label_png
+from pipeline.voc import CLASS_NAMES, IGNORE_INDEX, save_label_png
 
 #: VOC class indices used by the synthetic data, with their shape and part colour.
 SYNTH_CLASSES = (1, 3, 7, 8, 12, 15)
@@ -123,7 +123,7 @@ def render_sample(rng: np.random.Generator, min_size: int, max_size: int, shape_
     edge = np.zeros((h, w), bool)
     edge[1:, :] |= label[1:, :] != label[:-1, :]
     edge[:, 1:] |= label[:, 1:] != label[:, :-1]
-    label[edge] = 255
+    label[edge] = IGNORE_INDEX
     img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
     return img, label, sorted(set(classes))
 

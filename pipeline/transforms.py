@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from pipeline.voc import IGNORE_INDEX
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -41,7 +43,7 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
 
 
 def random_crop(image: np.ndarray, mask: np.ndarray | None, size: int, rng: np.random.Generator,
-                ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+                ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Crop ``size``×``size``; smaller images are padded (image with the mean colour, mask with ignore).
 
     Also returns the crop's validity map (1 where the crop holds image pixels).

@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.afa import (PresentClasses, affinity_logits, affinity_loss, affinity_targets, background_softmax,
-                        local_consistency_loss, propagate_scores, radius_mask, reliable_labels)
+from models.afa import afa_spec, affinity_logits, affinity_loss, affinity_targets, local_consistency_loss
 from models.mix_transformer import MixTransformer
-from pipeline.config import RunConfig
+from models.pairs import radius_mask
+from pipeline.config import run_config_type
 from pipeline.errors import UserError
+from stages.afa_labels import PresentClasses, background_softmax, propagate_scores
 from stages.afa_pseudo_labels import propagated_scores
-from stages.common import afa_from_config
+from stages.labels import reliable_labels
 from stages.train_single_stage import AFALoss
 
 SMALL = dict(embed_dims=[8, 16, 16, 24], depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2])
@@ -43,7 +44,7 @@ def test_radius_mask_and_affinity_targets_match_brute_force():
     h, w, r = 4, 5, 2
     lab = torch.from_numpy(rng.choice([0, 3, 7, 255], size=(2, h, w)))
     got = affinity_targets(lab, r)
-    mask = radius_mask(h, w, r)
+    mask = radius_mask(h, w, r, "chebyshev")
     for b in range(2):
         for (i, (y1, x1)), (j, (y2, x2)) in itertools.product(enumerate(itertools.product(range(h), range(w))), repeat=2):
             near = abs(y1 - y2) <= r and abs(x1 - x2) <= r
@@ -79,7 +80,7 @@ def test_background_softmax_and_propagation_by_hand():
     assert torch.allclose(s.sum(1), torch.ones(1, 1, 3))
     assert torch.allclose(s[0, 1, 0, 0], torch.sigmoid(torch.tensor(0.4)))
     aff = torch.tensor([[[1.0, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 1.0]]])
-    got = propagate_scores(s, aff, radius=1, power=2.0)
+    got = propagate_scores(s, aff, radius=1, beta=2.0)
     a = aff[0] * torch.tensor([[1, 1, 0], [1, 1, 1], [0, 1, 1.0]])  # radius 1 cuts the (0, 2) pair
     a = a**2
     t = a / a.sum(0, keepdim=True)
@@ -130,7 +131,7 @@ def test_propagated_scores_without_affinity_is_the_background_softmax():
     cams = np.zeros((2, 4, 4), np.float32)
     cams[0, :2] = 1.0
     cams[1, 2:] = 0.8
-    cfg = RunConfig().afa
+    cfg = run_config_type()().afa
     s = propagated_scores(cams, None, (0, 0), 0.3, cfg)
     assert s.shape == (3, 4, 4)
     assert (s.argmax(0)[:2] == 1).all() and (s.argmax(0)[2:] == 2).all()
@@ -140,10 +141,10 @@ def test_propagated_scores_without_affinity_is_the_background_softmax():
 
 
 def _tiny_afa():
-    cfg = RunConfig.model_validate({"afa": {**SMALL, "backbone": "pvt_v2_b0", "decoder_dim": 8, "cls_warmup_steps": 2,
-                                            "aff_warmup_steps": 4}, "pseudo": {"par": {"num_iter": 2}}})
+    cfg = run_config_type().model_validate({"afa": {**SMALL, "backbone": "pvt_v2_b0", "decoder_dim": 8, "cls_warmup_steps": 2,
+                                                    "aff_warmup_steps": 4}, "pseudo": {"par": {"num_iter": 2}}})
     torch.manual_seed(0)
-    return cfg, afa_from_config(cfg)
+    return cfg, afa_spec(cfg.afa).build()
 
 
 def test_afa_loss_follows_the_warm_up_schedule():

@@ -5,7 +5,8 @@ import numpy as np
 import torch
 
 from models import create_model
-from models.affinity_net import affinity_loss, dense_affinity, labels_at_stride, pair_offsets, pairwise_affinity
+from models.affinity_net import affinity_loss, dense_affinity, labels_at_stride, pairwise_affinity
+from models.pairs import pair_offsets
 
 
 def test_offsets_cover_the_disc_once_per_pair():

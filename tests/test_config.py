@@ -1,12 +1,17 @@
 import pytest
 import yaml
 
-from pipeline.config import RunConfig, parse_set, resolve_config
+from pipeline.config import parse_set, run_config_type
 from pipeline.errors import UserError
+from workflows import FLOWS, get_flow
+
+
+def resolve(flow, profile="default", sets=()):
+    return get_flow(flow).resolve(profile, list(sets))
 
 
 def test_profiles_and_sets_apply_in_order():
-    cfg = resolve_config("cam_voc", "smoke", ["train_classifier.steps=7", "pseudo.refine=[crf]", "data.root=null"])
+    cfg = resolve("cam_voc", "smoke", ["train_classifier.steps=7", "pseudo.refine=[crf]", "data.root=null"])
     assert cfg.train_classifier.steps == 7
     assert cfg.pseudo.refine == ["crf"]
     assert cfg.data.synthetic.train == 48  # from the smoke profile
@@ -14,22 +19,32 @@ def test_profiles_and_sets_apply_in_order():
 
 
 def test_paper_profile_carries_paper_hyperparameters():
-    cfg = resolve_config("cam_voc", "paper")
+    cfg = resolve("cam_voc", "paper")
     assert cfg.data.train_split == "train_aug"
     assert cfg.pseudo.bkg_threshold == 0.45
     assert cfg.segmentation.backbone == "resnet101" and cfg.segmentation.eval_crf
+    # a method section's own profile overrides (registered beside its model) apply too
+    assert cfg.model.backbone == "vit_base_patch16_384" and cfg.train_classifier.steps == 20000
 
 
 def test_unknown_key_names_the_key():
     with pytest.raises(UserError, match="'train_classifier.stepz'"):
-        resolve_config("cam_voc", "smoke", ["train_classifier.stepz=3"])
+        resolve("cam_voc", "smoke", ["train_classifier.stepz=3"])
 
 
 def test_ill_typed_value_names_the_key():
     with pytest.raises(UserError, match="'train_classifier.steps'"):
-        resolve_config("cam_voc", "smoke", ["train_classifier.steps=many"])
+        resolve("cam_voc", "smoke", ["train_classifier.steps=many"])
     with pytest.raises(UserError, match="pseudo.refine"):
-        resolve_config("cam_voc", "smoke", ["pseudo.refine=[blur]"])
+        resolve("cam_voc", "smoke", ["pseudo.refine=[blur]"])
+
+
+@pytest.mark.parametrize("key", ["pseudo.bkg_band", "affinity.bkg_band", "afa.bkg_band"])
+def test_every_background_band_is_one_rule(key):
+    """One name and one check for the (low, high) background scores, in every section."""
+    assert resolve("acr_voc", "smoke", [f"{key}=[0.1, 0.4]"]).section(key) in ((0.1, 0.4), [0.1, 0.4])
+    with pytest.raises(UserError, match=rf"'{key}'.*low <= high"):
+        resolve("acr_voc", "smoke", [f"{key}=[0.4, 0.1]"])
 
 
 def test_not_key_value():
@@ -45,47 +60,42 @@ def _leaves(d, prefix=""):
             yield prefix + k, v
 
 
-def test_every_printed_key_can_be_set():
-    cfg = resolve_config("cam_voc", "default")
+@pytest.mark.parametrize("flow", sorted(FLOWS))
+def test_every_printed_key_can_be_set(flow):
+    cfg = resolve(flow, "default")
     printed = yaml.safe_load(cfg.to_yaml())
     sets = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
             for k, v in _leaves(printed) if k not in ("flow", "profile")]
-    again = resolve_config("cam_voc", "default", sets)
+    again = resolve(flow, "default", sets)
     assert again == cfg
-    assert RunConfig.model_validate(printed) == cfg
+    assert run_config_type().model_validate(printed) == cfg
 
 
 def test_acr_table4_settings_and_profiles():
-    from workflows.registry import get_flow
-    spec = get_flow("acr_voc")
-
     def acr(profile, sets=()):
-        return resolve_config("acr_voc", profile, list(sets), spec.defaults, None, spec.profile_defaults)
+        return resolve("acr_voc", profile, sets)
 
     base = acr("default", ["acr.alpha=0", "acr.beta=0"])
     assert (base.acr.alpha, base.acr.beta) == (0, 0)
     assert acr("default", ["acr.beta=0"]).acr.alpha > 0
     cfg = acr("paper")
-    assert cfg.model.arch == "vit_acr" and cfg.model.backbone == "vit_base_r50_s16_384" and cfg.cam.mode == "grad_aff"
+    assert cfg.model.backbone == "vit_base_r50_s16_384" and cfg.acr.seed_mode == "grad_aff"
     assert cfg.train_classifier.crop_size == 384 and cfg.model.pretrained
-    assert acr("default").model.depth == 4 and resolve_config("cam_voc", "default").model.depth == 2
-    with pytest.raises(UserError, match="cam.mode"):
-        acr("smoke", ["cam.mode=gradcam"])
+    assert acr("default").model.depth == 4 and resolve("cam_voc", "default").model.depth == 2
+    with pytest.raises(UserError, match="acr.seed_mode"):
+        acr("smoke", ["acr.seed_mode=gradcam"])
 
 
 def test_afa_profiles_and_table2_switches():
-    from workflows.registry import get_flow
-    spec = get_flow("afa_voc")
-
     def afa(profile, sets=()):
-        return resolve_config("afa_voc", profile, list(sets), spec.defaults, None, spec.profile_defaults)
+        return resolve("afa_voc", profile, sets)
 
     paper = afa("paper")
     a = paper.afa
     assert (a.backbone, a.pretrained, a.output_stride, a.attention_per_token) == ("pvt_v2_b1", True, 16, False)
     assert tuple(a.bkg_band) == (0.35, 0.55) and (a.seg_weight, a.aff_weight, a.reg_weight) == (0.1, 0.1, 0.01)
     assert (a.cls_warmup_steps, a.aff_warmup_steps, a.train.steps, a.train.crop_size) == (2000, 4000, 20000, 512)
-    assert (a.radius, a.power) == (8, 2.0) and paper.pseudo.bkg_threshold == 0.45 and paper.segmentation.eval_crf
+    assert (a.radius, a.beta) == (8, 2.0) and paper.pseudo.bkg_threshold == 0.45 and paper.segmentation.eval_crf
     off = afa("default", ["afa.affinity=false", "afa.par=false", "afa.reg=false"]).afa
     assert not (off.affinity or off.par or off.reg)
     smoke = afa("smoke").afa
@@ -94,9 +104,7 @@ def test_afa_profiles_and_table2_switches():
     assert (tuple(default.afa.bkg_band), default.afa.train.steps) == ((0.02, 0.15), 1500)
     # the multistage flow shares afa_voc's single-stage settings in every profile (its first stages are
     # cached across the two flows); only its separate segmentation network differs
-    ms = get_flow("afa_voc_multistage")
-    multistage = {p: resolve_config("afa_voc_multistage", p, [], ms.defaults, None, ms.profile_defaults)
-                  for p in ("smoke", "default", "paper")}
+    multistage = {p: resolve("afa_voc_multistage", p) for p in ("smoke", "default", "paper")}
     for profile, mine in multistage.items():
         theirs = afa(profile)
         assert mine.afa == theirs.afa and mine.pseudo == theirs.pseudo and mine.cam == theirs.cam

@@ -199,10 +199,10 @@ def test_acr_affinity_from_attention_reuses_the_classifier(acr_run, env):
 
 def test_acr_bad_layer_is_one_line(tmp_path, env):
     r = cli("run-flow", "acr_voc", "--profile", "smoke", "--run-dir", tmp_path / "r", "--set", "train_classifier.steps=5",
-            "--set", "cam.layers=[9]", env=env)
+            "--set", "acr.seed_layers=[9]", env=env)
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert "cam.layers" in lines[-1] and "Traceback" not in r.stderr
+    assert "acr.seed_layers" in lines[-1] and "Traceback" not in r.stderr
 
 
 def test_acr_bad_attention_layer_is_one_line(acr_run, env):

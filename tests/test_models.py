@@ -56,3 +56,56 @@ def test_pooling():
 def test_segmentation_net_full_resolution(head):
     m = create_model("segmentation_net", backbone="resnet18", head=head)
     assert m(torch.randn(1, 3, 57, 70)).shape == (1, 21, 57, 70)
+
+
+def _tiny_specs():
+    from models import ModelSpec
+    return {
+        "vit_cam_classifier": ModelSpec("vit_cam_classifier", dict(backbone=VIT, img_size=64)),
+        "vit_acr_classifier": ModelSpec("vit_acr_classifier", dict(backbone=VIT, img_size=64)),
+        "affinity_net": ModelSpec("affinity_net", dict(backbone="resnet18", dims=[8, 8, 16], radius=3)),
+        "afa_mit": ModelSpec("afa_mit", dict(backbone="pvt_v2_b0", embed_dims=[8, 16, 16, 24], depths=[1, 1, 1, 1],
+                                             num_heads=[1, 1, 2, 2], output_stride=8, decoder_dim=8)),
+        "segmentation_net": ModelSpec("segmentation_net", dict(backbone="resnet18")),
+    }
+
+
+#: which protocols of models/protocols.py each registered model provides (what the stages that read it call)
+PROVIDES = {"vit_cam_classifier": ("Trainable", "ClassMapModel"),
+            "vit_acr_classifier": ("Trainable", "ClassMapModel", "AttentionModel"),
+            "affinity_net": ("Trainable", "AffinityModel"),
+            "afa_mit": ("Trainable", "ClassMapModel", "AffinityModel", "Segmenter"),
+            "segmentation_net": ("Trainable", "Segmenter")}
+
+
+def test_every_registered_model_provides_its_protocols():
+    import models.protocols as P
+    from models import list_models
+    specs = _tiny_specs()
+    assert set(list_models()) == set(specs) == set(PROVIDES)
+    for name, spec in specs.items():
+        model = spec.build().eval()
+        for proto in PROVIDES[name]:
+            assert isinstance(model, getattr(P, proto)), (name, proto)
+        x = torch.randn(1, 3, 48, 56)
+        with torch.no_grad():
+            if "ClassMapModel" in PROVIDES[name]:
+                assert model.class_maps(x).shape[:2] == (1, 20)
+            if "AffinityModel" in PROVIDES[name]:
+                aff, (h, w) = model.affinity(x)
+                assert aff.shape == (1, h * w, h * w)
+            if "Segmenter" in PROVIDES[name]:
+                assert model(x).shape == (1, 21, 48, 56)
+            if "AttentionModel" in PROVIDES[name]:
+                h, w = model.grid(x)
+                assert model.patch_attention(x).shape == (1, h * w, h * w)
+
+
+def test_a_model_spec_rebuilds_without_fetching_initial_weights(tmp_path):
+    from models import ModelSpec
+    spec = ModelSpec("vit_cam_classifier", dict(backbone={**VIT, "pretrained": True, "weights": "/nowhere.pth"}, img_size=64))
+    again = ModelSpec.from_json(spec.to_json()).for_inference()
+    assert again.kwargs["backbone"]["pretrained"] is False and again.kwargs["backbone"]["weights"] is None
+    assert again.build().class_maps(torch.randn(1, 3, 32, 32)).shape == (1, 20, 4, 4)
+    with pytest.raises(TypeError, match="pooling_mode"):
+        create_model("vit_cam_classifier", backbone=VIT, img_size=64, pooling_mode="gap")
