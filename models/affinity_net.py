@@ -18,13 +18,11 @@ import torch.nn.functional as F
 from models.backbones import create_feature_backbone
 from models.pairs import pair_labels, radius_mask
 from models.registry import ModelSpec, register_model
-from pipeline.config import BkgBand, Section, TrainConfig, config_section
+from pipeline.config import SMOKE_TRAIN, BkgBand, Section, TrainConfig, config_section
 from pipeline.voc import IGNORE_INDEX
 
 
-@config_section("affinity", profiles={
-    "smoke": {"train": {"steps": 40, "batch_size": 8, "crop_size": 80, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5}},
-})
+@config_section("affinity", profiles={"smoke": {"train": {**SMOKE_TRAIN, "steps": 40}}})
 class AffinityConfig(Section):
     """Offline affinity (PSA manner) and the random walk of the seeds over it (ACR step 3)."""
 
