@@ -199,11 +199,13 @@ def inspect(run_dir, per_class, as_json) -> None:
 @click.option("--train", "n_train", default=200, show_default=True)
 @click.option("--val", "n_val", default=60, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--style", type=click.Choice(["a", "b"]), default="a", show_default=True,
+              help="a: the embedded default; b: a second, independent generator (to check that defaults transfer).")
 @_guard
-def make_synthetic_cmd(out_dir, n_train, n_val, seed) -> None:
+def make_synthetic_cmd(out_dir, n_train, n_val, seed, style) -> None:
     """Write the synthetic dataset in VOC layout (OUT_DIR/VOC2012)."""
     from pipeline.synthetic import make_synthetic
-    root = make_synthetic(Path(out_dir), n_train, n_val, seed)
+    root = make_synthetic(Path(out_dir), n_train, n_val, seed, style=style)
     click.echo(str(root))
 
 

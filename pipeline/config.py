@@ -49,6 +49,7 @@ BkgBand = Annotated[tuple[float, float], AfterValidator(_ordered_band)]
 
 
 class SyntheticConfig(Section):
+    style: Literal["a", "b"] = "a"  # the generator (pipeline/synthetic.py): b is held out to check that defaults transfer
     train: int = 200
     val: int = 60
     seed: int = 0
@@ -112,7 +113,9 @@ class CrfConfig(Section):
 
 
 class PseudoConfig(Section):
-    bkg_threshold: float = 0.01  # background score appended to the max-normalised CAMs (peaked under top-k pooling)
+    # background score appended to the max-normalised maps: a number, or auto — the threshold that the stage
+    # scoring the maps chose (best of cam.sweep on the masks of data.score_split; Otsu without masks)
+    bkg_threshold: float | Literal["auto"] = "auto"
     bkg_band: BkgBand | None = None  # (low, high): reliable labels, 255 where only the low score says foreground
     refine: list[Literal["par", "crf"]] = ["par"]
     par: ParConfig = ParConfig(num_iter=20)

@@ -59,7 +59,7 @@ class Run:
         d = self.config.data
         if d.root is None:
             s = d.synthetic
-            return embedded_dataset(s.train, s.val, s.seed, s.min_size, s.max_size)
+            return embedded_dataset(s.train, s.val, s.seed, s.min_size, s.max_size, s.style)
         return find_voc_root(Path(d.root))
 
     def dataset(self, split: str) -> VOCDataset:

@@ -1,6 +1,6 @@
-"""A synthetic PASCAL-VOC-format dataset: the embedded default of every flow.
+"""Synthetic PASCAL-VOC-format datasets: the embedded default of every flow, in two independent styles.
 
-Each image holds 1–3 objects on a cluttered background. Object bodies take their colour from a
+**Style a** (the default, ``render_sample``). Each image holds 1–3 objects on a cluttered background. Object bodies take their colour from a
 pool *shared by all classes* and carry a random stripe texture; their shape depends on the class
 only weakly (the class's own shape with probability ``shape_bias``, any other shape otherwise).
 What tells a class reliably is a **small discriminative part**: a spot of a class-specific colour
@@ -11,6 +11,15 @@ object's outline, which is sharp. A classifier therefore fires on the part, so r
 refinement that follows colour and position (PAR, CRF, random walk) has to spread them over the
 body. Background clutter uses the body colours too, so refinement can also leak. Objects may
 occlude each other; ground-truth masks carry a void (255) band along object boundaries, as VOC's do.
+
+**Style b** (``render_sample_b``, ``make-synthetic --style b``, ``--set data.synthetic.style=b``): a second,
+independently drawn generator to check that defaults chosen on style a transfer. Other classes
+(bicycle, bottle, chair, dining table, horse, sheep), other shapes (star, ring, crescent, L, hexagon,
+capsule), any hue for the bodies, and the class told by a **texture over the whole body** (checker,
+dots, waves, grid, rings, speckle, each at its own scale) and only weakly by the shape — so CAMs may
+cover bodies rather than parts, and the difficulty moves to the boundaries; a tiled, textured
+background with line clutter and textured distractor patches (other textures than the classes'),
+objects of 10–45% of the image side that may leave the frame, and a 2-pixel void band.
 
 The result is written in VOC layout (JPEGImages, SegmentationClass palette PNGs, Annotations XML,
 ImageSets/Segmentation/{train,train_aug,val}.txt) and is deterministic given its parameters.
@@ -128,6 +137,128 @@ def render_sample(rng: np.random.Generator, min_size: int, max_size: int, shape_
     return img, label, sorted(set(classes))
 
 
+#: style b: VOC classes, their shapes and their textures
+B_CLASSES = (2, 5, 9, 11, 13, 17)
+B_SHAPES = ("star", "ring", "crescent", "ell", "hexagon", "capsule")
+B_TEXTURES = ("checker", "dots", "waves", "grid", "rings", "speckle")
+
+
+def _shape_mask_b(shape: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of a style-b unit shape in rotated, scaled coordinates (x, y ∈ about [-1, 1])."""
+    r, th = np.sqrt(x**2 + y**2), np.arctan2(y, x)
+    if shape == "star":
+        k = int(rng.integers(5, 8))
+        return r <= 0.6 + 0.35 * np.cos(k * th) ** 2
+    if shape == "ring":
+        return (r <= 1.0) & (r >= 0.45)
+    if shape == "crescent":
+        return (r <= 1.0) & ((x - 0.45) ** 2 + y**2 >= 0.55)
+    if shape == "ell":
+        return ((np.abs(x + 0.5) <= 0.4) & (np.abs(y) <= 1)) | ((np.abs(y - 0.6) <= 0.4) & (np.abs(x) <= 0.9))
+    if shape == "hexagon":
+        ax, ay = np.abs(x), np.abs(y)
+        return (ay <= 0.87) & (0.5 * ax + 0.577 * ay <= 0.87 * 1.0)
+    if shape == "capsule":
+        return (np.abs(y) <= 0.45) & ((np.abs(x) <= 0.55) | ((np.abs(x) - 0.55) ** 2 + y**2 <= 0.45**2))
+    raise ValueError(shape)
+
+
+def _texture_b(kind: str, xx: np.ndarray, yy: np.ndarray, scale: float, ang: float, rng: np.random.Generator) -> np.ndarray:
+    """A texture in [-1, 1] over the image grid (H×W)."""
+    u = (xx * np.cos(ang) + yy * np.sin(ang)) / scale
+    v = (-xx * np.sin(ang) + yy * np.cos(ang)) / scale
+    if kind == "checker":
+        return np.where((np.floor(u) + np.floor(v)) % 2 == 0, 1.0, -1.0)
+    if kind == "dots":
+        return np.where((u - np.round(u)) ** 2 + (v - np.round(v)) ** 2 <= 0.09, 1.0, -1.0)
+    if kind == "waves":
+        return np.sin(2 * np.pi * (u + 0.3 * np.sin(2 * np.pi * v / 3)))
+    if kind == "grid":
+        return np.where((np.abs(u - np.round(u)) < 0.12) | (np.abs(v - np.round(v)) < 0.12), 1.0, -1.0)
+    if kind == "rings":
+        return np.sin(2 * np.pi * np.sqrt(u**2 + v**2))
+    if kind == "speckle":
+        return np.clip(rng.normal(0, 1, xx.shape), -1, 1) * np.sign(np.sin(2 * np.pi * u))
+    raise ValueError(kind)
+
+
+#: style b: each class's texture scale (pixels per period); distractor textures use other scales
+B_SCALES = (6.0, 5.0, 7.0, 6.5, 4.0, 5.5)
+
+
+def _hsv_colour(rng: np.random.Generator, sat: tuple[float, float], val: tuple[float, float]) -> np.ndarray:
+    import colorsys
+    rgb = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(*sat), rng.uniform(*val))
+    return np.array(rgb, np.float32) * 255
+
+
+def _background_b(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Tiles of two colours with grout, a vignette, line clutter and textured distractor patches."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    tile = rng.uniform(10, 30)
+    c0, c1 = _hsv_colour(rng, (0.05, 0.5), (0.25, 0.8)), _hsv_colour(rng, (0.05, 0.5), (0.25, 0.8))
+    t = ((np.floor(xx / tile) + np.floor(yy / tile)) % 2)[..., None]
+    img = c0 * (1 - t) + c1 * t
+    grout = ((xx % tile) < 1.5) | ((yy % tile) < 1.5)
+    img[grout] *= 0.7
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    img *= (1 - 0.35 * (((yy - cy) / h) ** 2 + ((xx - cx) / w) ** 2))[..., None]
+    for _ in range(int(rng.integers(3, 9))):  # lines
+        x0, y0, x1, y1 = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h)
+        d = np.abs((y1 - y0) * xx - (x1 - x0) * yy + x1 * y0 - y1 * x0) / (np.hypot(x1 - x0, y1 - y0) + 1e-6)
+        img[d <= rng.uniform(0.6, 2.0)] = _hsv_colour(rng, (0.0, 1.0), (0.1, 1.0))
+    for _ in range(int(rng.integers(1, 4))):  # distractors: other textures at scales no class uses
+        a, b = rng.uniform(0.05, 0.15) * min(h, w), rng.uniform(0.05, 0.15) * min(h, w)
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        m = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+        tex = _texture_b(B_TEXTURES[int(rng.integers(len(B_TEXTURES)))], xx, yy, rng.uniform(10, 16), rng.uniform(0, np.pi), rng)
+        img[m] = (_hsv_colour(rng, (0.2, 1.0), (0.3, 0.9)) + 45 * tex[..., None])[m]
+    return img
+
+
+def render_sample_b(rng: np.random.Generator, min_size: int, max_size: int, shape_bias: float = 0.4) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """One style-b image (H×W×3 uint8), its mask (H×W uint8, 2-pixel void band) and its object classes."""
+    h, w = int(rng.integers(min_size, max_size + 1)), int(rng.integers(int(min_size * 0.8), int(max_size * 1.2) + 1))
+    img = _background_b(h, w, rng)
+    label = np.zeros((h, w), np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    n_obj = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
+    classes = []
+    for _ in range(n_obj):
+        k = int(rng.integers(len(B_CLASSES)))
+        shape = B_SHAPES[k] if rng.random() < shape_bias else B_SHAPES[int(rng.integers(len(B_SHAPES)))]
+        s = min(h, w)
+        size = rng.uniform(0.1, 0.45) * s
+        a, b = size * rng.uniform(0.7, 1.3), size * rng.uniform(0.7, 1.3)
+        cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+        th = rng.uniform(0, 2 * np.pi)
+        u = ((xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)) / a
+        v = (-(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)) / b
+        body = _shape_mask_b(shape, u, v, rng)
+        if body.sum() < 40:
+            continue
+        colour = _hsv_colour(rng, (0.3, 1.0), (0.35, 0.95))
+        tex = _texture_b(B_TEXTURES[k], xx, yy, B_SCALES[k] * rng.uniform(0.9, 1.1), rng.uniform(0, np.pi), rng)
+        shade = 1 - 0.25 * np.clip(u * 0.5 + v * 0.3, -1, 1)  # a soft light from one side
+        img[body] = ((colour + 50 * tex[..., None]) * shade[..., None])[body]
+        label[body] = B_CLASSES[k]
+        classes.append(B_CLASSES[k])
+    classes = sorted(set(int(c) for c in np.unique(label) if c))  # an object may be hidden by later ones
+    if not classes:
+        return render_sample_b(rng, min_size, max_size, shape_bias)
+    edge = np.zeros((h, w), bool)
+    edge[1:, :] |= label[1:, :] != label[:-1, :]
+    edge[:, 1:] |= label[:, 1:] != label[:, :-1]
+    edge[:-1, :] |= edge[1:, :].copy()  # 2 pixels wide
+    label[edge] = IGNORE_INDEX
+    img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+    return img, label, classes
+
+
+#: the generators by style
+STYLES = {"a": render_sample, "b": render_sample_b}
+
+
 def _annotation_xml(image_id: str, h: int, w: int, classes: list[int]) -> str:
     objs = "".join(f"<object><name>{CLASS_NAMES[c]}</name><difficult>0</difficult></object>" for c in classes)
     return (f"<annotation><folder>VOC2012</folder><filename>{image_id}.jpg</filename>"
@@ -135,8 +266,9 @@ def _annotation_xml(image_id: str, h: int, w: int, classes: list[int]) -> str:
 
 
 def make_synthetic(out_dir: Path, n_train: int = 200, n_val: int = 60, seed: int = 0,
-                   min_size: int = 96, max_size: int = 144) -> Path:
-    """Write the synthetic dataset in VOC layout under ``out_dir`` and return the VOC2012 folder.
+                   min_size: int = 96, max_size: int = 144, style: str = "a") -> Path:
+    """Write the synthetic dataset of ``style`` (``a`` or ``b``, module docstring) in VOC layout under
+    ``out_dir`` and return the VOC2012 folder.
 
     Image ``i`` of a split is rendered from ``default_rng([seed, split, i])``, so the data do not
     depend on the order of generation. The folder is assembled in a temporary sibling and renamed
@@ -144,7 +276,11 @@ def make_synthetic(out_dir: Path, n_train: int = 200, n_val: int = 60, seed: int
     """
     out_dir = Path(out_dir)
     root = out_dir / "VOC2012"
+    if style not in STYLES:
+        raise ValueError(f"unknown synthetic style {style!r}: choose {', '.join(STYLES)}")
     params = dict(n_train=n_train, n_val=n_val, seed=seed, min_size=min_size, max_size=max_size, version=GENERATOR_VERSION)
+    if style != "a":  # style a's marker (and cache key) predate the styles
+        params["style"] = style
     marker = root / "synthetic.json"
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return root
@@ -159,7 +295,7 @@ def make_synthetic(out_dir: Path, n_train: int = 200, n_val: int = 60, seed: int
         for i in range(n):
             image_id = f"synth_{split}_{i:05d}"
             rng = np.random.default_rng([seed, split_no, i])
-            img, label, classes = render_sample(rng, min_size, max_size)
+            img, label, classes = STYLES[style](rng, min_size, max_size)
             Image.fromarray(img).save(vr / "JPEGImages" / f"{image_id}.jpg", quality=95)
             save_label_png(vr / "SegmentationClass" / f"{image_id}.png", label)
             (vr / "Annotations" / f"{image_id}.xml").write_text(_annotation_xml(image_id, *label.shape, classes))
@@ -180,7 +316,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("WSSS_CACHE", Path.home() / ".cache" / "wsss_pipeline"))
 
 
-def embedded_dataset(n_train: int, n_val: int, seed: int, min_size: int, max_size: int) -> Path:
+def embedded_dataset(n_train: int, n_val: int, seed: int, min_size: int, max_size: int, style: str = "a") -> Path:
     """The embedded synthetic dataset for these parameters, generated once and cached."""
-    key = hashlib.sha1(json.dumps([n_train, n_val, seed, min_size, max_size, GENERATOR_VERSION]).encode()).hexdigest()[:10]
-    return make_synthetic(default_cache_dir() / f"synthetic-{key}", n_train, n_val, seed, min_size, max_size)
+    ident = [n_train, n_val, seed, min_size, max_size, GENERATOR_VERSION] + ([style] if style != "a" else [])
+    key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:10]
+    return make_synthetic(default_cache_dir() / f"synthetic-{key}", n_train, n_val, seed, min_size, max_size, style)

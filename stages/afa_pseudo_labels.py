@@ -3,7 +3,8 @@ network's affinity, then PAR (and optionally CRF), written to ``pseudo_labels.za
 
 Per image, as in AFA's training labels but offline and on the whole image: the seeds (multi-scale
 CAMs of ``make_seeds``) are resized to the affinity's grid, background-softmaxed with the background
-score t (``pseudo.bkg_threshold``, or both ends of ``pseudo.bkg_band``), propagated by the random
+score t (``pseudo.bkg_threshold``: with ``auto`` the seeds' threshold from ``eval_seeds`` — AFA's background
+softmax keeps the argmax of [t, CAMs] —, or both ends of ``pseudo.bkg_band``), propagated by the random
 walk over σ(A) within ``afa.radius`` (T = D⁻¹A^β), resized back and refined by ``pseudo.refine``
 (``stages.afa_labels.label_scores``, ``stages.make_pseudo_labels.pseudo_label``).
 ``afa.propagate=false`` skips the propagation (as does a network trained with ``afa.affinity=false``,
@@ -25,7 +26,7 @@ from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
 from stages.afa_labels import PresentClasses, label_scores
 from stages.common import fill_store, trained_model
-from stages.make_pseudo_labels import PSEUDO_LABELS, PSEUDO_READS, pseudo_label
+from stages.make_pseudo_labels import PSEUDO_LABELS, PSEUDO_READS, background_threshold, pseudo_label
 
 
 def propagated_scores(cams: np.ndarray, affinity: torch.Tensor | None, grid: tuple[int, int], bkg: float,
@@ -47,6 +48,7 @@ def propagates(cfg: AFAConfig) -> bool:
 @dataclass
 class AFAPseudoLabelWorker:
     config: ConfigView
+    bkg_threshold: float
     model: Path
     root: Path
     seeds: Path
@@ -62,23 +64,25 @@ class AFAPseudoLabelWorker:
             with torch.no_grad():
                 aff, grid = trained_model(self.model).affinity(normalise(image)[None])
             affinity = aff[0]
-        label = pseudo_label(self.config, image, cams, classes,
+        label = pseudo_label(self.config, self.bkg_threshold, image, cams, classes,
                              scores_at=lambda bkg: propagated_scores(cams, affinity, grid, bkg, afa))
         LabelStore(self.out).write(image_id, label)
 
 
 def run(ctx) -> dict:
     cfg = ctx.config
+    t, source = background_threshold(ctx)
     seeds = LabelStore(ctx.input("seeds"))
     store, done = fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "refine": list(cfg.pseudo.refine),
-                                                  "propagated": propagates(cfg.afa)},
-                             seeds.ids(), lambda out: AFAPseudoLabelWorker(cfg, ctx.input("model"), ctx.run.voc_root,
+                                                  "propagated": propagates(cfg.afa), "threshold": t},
+                             seeds.ids(), lambda out: AFAPseudoLabelWorker(cfg, t, ctx.input("model"), ctx.run.voc_root,
                                                                            seeds.path, out),
                              cfg.pseudo.workers)
-    return {"images": len(store), "resumed_from": done, "propagated": propagates(cfg.afa)}
+    return {"images": len(store), "resumed_from": done, "propagated": propagates(cfg.afa), "threshold": t,
+            "threshold_from": source}
 
 
 MAKE_AFA_PSEUDO_LABELS = Stage("make_pseudo_labels", run,
                                reads=(*PSEUDO_READS, "afa.affinity", "afa.propagate", "afa.radius", "afa.beta", "afa.log_t"),
-                               writes=(PSEUDO_LABELS,), inputs=("seeds", "model"),
+                               writes=(PSEUDO_LABELS,), inputs=("seeds", "model"), optional=("threshold",),
                                description="seeds propagated over the learned affinity, PAR (CRF) → pseudo_labels.zarr")

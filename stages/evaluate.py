@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from skimage.filters import threshold_otsu
 
 from pipeline.metrics import confusion_matrix, coverage, scores
 from pipeline.parallel import map_images, sum_arrays
@@ -69,6 +70,30 @@ def evaluate_sweep(ds: VOCDataset, store: LabelStore, thresholds: list[float], w
     best = int(np.nanargmax(per_t))
     return {**score_report(conf[best]), "threshold": thresholds[best], "images": len(ids),
             "sweep": {f"{t:.2f}": round(m, 5) for t, m in zip(thresholds, per_t)}}
+
+
+@dataclass
+class TopScoreHistogram:
+    store: Path
+    bins: int
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        maps = LabelStore(self.store).read(image_id).astype(np.float32)
+        top = maps.max(0) if len(maps) else np.zeros(maps.shape[1:], np.float32)
+        return np.histogram(top, bins=self.bins, range=(0.0, 1.0))[0]
+
+
+def otsu_threshold(store: LabelStore, ids: list[str], workers: int, bins: int = 256) -> float:
+    """The mask-free background threshold: Otsu's threshold (``skimage.filters.threshold_otsu``) of the
+    per-pixel top score max_c M_c over every image of ``store`` (maps in [0, 1], ``bins`` bins).
+
+    Otsu splits the top scores into the two classes of least within-class variance — activated
+    (foreground) and not (background) — without a mask. With fewer than two occupied bins it is 0.5.
+    """
+    counts = sum_arrays(map_images(TopScoreHistogram(store.path, bins), ids, workers, "otsu"))
+    if counts is None or np.count_nonzero(counts) < 2:
+        return 0.5
+    return float(threshold_otsu(hist=(counts, (np.arange(bins) + 0.5) / bins)))
 
 
 def evaluate_labels(ds: VOCDataset, store: LabelStore, workers: int, desc: str, only: list[str] | None = None) -> dict:

@@ -1,6 +1,8 @@
 """Stage ``make_pseudo_labels``: score maps (seeds, random-walk maps) → background threshold → PAR and/or dense CRF → labels.
 
-Scores are [t, CAM_1..CAM_K] with the background score t (``stages.labels.with_background``);
+Scores are [t, CAM_1..CAM_K] with the background score t (``stages.labels.with_background``; t is
+``pseudo.bkg_threshold``, or with ``auto`` the threshold that the stage wired to the ``threshold`` input
+chose — ``eval_seeds`` or ``random_walk``, ``stages.eval_seeds.choose_threshold``);
 ``refine`` applies PAR (``stages.refine.par``) and then a dense CRF (``stages.crf.dense_crf``) to
 them; the label is the argmax. With a ``bkg_band`` (low, high) this is done at both scores and
 combined by ``stages.labels.reliable_labels`` (foreground from ``high``, background where both agree,
@@ -8,6 +10,7 @@ combined by ``stages.labels.reliable_labels`` (foreground from ``high``, backgro
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.config import CrfConfig, ParConfig
+from pipeline.errors import UserError
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.voc import VOCFolder
@@ -65,16 +69,30 @@ def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], b
     return reliable_labels(torch.from_numpy(label_at(high)), torch.from_numpy(label_at(low))).numpy().astype(np.uint8)
 
 
-def pseudo_label(config: ConfigView, image: np.ndarray, cams: np.ndarray, classes: list[int],
+def background_threshold(ctx) -> tuple[float, str]:
+    """The background score of the pseudo labels and where it comes from: ``pseudo.bkg_threshold``, or with
+    ``auto`` the threshold in the ``threshold`` input (``threshold.json`` of ``eval_seeds`` or ``random_walk``)."""
+    t = ctx.config.pseudo.bkg_threshold
+    if t != "auto":
+        return float(t), "pseudo.bkg_threshold"
+    if not ctx.has_input("threshold"):
+        raise UserError(f"pseudo.bkg_threshold=auto: no stage of this flow chooses a threshold for {ctx.stage.name}; "
+                        "set a number, e.g. --set pseudo.bkg_threshold=0.25")
+    chosen = json.loads(ctx.input("threshold").read_text())
+    return float(chosen["threshold"]), f"{ctx.input_stage('threshold')}: {chosen['rule']}"
+
+
+def pseudo_label(config: ConfigView, bkg_threshold: float, image: np.ndarray, cams: np.ndarray, classes: list[int],
                  scores_at: Callable[[float], np.ndarray] | None = None) -> np.ndarray:
-    """``make_pseudo_label`` with the run's ``pseudo`` section."""
+    """``make_pseudo_label`` with the run's ``pseudo`` section and the resolved background threshold."""
     p = config.pseudo
-    return make_pseudo_label(image, cams, classes, p.bkg_threshold, p.bkg_band, p.refine, p.par, p.crf, scores_at)
+    return make_pseudo_label(image, cams, classes, bkg_threshold, p.bkg_band, p.refine, p.par, p.crf, scores_at)
 
 
 @dataclass
 class PseudoLabelWorker:
     config: ConfigView
+    bkg_threshold: float
     root: Path
     scores: Path
     out: Path
@@ -82,18 +100,21 @@ class PseudoLabelWorker:
     def __call__(self, image_id: str) -> None:
         scores = LabelStore(self.scores)
         image = VOCFolder(self.root).image(image_id)
-        label = pseudo_label(self.config, image, scores.read(image_id), scores.read_attrs(image_id)["classes"])
+        label = pseudo_label(self.config, self.bkg_threshold, image, scores.read(image_id), scores.read_attrs(image_id)["classes"])
         LabelStore(self.out).write(image_id, label)
 
 
 def run(ctx) -> dict:
     cfg = ctx.config
+    t, source = background_threshold(ctx)
     scores = LabelStore(ctx.input("scores"))
-    store, done = fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "refine": list(cfg.pseudo.refine)}, scores.ids(),
-                             lambda out: PseudoLabelWorker(cfg, ctx.run.voc_root, scores.path, out), cfg.pseudo.workers)
-    return {"images": len(store), "resumed_from": done, "scores": ctx.input_stage("scores")}
+    store, done = fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "refine": list(cfg.pseudo.refine), "threshold": t},
+                             scores.ids(), lambda out: PseudoLabelWorker(cfg, t, ctx.run.voc_root, scores.path, out),
+                             cfg.pseudo.workers)
+    return {"images": len(store), "resumed_from": done, "scores": ctx.input_stage("scores"), "threshold": t,
+            "threshold_from": source}
 
 
 MAKE_PSEUDO_LABELS = Stage("make_pseudo_labels", run, reads=PSEUDO_READS,
-                           writes=(PSEUDO_LABELS,), inputs=("scores",),
+                           writes=(PSEUDO_LABELS,), inputs=("scores",), optional=("threshold",),
                            description="background threshold, PAR, CRF → pseudo_labels.zarr")

@@ -7,7 +7,7 @@ input: any ``models.protocols.AttentionModel``). The seeds (K×H×W) are resized
 with ``stages.random_walk.propagate_maps`` (``affinity.beta``, ``affinity.log_t``), resized back and
 max-normalised per class, as IRN does before its background threshold. The result goes to
 ``rw_seeds.zarr`` in the seeds' format, so ``make_pseudo_labels`` reads it like seeds; the stage also
-reports the threshold sweep of these maps.
+reports the threshold sweep of these maps and chooses their background threshold as ``eval_seeds`` does.
 """
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
 from stages.common import check_layers, fill_store, trained_model
-from stages.eval_seeds import SWEEP_READS, score_ids
-from stages.evaluate import evaluate_sweep
+from stages.eval_seeds import SWEEP_READS, THRESHOLD, choose_threshold
 from stages.random_walk import propagate_maps
 
 RW_SEEDS = "rw_seeds.zarr"
@@ -82,13 +81,13 @@ def run(ctx) -> dict:
         check_layers(cfg.affinity.attention_layers, trained_model(model).num_layers, "affinity.attention_layers")
     store, done = fill_store(ctx, RW_SEEDS, {"kind": "cam_scores", "source": cfg.affinity.source}, seeds.ids(),
                              lambda out: RandomWalkWorker(cfg, ds.root, seeds.path, model, out), workers=1)
-    sweep = evaluate_sweep(ds, store, cfg.cam.sweep, cfg.pseudo.workers, score_ids(ctx))
+    sweep = choose_threshold(ctx, store)
     return {"images": len(store), "resumed_from": done, "source": cfg.affinity.source,
-            "miou": sweep["miou"], "threshold": sweep["threshold"], "sweep": sweep["sweep"]}
+            **{k: sweep[k] for k in ("miou", "threshold", "threshold_rule", "sweep")}}
 
 
 RANDOM_WALK = Stage("random_walk", run,
                     reads=("affinity.source", "affinity.beta", "affinity.log_t", "affinity.attention_layers",
                            "data.label_split", *SWEEP_READS),
-                    writes=(RW_SEEDS,), inputs=("seeds", "affinity", "attention"),
+                    writes=(RW_SEEDS, THRESHOLD), inputs=("seeds", "affinity", "attention"),
                     description="seeds propagated by the random walk over the affinity → rw_seeds.zarr")

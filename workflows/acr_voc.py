@@ -7,7 +7,7 @@ ACR's parts: ``models/acr.py`` (network, losses, seeds, the ``acr`` config secti
 from pipeline.checkpoint import MODEL_FILE
 from stages.acr_seeds import MAKE_ACR_SEEDS, SEEDS_UNREFINED
 from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
-from stages.eval_seeds import EVAL_SEEDS
+from stages.eval_seeds import EVAL_SEEDS, THRESHOLD
 from stages.eval_segmentation import EVAL_SEGMENTATION
 from stages.make_pseudo_labels import MAKE_PSEUDO_LABELS, PSEUDO_LABELS
 from stages.make_seeds import SEEDS
@@ -20,14 +20,16 @@ from workflows.registry import define_flow
 classifier = TRAIN_ACR_CLASSIFIER
 seeds = MAKE_ACR_SEEDS.wire(model=classifier.out(MODEL_FILE))
 affinity = TRAIN_AFFINITY.wire(seeds=seeds.out(SEEDS), unrefined_seeds=seeds.out(SEEDS_UNREFINED))
+seed_scores = EVAL_SEEDS.wire(seeds=seeds.out(SEEDS))
 walk = RANDOM_WALK.wire(seeds=seeds.out(SEEDS), affinity=affinity.out(MODEL_FILE), attention=classifier.out(MODEL_FILE))
-pseudo = MAKE_PSEUDO_LABELS.wire(scores=walk.out(RW_SEEDS))
+# the pseudo labels take the threshold chosen on the random-walk maps they threshold
+pseudo = MAKE_PSEUDO_LABELS.wire(scores=walk.out(RW_SEEDS), threshold=walk.out(THRESHOLD))
 segmentation = TRAIN_SEGMENTATION.wire(labels=pseudo.out(PSEUDO_LABELS))
 
 SPEC = define_flow(
     "acr_voc",
-    [classifier, seeds, EVAL_SEEDS.wire(seeds=seeds.out(SEEDS)), affinity, walk, pseudo,
-     EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS)), segmentation,
+    [classifier, seeds, seed_scores, affinity, walk, pseudo,
+     EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS), seed_sweep=seed_scores.out(THRESHOLD)), segmentation,
      EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))],
     "ACR: attention-consistent ViT → gradient-attention seeds → affinity random walk → pseudo labels → segmentation",
     profile_defaults={
@@ -35,8 +37,8 @@ SPEC = define_flow(
         # look) and light consistency weights (at α = β = 1 from scratch the attention collapses to uniform,
         # which satisfies both terms, and classification never leaves the prior; see README "ACR")
         "default": {"model": {"depth": 4}, "train_classifier": {"lr": 1e-3}, "acr": {"alpha": 0.02, "beta": 0.02},
-                    "affinity": {"log_t": 1}, "pseudo": {"bkg_threshold": 0.2}},
-        "smoke": {"acr": {"alpha": 0.02, "beta": 0.02}, "affinity": {"log_t": 1}, "pseudo": {"bkg_threshold": 0.2}},
+                    "affinity": {"log_t": 1}},
+        "smoke": {"acr": {"alpha": 0.02, "beta": 0.02}, "affinity": {"log_t": 1}},
         # ViT-hybrid-B/16 (ResNet-50 stem) at 384 crops with ImageNet weights, as in the paper
         "paper": {"model": {"backbone": "vit_base_r50_s16_384"}, "pseudo": {"bkg_threshold": 0.25},
                   "affinity": {"log_t": 8, "backbone": "resnet50", "pretrained": True, "dims": [64, 128, 256],

@@ -7,7 +7,7 @@ AFA's parts: ``models/afa.py`` (network, AFA module, losses, the ``afa`` config 
 from pipeline.checkpoint import MODEL_FILE
 from stages.afa_pseudo_labels import MAKE_AFA_PSEUDO_LABELS
 from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
-from stages.eval_seeds import EVAL_SEEDS
+from stages.eval_seeds import EVAL_SEEDS, THRESHOLD
 from stages.eval_segmentation import EVAL_SEGMENTATION
 from stages.make_pseudo_labels import PSEUDO_LABELS
 from stages.make_seeds import MAKE_SEEDS, SEEDS
@@ -16,13 +16,14 @@ from workflows.registry import define_flow
 
 network = TRAIN_SINGLE_STAGE.out(MODEL_FILE)
 seeds = MAKE_SEEDS.wire(model=network)
-pseudo = MAKE_AFA_PSEUDO_LABELS.wire(seeds=seeds.out(SEEDS), model=network)
+seed_scores = EVAL_SEEDS.wire(seeds=seeds.out(SEEDS))
+pseudo = MAKE_AFA_PSEUDO_LABELS.wire(seeds=seeds.out(SEEDS), model=network, threshold=seed_scores.out(THRESHOLD))
 #: the stages up to the pseudo labels' score, shared with ``afa_voc_multistage``
-LABEL_STAGES = [TRAIN_SINGLE_STAGE, seeds, EVAL_SEEDS.wire(seeds=seeds.out(SEEDS)), pseudo,
-                EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS))]
+LABEL_STAGES = [TRAIN_SINGLE_STAGE, seeds, seed_scores, pseudo,
+                EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS), seed_sweep=seed_scores.out(THRESHOLD))]
 OWN_BRANCH = EVAL_SEGMENTATION.wire(model=network)
 PSEUDO = pseudo
-DEFAULTS: dict = {"pseudo": {"bkg_threshold": 0.1}}
+DEFAULTS: dict = {}
 PROFILE_DEFAULTS: dict[str, dict] = {
     # from scratch on 2 CPU cores: a longer schedule than the other flows' 1000 steps, and β_l = 0.02 so that
     # the peaked from-scratch CAMs still leave background labels below it (README, AFA: with 1000 steps and
