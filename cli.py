@@ -211,8 +211,8 @@ def make_synthetic_cmd(out_dir, n_train, n_val, seed, style) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--stage", default=None, help="make_seeds / make_pseudo_labels (training images) or eval_segmentation (val); "
-              "a training stage draws its curves.")
+@click.option("--stage", default=None, help="make_seeds / make_pseudo_labels (training images) or an evaluation stage "
+              "(its predictions on val); a training stage draws its curves.")
 @click.option("--out", type=click.Path(), required=True, help="PNG to write.")
 @click.option("--num", default=6, show_default=True, help="Images (rows).")
 @_guard

@@ -173,10 +173,11 @@ def register_section(name: str, type_: type[Section], default: Section | None = 
     bad = set(profiles or {}) - set(PROFILE_NAMES)
     if bad:
         raise ValueError(f"section {name!r}: unknown profiles {sorted(bad)}")
+    spec = SectionSpec(name, type_, default if default is not None else type_(), dict(profiles or {}))
     old = _SECTIONS.get(name)
-    if old is not None and old.type is not type_:
-        raise ValueError(f"config section {name!r} is registered twice ({old.type.__qualname__}, {type_.__qualname__})")
-    _SECTIONS[name] = SectionSpec(name, type_, default if default is not None else type_(), dict(profiles or {}))
+    if old is not None and (old.type.__qualname__, old.default, old.profiles) != (type_.__qualname__, spec.default, spec.profiles):
+        raise ValueError(f"config section {name!r} is registered twice, differently ({old.type.__qualname__}, {type_.__qualname__})")
+    _SECTIONS[name] = spec
     if "run_config_type" in globals():  # the shared sections register before it is defined
         run_config_type.cache_clear()
         _parsed.cache_clear()

@@ -51,7 +51,12 @@ class Run:
         d = Path(run_dir)
         if not (d / "config.yaml").is_file():
             raise UserError(f"{d} is not a run folder (no config.yaml): give the --run-dir of a run-flow call")
-        return cls(d, validate_config(yaml.safe_load((d / "config.yaml").read_text())))
+        try:
+            config = validate_config(yaml.safe_load((d / "config.yaml").read_text()))
+        except UserError as e:
+            raise UserError(f"{d / 'config.yaml'}: {e} (a run folder of an older version or another project: "
+                            "run the flow in a new --run-dir)") from None
+        return cls(d, config)
 
     # data ---------------------------------------------------------------------------------------
     @cached_property
@@ -167,5 +172,5 @@ def summarise(run: Run, stages: list[Stage]) -> dict[str, Any]:
                     "metrics": metrics})
         for key, metric in stage.summary.items():
             v = metrics.get(metric) if status in ("completed", "cached") else None
-            summary[key] = float(v) if v is not None else None
+            summary[key] = float(v) if v is not None and v == v else None  # NaN (nothing scored) is null
     return {"flow": run.flow_name(), "run_dir": str(run.dir), "stages": out, "summary": summary}

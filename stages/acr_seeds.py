@@ -70,8 +70,8 @@ def run(ctx) -> dict:
         depth = trained_model(ctx.input("model")).num_layers
         check_layers(cfg.acr.seed_layers, depth, "acr.seed_layers")
         check_layers(cfg.acr.seed_aff_layers, depth, "acr.seed_aff_layers")
-    if cfg.acr.seed_mode == "grad_aff":
-        open_for_stage(ctx.output(SEEDS_UNREFINED), ctx.key, {"stage": ctx.stage.name, "kind": "grad_scores"})
+    # opened in every mode, so that maps of an earlier mode are never read as this run's (empty unless grad_aff)
+    open_for_stage(ctx.output(SEEDS_UNREFINED), ctx.key, {"stage": ctx.stage.name, "kind": "grad_scores"})
     _, done = fill_store(ctx, SEEDS, {"kind": "cam_scores"}, ds.ids,
                          lambda out: ACRSeedWorker(cfg, ctx.input("model"), ds.root, out), workers=1)
     return {"images": len(ds), "resumed_from": done}

@@ -34,7 +34,7 @@ def choose_threshold(ctx, store: LabelStore) -> dict:
     only = score_ids(ctx)
     n = len(scored_ids(ds, store, only))
     if n:
-        out = evaluate_sweep(ds, store, cfg.cam.sweep, cfg.pseudo.workers, only)
+        out = evaluate_sweep(ds, store, cfg.cam.sweep, cfg.pseudo.workers, only, f"{ctx.stage.name} sweep")
         rule = f"best mIoU of cam.sweep on {n} masks of {cfg.data.score_split or cfg.data.label_split}"
     else:
         out = {"miou": None, "threshold": round(otsu_threshold(store, store.ids(), cfg.pseudo.workers), 4), "images": 0,

@@ -63,9 +63,10 @@ def score_report(conf: np.ndarray) -> dict:
             "iou": s["iou"], "fp": s["fp"], "fn": s["fn"], "present": s["present"]}
 
 
-def evaluate_sweep(ds: VOCDataset, store: LabelStore, thresholds: list[float], workers: int, only: list[str] | None = None) -> dict:
+def evaluate_sweep(ds: VOCDataset, store: LabelStore, thresholds: list[float], workers: int, only: list[str] | None = None,
+                   desc: str = "sweep") -> dict:
     ids = scored_ids(ds, store, only)
-    conf = sum_arrays(map_images(SweepWorker(ds.root, store.path, thresholds), ids, workers, "eval_seeds"))
+    conf = sum_arrays(map_images(SweepWorker(ds.root, store.path, thresholds), ids, workers, desc))
     per_t = [scores(c)["miou"] for c in conf]
     best = int(np.nanargmax(per_t))
     return {**score_report(conf[best]), "threshold": thresholds[best], "images": len(ids),
@@ -102,6 +103,6 @@ def evaluate_labels(ds: VOCDataset, store: LabelStore, workers: int, desc: str, 
     for c, n in map_images(ScoreWorker(ds.root, store.path), ids, workers, desc):
         conf = c if conf is None else conf + c
         cov += n
-    if conf is None:
-        conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    if conf is None:  # no image to score (no masks): nothing is measured
+        return {"miou": None, "coverage": None, "images": 0}
     return {**score_report(conf), "coverage": float(cov[0] / max(1, cov[1])), "images": len(ids)}

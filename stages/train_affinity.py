@@ -75,12 +75,13 @@ class AffinityLoss:
 
 
 def label_seeds(ctx) -> LabelStore:
-    """The seeds the confident labels come from (``affinity.label_seeds``)."""
-    choice = ctx.config.affinity.label_seeds
-    path = ctx.input("unrefined_seeds" if choice == "unrefined" and ctx.has_input("unrefined_seeds") else "seeds")
-    if not (path / "zarr.json").is_file():
-        raise UserError(f"affinity.label_seeds={choice} needs {path.name} from {path.parent.name}, which this flow's seeds "
-                        "do not write (ACR writes it with acr.seed_mode=grad_aff): set affinity.label_seeds=refined")
+    """The seeds the confident labels come from (``affinity.label_seeds``: the ``unrefined_seeds`` input or ``seeds``)."""
+    if ctx.config.affinity.label_seeds == "refined":
+        return LabelStore(ctx.input("seeds"))
+    path = ctx.input("unrefined_seeds") if ctx.has_input("unrefined_seeds") else None
+    if path is None or not (path / "zarr.json").is_file() or not len(LabelStore(path)):
+        raise UserError("affinity.label_seeds=unrefined: this flow's seed stage stored no seeds before affinity refinement "
+                        "(with its current settings): set affinity.label_seeds=refined")
     return LabelStore(path)
 
 

@@ -28,18 +28,19 @@ def draw_run(run, stage: str, out: Path, num: int) -> None:
         shutil.copy(src, out)
         return
     cfg = run.config
-    seeds = run.stage_dir("make_seeds") / SEEDS
-    pseudo = run.stage_dir("make_pseudo_labels") / PSEUDO_LABELS
-    preds = run.stage_dir("eval_segmentation") / PREDICTIONS
-    if stage in ("eval_segmentation",):
+    preds = run.stage_dir(stage) / PREDICTIONS
+    if (preds / "zarr.json").is_file():  # an evaluation stage: its predictions on val
         split, columns = cfg.segmentation.eval_split, [("prediction", preds)]
     else:
+        seeds = run.stage_dir("make_seeds") / SEEDS
+        pseudo = run.stage_dir("make_pseudo_labels") / PSEUDO_LABELS
         split, columns = cfg.data.label_split, [("seed", seeds), ("pseudo label", pseudo)]
     columns = [(t, LabelStore(p)) for t, p in columns if (p / "zarr.json").is_file()]
     if not columns:
         raise UserError(f"stage {stage} has stored nothing yet in {run.dir}: run the flow first")
-    rec = run.read_record("eval_seeds") or {}
-    threshold = rec.get("metrics", {}).get("threshold", cfg.pseudo.bkg_threshold)
+    # seeds are drawn at the threshold the pseudo labels used (or the one eval_seeds chose)
+    pseudo_rec = (run.read_record("make_pseudo_labels") or {}).get("metrics", {})
+    threshold = pseudo_rec.get("threshold", (run.read_record("eval_seeds") or {}).get("metrics", {}).get("threshold", 0.5))
     ds = run.dataset(split)
     ids = [i for i in ds.ids if i in columns[0][1]][:num]
     rows = []

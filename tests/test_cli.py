@@ -59,3 +59,11 @@ def test_unreadable_image(tmp_path):
 def test_not_a_run_folder(tmp_path, cmd):
     args = [cmd, tmp_path] + (["--out", tmp_path / "g.png"] if cmd == "show" else [])
     assert_one_line_error(cli(*args), "not a run folder")
+
+
+def test_make_synthetic_style_b(tmp_path):
+    r = cli("make-synthetic", tmp_path / "b", "--train", "3", "--val", "1", "--style", "b")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "b" / "VOC2012" / "ImageSets/Segmentation/train.txt").read_text().count("\n") == 3
+    r = cli("make-synthetic", tmp_path / "c", "--style", "z")
+    assert r.returncode != 0 and "'z'" in r.stderr and "Traceback" not in r.stderr

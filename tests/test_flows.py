@@ -40,6 +40,12 @@ def test_cam_voc_smoke_reports_every_stage(cam_run, env):
         assert 0.0 <= info["summary"][k] <= 1.0, k
     seeds = info["stages"][2]["metrics"]
     assert len(seeds["fp"]) == 21 and len(seeds["fn"]) == 21 and 0 < seeds["threshold"] < 1
+    # pseudo.bkg_threshold: auto — the pseudo labels use the threshold eval_seeds chose on the masks, and the
+    # seeds are reported at that same threshold beside them
+    pseudo = info["stages"][3]["metrics"]
+    assert pseudo["threshold"] == seeds["threshold"] and pseudo["threshold_from"].startswith("eval_seeds: best mIoU")
+    assert info["summary"]["pseudo_threshold"] == seeds["threshold"]
+    assert abs(info["summary"]["seed_miou_matched"] - info["summary"]["seed_miou"]) < 1e-4
     assert all(s["seconds"] is not None for s in info["stages"])
     assert (run_dir / "stages/make_pseudo_labels/pseudo_labels.zarr/zarr.json").is_file()
     assert (run_dir / "stages/train_classifier/model.safetensors").is_file()
@@ -155,6 +161,21 @@ def test_cam_voc_on_a_foreign_voc_folder(tmp_path, env):
     assert info["summary"]["seg_miou"] is not None
 
 
+def test_without_masks_the_threshold_is_otsus(tmp_path, env):
+    root = make_foreign_voc(tmp_path / "data")
+    for m in (root / "VOCdevkit/VOC2012/SegmentationClass").glob("2011_*.png"):  # no train image keeps its mask
+        m.unlink()
+    r = cli("run-flow", "cam_voc", "--profile", "smoke", "--data-root", root, "--run-dir", tmp_path / "run",
+            "--set", "train_classifier.steps=10", "--set", "segmentation.train.steps=10", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = inspect_json(tmp_path / "run", env)
+    st = {s["name"]: s["metrics"] for s in info["stages"]}
+    assert st["eval_seeds"]["threshold_rule"].startswith("Otsu") and st["eval_seeds"]["images"] == 0
+    assert 0 < st["make_pseudo_labels"]["threshold"] == st["eval_seeds"]["threshold"] < 1
+    assert info["summary"]["seed_miou"] is None and info["summary"]["pseudo_miou"] is None
+    assert info["summary"]["seg_miou"] is not None
+
+
 ACR_STAGES = ["train_classifier", "make_seeds", "eval_seeds", "train_affinity", "random_walk", "make_pseudo_labels",
               "eval_pseudo_labels", "train_segmentation", "eval_segmentation"]
 
@@ -178,6 +199,9 @@ def test_acr_voc_smoke_reports_every_stage_and_store(acr_run, env):
     assert st["train_affinity"]["source"] == "network" and 0 < st["train_affinity"]["label_coverage"] <= 1
     assert st["random_walk"]["images"] == st["make_seeds"]["images"] and 0 <= st["random_walk"]["miou"] <= 1
     assert st["make_pseudo_labels"]["scores"] == "random_walk"
+    assert st["make_pseudo_labels"]["threshold"] == st["random_walk"]["threshold"]  # chosen on the maps it thresholds
+    assert st["make_pseudo_labels"]["threshold_from"].startswith("random_walk")
+    assert st["eval_pseudo_labels"]["seed_miou_at_threshold"] is not None
     for store in ("make_seeds/seeds.zarr", "make_seeds/seeds_unrefined.zarr", "train_affinity/affinity_labels.zarr",
                   "random_walk/rw_seeds.zarr", "make_pseudo_labels/pseudo_labels.zarr"):
         assert (run_dir / "stages" / store / "zarr.json").is_file(), store

@@ -76,3 +76,23 @@ def test_synthetic_is_deterministic_and_varied(tmp_path):
         assert 1 <= ds.image_labels(i).sum() <= 3
     assert (a / "Annotations" / f"{ds.ids[0]}.xml").is_file()
     assert len(VOCDataset(a, "val")) == 2
+
+
+def test_synthetic_style_b_is_deterministic_and_another_dataset(tmp_path):
+    b1 = make_synthetic(tmp_path / "b1", 6, 2, seed=5, min_size=64, max_size=96, style="b")
+    b2 = make_synthetic(tmp_path / "b2", 6, 2, seed=5, min_size=64, max_size=96, style="b")
+    a = make_synthetic(tmp_path / "a", 6, 2, seed=5, min_size=64, max_size=96)
+    for f in sorted((b1 / "SegmentationClass").iterdir()):
+        assert f.read_bytes() == (b2 / "SegmentationClass" / f.name).read_bytes()
+    ds_b, ds_a = VOCDataset(b1, "train"), VOCDataset(a, "train")
+    classes_b = {c for i in ds_b.ids for c in (ds_b.image_labels(i).nonzero()[0] + 1).tolist()}
+    classes_a = {c for i in ds_a.ids for c in (ds_a.image_labels(i).nonzero()[0] + 1).tolist()}
+    assert classes_b and not classes_b & classes_a  # other classes
+    for i in ds_b.ids:
+        m = ds_b.mask(i)
+        assert (m == 255).any() and (m == 0).any()
+        labels = ds_b.image_labels(i).nonzero()[0] + 1
+        assert set(np.unique(m)) - {0, 255} == set(labels.tolist())  # the XML names exactly the visible classes
+    assert '"style": "b"' in (b1 / "synthetic.json").read_text()
+    with pytest.raises(ValueError, match="style"):
+        make_synthetic(tmp_path / "c", 2, 1, style="c")

@@ -36,15 +36,15 @@ def define_flow(name: str, stages: list[Stage], description: str, defaults: dict
 
     Every stage's inputs must be wired to stages that come before it in the list.
     """
-    names: list[str] = []
+    earlier: dict[str, Stage] = {}
     for st in stages:
         st.check_wired()
         for role, o in st.sources.items():
-            if o.stage.name not in names:
+            if earlier.get(o.stage.name) is not o.stage:
                 raise ValueError(f"flow {name}: {st.name}.{role} reads {o.stage.name}, which does not run before it")
-        if st.name in names:
+        if st.name in earlier:
             raise ValueError(f"flow {name}: two stages named {st.name}")
-        names.append(st.name)
+        earlier[st.name] = st
     tasks = [as_task(st) for st in stages]
 
     @prefect_flow(name=name, description=description)

@@ -1,0 +1,39 @@
+"""The background threshold by rule: Otsu without masks, checked against a brute-force Otsu."""
+import numpy as np
+
+from pipeline.store import LabelStore
+from stages.evaluate import otsu_threshold
+
+
+def _brute_otsu(values: np.ndarray, bins: int) -> float:
+    """Otsu by exhaustive search: the bin edge that maximises the between-class variance of the histogram."""
+    counts, edges = np.histogram(values, bins=bins, range=(0, 1))
+    centers = (edges[:-1] + edges[1:]) / 2
+    best, best_t = -1.0, None
+    for k in range(1, bins):
+        w0, w1 = counts[:k].sum(), counts[k:].sum()
+        if w0 == 0 or w1 == 0:
+            continue
+        m0 = (counts[:k] * centers[:k]).sum() / w0
+        m1 = (counts[k:] * centers[k:]).sum() / w1
+        var = w0 * w1 * (m0 - m1) ** 2
+        if var > best:
+            best, best_t = var, centers[k - 1]
+    return best_t
+
+
+def test_otsu_threshold_of_the_top_scores_matches_brute_force(tmp_path):
+    rng = np.random.default_rng(0)
+    store = LabelStore(tmp_path / "s.zarr")
+    tops = []
+    for i in range(4):
+        maps = np.clip(rng.normal(0.15, 0.05, (2, 20, 30)), 0, 1).astype(np.float32)
+        maps[int(i % 2), 5:12, 8:20] = np.clip(rng.normal(0.75, 0.08, (7, 12)), 0, 1)  # an activated object
+        store.write(f"im{i}", maps.astype(np.float16), {"classes": [3, 5]})
+        tops.append(maps.astype(np.float16).astype(np.float32).max(0).ravel())
+    t = otsu_threshold(store, store.ids(), workers=1, bins=64)
+    assert abs(t - _brute_otsu(np.concatenate(tops), 64)) < 1e-9
+    assert 0.3 < t < 0.6  # between the two modes
+    empty = LabelStore(tmp_path / "e.zarr")
+    empty.write("flat", np.full((1, 4, 4), 0.2, np.float16), {"classes": [1]})
+    assert otsu_threshold(empty, empty.ids(), workers=1) == 0.5  # one occupied bin: no split to find
