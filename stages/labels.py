@@ -26,7 +26,8 @@ def with_background(cams: np.ndarray, bkg: float) -> np.ndarray:
 def threshold_labels(cams: np.ndarray, classes: list[int], thresholds: np.ndarray) -> np.ndarray:
     """T×H×W uint8 labels, one per background threshold t: the class of the top map where it exceeds t, else 0.
 
-    ``cams`` K×H×W are the maps of ``classes`` (VOC indices).
+    ``cams`` K×H×W are the maps of ``classes`` (VOC indices). The same labels as the argmax of
+    ``with_background(cams, t)`` (ties go to the background in both), for all thresholds in one pass.
 
     >>> threshold_labels(np.array([[[0.2, 0.6]]]), [5], np.array([0.1, 0.5])).tolist()
     [[[5, 5]], [[0, 5]]]

@@ -37,3 +37,15 @@ def test_otsu_threshold_of_the_top_scores_matches_brute_force(tmp_path):
     empty = LabelStore(tmp_path / "e.zarr")
     empty.write("flat", np.full((1, 4, 4), 0.2, np.float16), {"classes": [1]})
     assert otsu_threshold(empty, empty.ids(), workers=1) == 0.5  # one occupied bin: no split to find
+
+
+def test_threshold_labels_are_the_argmax_with_a_background_score():
+    """The two forms of the one rule (the sweep's and the pseudo labels') give the same labels, ties included."""
+    from stages.labels import threshold_labels, with_background
+    rng = np.random.default_rng(3)
+    cams = np.round(rng.uniform(0, 1, (3, 9, 11)), 1).astype(np.float32)  # many ties with the thresholds
+    classes = [2, 7, 15]
+    ts = np.array([0.0, 0.3, 0.5, 0.9, 1.0], np.float32)
+    lookup = np.array([0, *classes], np.uint8)
+    want = np.stack([lookup[with_background(cams, t).argmax(0)] for t in ts])
+    assert (threshold_labels(cams, classes, ts) == want).all()
