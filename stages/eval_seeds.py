@@ -40,7 +40,7 @@ def choose_threshold(ctx, store: LabelStore) -> dict:
         out = {"miou": None, "threshold": round(otsu_threshold(store, store.ids(), cfg.pseudo.workers), 4), "images": 0,
                "sweep": {}}
         rule = "Otsu's threshold of the top scores (no masks to score)"
-    per_t = [[t, m] for t, m in zip(cfg.cam.sweep, out["sweep"].values())]
+    per_t = [[t, out["sweep"][f"{t:g}"]] for t in cfg.cam.sweep] if out["sweep"] else []
     atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": out["threshold"], "rule": rule, "sweep": per_t}))
     return {**out, "threshold_rule": rule}
 

@@ -70,7 +70,7 @@ def evaluate_sweep(ds: VOCDataset, store: LabelStore, thresholds: list[float], w
     per_t = [scores(c)["miou"] for c in conf]
     best = int(np.nanargmax(per_t))
     return {**score_report(conf[best]), "threshold": thresholds[best], "images": len(ids),
-            "sweep": {f"{t:.2f}": round(m, 5) for t, m in zip(thresholds, per_t)}}
+            "sweep": {f"{t:g}": round(m, 5) for t, m in zip(thresholds, per_t)}}
 
 
 @dataclass

@@ -49,3 +49,17 @@ def test_threshold_labels_are_the_argmax_with_a_background_score():
     lookup = np.array([0, *classes], np.uint8)
     want = np.stack([lookup[with_background(cams, t).argmax(0)] for t in ts])
     assert (threshold_labels(cams, classes, ts) == want).all()
+
+
+def test_sweep_keeps_every_threshold_apart(synthetic_root, tmp_path):
+    """Thresholds below 0.01 get their own entries (a fixed two-decimal key once merged them)."""
+    from pipeline.voc import VOCDataset
+    from stages.evaluate import evaluate_sweep
+    ds = VOCDataset(synthetic_root, "train")
+    store = LabelStore(tmp_path / "seeds.zarr")
+    rng = np.random.default_rng(0)
+    for i in ds.ids[:3]:
+        h, w = ds.mask(i).shape
+        store.write(i, rng.uniform(0, 0.01, (1, h, w)).astype(np.float16), {"classes": [1]})
+    out = evaluate_sweep(ds, store, [0.001, 0.002, 0.005, 0.075], workers=1)
+    assert list(out["sweep"]) == ["0.001", "0.002", "0.005", "0.075"]
