@@ -175,7 +175,8 @@ def register_section(name: str, type_: type[Section], default: Section | None = 
         raise ValueError(f"section {name!r}: unknown profiles {sorted(bad)}")
     spec = SectionSpec(name, type_, default if default is not None else type_(), dict(profiles or {}))
     old = _SECTIONS.get(name)
-    if old is not None and (old.type.__qualname__, old.default, old.profiles) != (type_.__qualname__, spec.default, spec.profiles):
+    if old is not None and ((old.type.__qualname__, old.default.model_dump(), old.profiles)
+                            != (type_.__qualname__, spec.default.model_dump(), spec.profiles)):
         raise ValueError(f"config section {name!r} is registered twice, differently ({old.type.__qualname__}, {type_.__qualname__})")
     _SECTIONS[name] = spec
     if "run_config_type" in globals():  # the shared sections register before it is defined

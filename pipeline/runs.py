@@ -75,7 +75,8 @@ class Run:
         h = hashlib.sha256(str(self.voc_root.resolve()).encode())
         lists = self.voc_root / "ImageSets" / "Segmentation"
         d = self.config.data
-        for split in sorted({d.train_split, d.label_split, d.val_split, self.config.segmentation.eval_split}):
+        for split in sorted({d.train_split, d.label_split, d.val_split, d.score_split or d.label_split,
+                             self.config.segmentation.eval_split}):
             p = lists / f"{split}.txt"
             h.update(p.read_bytes() if p.is_file() else b"")
         marker = self.voc_root / "synthetic.json"
@@ -110,7 +111,7 @@ def run_stage(run: Run, stage: Stage) -> dict:
     Every stage its inputs come from must have completed under the key this config gives it.
     """
     stage.check_wired()
-    for up in {o.stage.name: o.stage for o in stage.sources.values()}.values():
+    for up in {o.stage.name: o.stage for o in stage.used_sources(run.config.model_dump(mode="json")).values()}.values():
         rec = run.read_record(up.name)
         if rec is None or rec.get("status") not in ("completed", "cached") or rec.get("key") != key_of(run, up):
             raise RuntimeError(f"stage {stage.name} needs {up.name}, which has not completed with this config")

@@ -6,7 +6,8 @@ A ``Stage`` is a function ``fn(ctx) -> metrics`` with
   is a view that refuses any other key, so the declaration cannot fall behind the code;
 - ``writes``: the files and stores it leaves in its folder for later stages;
 - ``inputs``: the roles it reads from earlier stages (``"model"``, ``"seeds"``, ...), which a flow
-  binds to another stage's output with ``wire(role=other.out(NAME))``;
+  binds to another stage's output with ``wire(role=other.out(NAME))``; ``optional`` roles may stay unbound,
+  and ``uses(config)`` names the bound roles that a config makes it read (default: all);
 - ``summary``: which of its metrics fill which key of ``inspect``'s summary.
 
 The key of a stage digests its name and version, the data's identity, the values of the keys it
@@ -137,6 +138,8 @@ class Stage:
     inputs: tuple[str, ...] = ()  # roles the flow must bind
     optional: tuple[str, ...] = ()  # roles the flow may bind
     summary: Mapping[str, str] = field(default_factory=dict)  # inspect's summary key -> this stage's metric
+    # the bound roles it reads under a config (its JSON dump; declared reads only); None: all of them
+    uses: Callable[[Mapping], tuple[str, ...]] | None = None
     description: str = ""
     version: int = 1
     bound: tuple[tuple[str, Output], ...] = ()
@@ -165,16 +168,23 @@ class Stage:
     def sources(self) -> dict[str, Output]:
         return dict(self.bound)
 
+    def used_sources(self, config: Mapping) -> dict[str, Output]:
+        """The bound inputs this stage reads under ``config`` (its JSON dump)."""
+        if self.uses is None:
+            return dict(self.bound)
+        roles = set(self.uses(config))
+        return {r: o for r, o in self.bound if r in roles}
+
     def check_wired(self) -> None:
         missing = set(self.inputs) - set(self.sources)
         if missing:
             raise ValueError(f"stage {self.name}: inputs {sorted(missing)} are not wired")
 
-    def upstream(self) -> list["Stage"]:
-        """Every stage this one depends on, directly or not (each once)."""
+    def upstream(self, config: Mapping | None = None) -> list["Stage"]:
+        """Every stage this one depends on, directly or not (each once); under ``config``, through the inputs it uses."""
         seen: dict[str, Stage] = {}
-        for o in self.sources.values():
-            for s in [*o.stage.upstream(), o.stage]:
+        for o in (self.sources if config is None else self.used_sources(config)).values():
+            for s in [*o.stage.upstream(config), o.stage]:
                 seen.setdefault(s.name, s)
         return list(seen.values())
 
@@ -184,7 +194,8 @@ def stage_key(stage: Stage, config: Mapping, data_id: str) -> str:
     payload = {"stage": stage.name, "version": stage.version, "data": data_id,
                "dataset": {k: lookup(config, k) for k in DATA_KEYS},
                "config": {k: lookup(config, k) for k in stage.reads},
-               "inputs": {role: [o.stage.name, o.name, stage_key(o.stage, config, data_id)] for role, o in stage.bound}}
+               "inputs": {role: [o.stage.name, o.name, stage_key(o.stage, config, data_id)]
+                          for role, o in stage.used_sources(config).items()}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -16,10 +16,11 @@ occlude each other; ground-truth masks carry a void (255) band along object boun
 independently drawn generator to check that defaults chosen on style a transfer. Other classes
 (bicycle, bottle, chair, dining table, horse, sheep), other shapes (star, ring, crescent, L, hexagon,
 capsule), any hue for the bodies, and the class told by a **texture over the whole body** (checker,
-dots, waves, grid, rings, speckle, each at its own scale) and only weakly by the shape — so CAMs may
-cover bodies rather than parts, and the difficulty moves to the boundaries; a tiled, textured
-background with line clutter and textured distractor patches (other textures than the classes'),
-objects of 10–45% of the image side that may leave the frame, and a 2-pixel void band.
+dots, waves, grid, rings, speckle, each at its own scale) and only weakly by the shape (its own with
+probability 0.5) — so CAMs may cover bodies rather than parts, and the difficulty moves to the
+boundaries; a tiled background with line clutter and distractor patches textured like the classes but
+at scales no class uses, 1–4 objects spanning about 15–70% of the image side that may leave the frame,
+and a 2-pixel void band.
 
 The result is written in VOC layout (JPEGImages, SegmentationClass palette PNGs, Annotations XML,
 ImageSets/Segmentation/{train,train_aug,val}.txt) and is deterministic given its parameters.
@@ -48,6 +49,8 @@ BODY_COLOURS = np.array(
     [[150, 110, 80], [110, 130, 150], [170, 160, 130], [120, 150, 100], [160, 120, 140]], np.float32
 )
 GENERATOR_VERSION = 3
+#: style b's own version (style a's cache keys predate the styles and stay as they were)
+STYLE_B_VERSION = 2
 
 
 def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -156,8 +159,8 @@ def _shape_mask_b(shape: str, x: np.ndarray, y: np.ndarray, rng: np.random.Gener
     if shape == "ell":
         return ((np.abs(x + 0.5) <= 0.4) & (np.abs(y) <= 1)) | ((np.abs(y - 0.6) <= 0.4) & (np.abs(x) <= 0.9))
     if shape == "hexagon":
-        ax, ay = np.abs(x), np.abs(y)
-        return (ay <= 0.87) & (0.5 * ax + 0.577 * ay <= 0.87 * 1.0)
+        ax, ay = np.abs(x), np.abs(y)  # a regular hexagon of circumradius 1
+        return (ay <= 0.866) & (1.732 * ax + ay <= 1.732)
     if shape == "capsule":
         return (np.abs(y) <= 0.45) & ((np.abs(x) <= 0.55) | ((np.abs(x) - 0.55) ** 2 + y**2 <= 0.45**2))
     raise ValueError(shape)
@@ -223,12 +226,11 @@ def render_sample_b(rng: np.random.Generator, min_size: int, max_size: int, shap
     label = np.zeros((h, w), np.uint8)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     n_obj = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
-    classes = []
     for _ in range(n_obj):
         k = int(rng.integers(len(B_CLASSES)))
         shape = B_SHAPES[k] if rng.random() < shape_bias else B_SHAPES[int(rng.integers(len(B_SHAPES)))]
         s = min(h, w)
-        size = rng.uniform(0.1, 0.45) * s
+        size = rng.uniform(0.075, 0.35) * s  # half-axis: objects span about 15–70% of the side
         a, b = size * rng.uniform(0.7, 1.3), size * rng.uniform(0.7, 1.3)
         cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
         th = rng.uniform(0, 2 * np.pi)
@@ -242,15 +244,16 @@ def render_sample_b(rng: np.random.Generator, min_size: int, max_size: int, shap
         shade = 1 - 0.25 * np.clip(u * 0.5 + v * 0.3, -1, 1)  # a soft light from one side
         img[body] = ((colour + 50 * tex[..., None]) * shade[..., None])[body]
         label[body] = B_CLASSES[k]
-        classes.append(B_CLASSES[k])
-    classes = sorted(set(int(c) for c in np.unique(label) if c))  # an object may be hidden by later ones
-    if not classes:
-        return render_sample_b(rng, min_size, max_size, shape_bias)
     edge = np.zeros((h, w), bool)
     edge[1:, :] |= label[1:, :] != label[:-1, :]
     edge[:, 1:] |= label[:, 1:] != label[:, :-1]
-    edge[:-1, :] |= edge[1:, :].copy()  # 2 pixels wide
+    edge[:-1, :] |= edge[1:, :].copy()  # 2 pixels wide, across horizontal and vertical boundaries
+    edge[:, :-1] |= edge[:, 1:].copy()
     label[edge] = IGNORE_INDEX
+    # the image labels name exactly the classes left visible (an object may be hidden by later ones or the band)
+    classes = sorted(int(c) for c in np.unique(label) if c not in (0, IGNORE_INDEX))
+    if not classes:
+        return render_sample_b(rng, min_size, max_size, shape_bias)
     img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
     return img, label, classes
 
@@ -280,7 +283,7 @@ def make_synthetic(out_dir: Path, n_train: int = 200, n_val: int = 60, seed: int
         raise ValueError(f"unknown synthetic style {style!r}: choose {', '.join(STYLES)}")
     params = dict(n_train=n_train, n_val=n_val, seed=seed, min_size=min_size, max_size=max_size, version=GENERATOR_VERSION)
     if style != "a":  # style a's marker (and cache key) predate the styles
-        params["style"] = style
+        params.update(style=style, style_version=STYLE_B_VERSION)
     marker = root / "synthetic.json"
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return root
@@ -318,6 +321,6 @@ def default_cache_dir() -> Path:
 
 def embedded_dataset(n_train: int, n_val: int, seed: int, min_size: int, max_size: int, style: str = "a") -> Path:
     """The embedded synthetic dataset for these parameters, generated once and cached."""
-    ident = [n_train, n_val, seed, min_size, max_size, GENERATOR_VERSION] + ([style] if style != "a" else [])
+    ident = [n_train, n_val, seed, min_size, max_size, GENERATOR_VERSION] + ([style, STYLE_B_VERSION] if style != "a" else [])
     key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:10]
     return make_synthetic(default_cache_dir() / f"synthetic-{key}", n_train, n_val, seed, min_size, max_size, style)

@@ -26,7 +26,7 @@ from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
 from stages.afa_labels import PresentClasses, label_scores
 from stages.common import fill_store, trained_model
-from stages.make_pseudo_labels import PSEUDO_LABELS, PSEUDO_READS, background_threshold, pseudo_label
+from stages.make_pseudo_labels import PSEUDO_LABELS, PSEUDO_READS, background_threshold, pseudo_label, uses_threshold
 
 
 def propagated_scores(cams: np.ndarray, affinity: torch.Tensor | None, grid: tuple[int, int], bkg: float,
@@ -48,7 +48,7 @@ def propagates(cfg: AFAConfig) -> bool:
 @dataclass
 class AFAPseudoLabelWorker:
     config: ConfigView
-    bkg_threshold: float
+    bkg_threshold: float | None
     model: Path
     root: Path
     seeds: Path
@@ -85,4 +85,5 @@ def run(ctx) -> dict:
 MAKE_AFA_PSEUDO_LABELS = Stage("make_pseudo_labels", run,
                                reads=(*PSEUDO_READS, "afa.affinity", "afa.propagate", "afa.radius", "afa.beta", "afa.log_t"),
                                writes=(PSEUDO_LABELS,), inputs=("seeds", "model"), optional=("threshold",),
+                               uses=lambda config: ("seeds", "model", *uses_threshold(config)),
                                description="seeds propagated over the learned affinity, PAR (CRF) → pseudo_labels.zarr")

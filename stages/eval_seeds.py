@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_text
 from pipeline.stage import Stage
 from pipeline.store import LabelStore
@@ -33,13 +34,19 @@ def choose_threshold(ctx, store: LabelStore) -> dict:
     ds = ctx.dataset(cfg.data.label_split)
     only = score_ids(ctx)
     n = len(scored_ids(ds, store, only))
-    if n:
-        out = evaluate_sweep(ds, store, cfg.cam.sweep, cfg.pseudo.workers, only, f"{ctx.stage.name} sweep")
+    if only is not None and not n and scored_ids(ds, store):
+        raise UserError(f"data.score_split={cfg.data.score_split} has no image with a mask among the "
+                        f"{cfg.data.label_split} images that get labels: choose a split that overlaps data.label_split")
+    out = evaluate_sweep(ds, store, cfg.cam.sweep, cfg.pseudo.workers, only, f"{ctx.stage.name} sweep") if n else None
+    if out is not None and out["miou"] is not None:
         rule = f"best mIoU of cam.sweep on {n} masks of {cfg.data.score_split or cfg.data.label_split}"
+        if out["threshold"] in (min(cfg.cam.sweep), max(cfg.cam.sweep)):
+            rule += " (at the edge of cam.sweep: widen it to look further)"
     else:
+        why = "no masks to score" if out is None else "the masks hold no scorable pixel"
         out = {"miou": None, "threshold": round(otsu_threshold(store, store.ids(), cfg.pseudo.workers), 4), "images": 0,
                "sweep": {}}
-        rule = "Otsu's threshold of the top scores (no masks to score)"
+        rule = f"Otsu's threshold of the top scores ({why})"
     per_t = [[t, out["sweep"][f"{t:g}"]] for t in cfg.cam.sweep] if out["sweep"] else []
     atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": out["threshold"], "rule": rule, "sweep": per_t}))
     return {**out, "threshold_rule": rule}
@@ -56,4 +63,5 @@ def run(ctx) -> dict:
 
 
 EVAL_SEEDS = Stage("eval_seeds", run, reads=SWEEP_READS, writes=(THRESHOLD,), inputs=("seeds",), summary={"seed_miou": "miou"},
+                   version=2,  # 2: writes threshold.json
                    description="seed mIoU at the best background threshold (the auto threshold), FP/FN")

@@ -68,6 +68,8 @@ def evaluate_sweep(ds: VOCDataset, store: LabelStore, thresholds: list[float], w
     ids = scored_ids(ds, store, only)
     conf = sum_arrays(map_images(SweepWorker(ds.root, store.path, thresholds), ids, workers, desc))
     per_t = [scores(c)["miou"] for c in conf]
+    if np.isnan(per_t).all():  # every mask void: nothing to choose by
+        return {"miou": None, "threshold": None, "images": len(ids), "sweep": {}}
     best = int(np.nanargmax(per_t))
     return {**score_report(conf[best]), "threshold": thresholds[best], "images": len(ids),
             "sweep": {f"{t:g}": round(m, 5) for t, m in zip(thresholds, per_t)}}
@@ -80,8 +82,9 @@ class TopScoreHistogram:
 
     def __call__(self, image_id: str) -> np.ndarray:
         maps = LabelStore(self.store).read(image_id).astype(np.float32)
-        top = maps.max(0) if len(maps) else np.zeros(maps.shape[1:], np.float32)
-        return np.histogram(top, bins=self.bins, range=(0.0, 1.0))[0]
+        if not len(maps):  # an image without classes has no scores to split
+            return np.zeros(self.bins, np.int64)
+        return np.histogram(maps.max(0), bins=self.bins, range=(0.0, 1.0))[0]
 
 
 def otsu_threshold(store: LabelStore, ids: list[str], workers: int, bins: int = 256) -> float:

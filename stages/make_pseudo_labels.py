@@ -69,10 +69,14 @@ def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], b
     return reliable_labels(torch.from_numpy(label_at(high)), torch.from_numpy(label_at(low))).numpy().astype(np.uint8)
 
 
-def background_threshold(ctx) -> tuple[float, str]:
+def background_threshold(ctx) -> tuple[float | None, str]:
     """The background score of the pseudo labels and where it comes from: ``pseudo.bkg_threshold``, or with
-    ``auto`` the threshold in the ``threshold`` input (``threshold.json`` of ``eval_seeds`` or ``random_walk``)."""
-    t = ctx.config.pseudo.bkg_threshold
+    ``auto`` the threshold in the ``threshold`` input (``threshold.json`` of ``eval_seeds`` or ``random_walk``);
+    None with a ``pseudo.bkg_band`` (whose two ends make the labels)."""
+    p = ctx.config.pseudo
+    if p.bkg_band is not None:
+        return None, f"pseudo.bkg_band {list(p.bkg_band)}"
+    t = p.bkg_threshold
     if t != "auto":
         return float(t), "pseudo.bkg_threshold"
     if not ctx.has_input("threshold"):
@@ -82,7 +86,13 @@ def background_threshold(ctx) -> tuple[float, str]:
     return float(chosen["threshold"]), f"{ctx.input_stage('threshold')}: {chosen['rule']}"
 
 
-def pseudo_label(config: ConfigView, bkg_threshold: float, image: np.ndarray, cams: np.ndarray, classes: list[int],
+def uses_threshold(config) -> tuple[str, ...]:
+    """The inputs a pseudo-label stage reads beside its maps: the chosen threshold only with ``auto`` and no band."""
+    p = config["pseudo"]
+    return ("threshold",) if p["bkg_threshold"] == "auto" and p["bkg_band"] is None else ()
+
+
+def pseudo_label(config: ConfigView, bkg_threshold: float | None, image: np.ndarray, cams: np.ndarray, classes: list[int],
                  scores_at: Callable[[float], np.ndarray] | None = None) -> np.ndarray:
     """``make_pseudo_label`` with the run's ``pseudo`` section and the resolved background threshold."""
     p = config.pseudo
@@ -92,7 +102,7 @@ def pseudo_label(config: ConfigView, bkg_threshold: float, image: np.ndarray, ca
 @dataclass
 class PseudoLabelWorker:
     config: ConfigView
-    bkg_threshold: float
+    bkg_threshold: float | None
     root: Path
     scores: Path
     out: Path
@@ -117,4 +127,5 @@ def run(ctx) -> dict:
 
 MAKE_PSEUDO_LABELS = Stage("make_pseudo_labels", run, reads=PSEUDO_READS,
                            writes=(PSEUDO_LABELS,), inputs=("scores",), optional=("threshold",),
+                           uses=lambda config: ("scores", *uses_threshold(config)),
                            description="background threshold, PAR, CRF → pseudo_labels.zarr")

@@ -6,8 +6,8 @@ patch-to-patch attention mean_l A_l[1:,1:], symmetrised (``source = attention``,
 input: any ``models.protocols.AttentionModel``). The seeds (K×H×W) are resized to the grid, propagated
 with ``stages.random_walk.propagate_maps`` (``affinity.beta``, ``affinity.log_t``), resized back and
 max-normalised per class, as IRN does before its background threshold. The result goes to
-``rw_seeds.zarr`` in the seeds' format, so ``make_pseudo_labels`` reads it like seeds; the stage also
-reports the threshold sweep of these maps and chooses their background threshold as ``eval_seeds`` does.
+``rw_seeds.zarr`` in the seeds' format, so ``make_pseudo_labels`` reads it like seeds, and the flow scores
+it (and chooses its threshold) with the ``eval_seeds`` stage under another name (``eval_random_walk``).
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
 from stages.common import check_layers, fill_store, trained_model
-from stages.eval_seeds import SWEEP_READS, THRESHOLD, choose_threshold
 from stages.random_walk import propagate_maps
 
 RW_SEEDS = "rw_seeds.zarr"
@@ -81,13 +80,12 @@ def run(ctx) -> dict:
         check_layers(cfg.affinity.attention_layers, trained_model(model).num_layers, "affinity.attention_layers")
     store, done = fill_store(ctx, RW_SEEDS, {"kind": "cam_scores", "source": cfg.affinity.source}, seeds.ids(),
                              lambda out: RandomWalkWorker(cfg, ds.root, seeds.path, model, out), workers=1)
-    sweep = choose_threshold(ctx, store)
-    return {"images": len(store), "resumed_from": done, "source": cfg.affinity.source,
-            **{k: sweep[k] for k in ("miou", "threshold", "threshold_rule", "sweep")}}
+    return {"images": len(store), "resumed_from": done, "source": cfg.affinity.source}
 
 
 RANDOM_WALK = Stage("random_walk", run,
                     reads=("affinity.source", "affinity.beta", "affinity.log_t", "affinity.attention_layers",
-                           "data.label_split", *SWEEP_READS),
-                    writes=(RW_SEEDS, THRESHOLD), inputs=("seeds", "affinity", "attention"),
+                           "data.label_split", "data.max_images"),
+                    writes=(RW_SEEDS,), inputs=("seeds", "affinity", "attention"),
+                    version=2,  # 2: the sweep moved to eval_random_walk
                     description="seeds propagated by the random walk over the affinity → rw_seeds.zarr")

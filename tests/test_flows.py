@@ -176,7 +176,8 @@ def test_without_masks_the_threshold_is_otsus(tmp_path, env):
     assert info["summary"]["seg_miou"] is not None
 
 
-ACR_STAGES = ["train_classifier", "make_seeds", "eval_seeds", "train_affinity", "random_walk", "make_pseudo_labels",
+ACR_STAGES = ["train_classifier", "make_seeds", "eval_seeds", "train_affinity", "random_walk", "eval_random_walk",
+              "make_pseudo_labels",
               "eval_pseudo_labels", "train_segmentation", "eval_segmentation"]
 
 
@@ -197,10 +198,11 @@ def test_acr_voc_smoke_reports_every_stage_and_store(acr_run, env):
         assert 0.0 <= info["summary"][k] <= 1.0, k
     st = {s["name"]: s["metrics"] for s in info["stages"]}
     assert st["train_affinity"]["source"] == "network" and 0 < st["train_affinity"]["label_coverage"] <= 1
-    assert st["random_walk"]["images"] == st["make_seeds"]["images"] and 0 <= st["random_walk"]["miou"] <= 1
+    assert st["random_walk"]["images"] == st["make_seeds"]["images"] and 0 <= st["eval_random_walk"]["miou"] <= 1
     assert st["make_pseudo_labels"]["scores"] == "random_walk"
-    assert st["make_pseudo_labels"]["threshold"] == st["random_walk"]["threshold"]  # chosen on the maps it thresholds
-    assert st["make_pseudo_labels"]["threshold_from"].startswith("random_walk")
+    assert st["make_pseudo_labels"]["threshold"] == st["eval_random_walk"]["threshold"]  # chosen on the maps it thresholds
+    assert st["make_pseudo_labels"]["threshold_from"].startswith("eval_random_walk")
+    assert info["summary"]["seed_miou"] == st["eval_seeds"]["miou"]  # the walk's score fills no seed summary
     assert st["eval_pseudo_labels"]["seed_miou_at_threshold"] is not None
     for store in ("make_seeds/seeds.zarr", "make_seeds/seeds_unrefined.zarr", "train_affinity/affinity_labels.zarr",
                   "random_walk/rw_seeds.zarr", "make_pseudo_labels/pseudo_labels.zarr"):

@@ -46,7 +46,7 @@ def test_a_stage_key_changes_with_every_key_it_reads_and_no_other(flow):
         changed = copy.deepcopy(base)
         _set(changed, leaf, ["changed", leaf])
         for s in spec.stages:
-            depends = _under(leaf, DATA_KEYS) or any(_under(leaf, st.reads) for st in [s, *s.upstream()])
+            depends = _under(leaf, DATA_KEYS) or any(_under(leaf, st.reads) for st in [s, *s.upstream(base)])
             moved = stage_key(s, changed, "fingerprint") != before[s.name]
             assert moved == depends, f"{flow}: {s.name}'s key {'moved' if moved else 'stayed'} when {leaf} changed"
     # and with the data: a new fingerprint moves every key
@@ -60,6 +60,19 @@ def test_performance_knobs_move_no_key():
     changed["pseudo"]["workers"] = 7
     changed["flow"], changed["profile"] = "other", "paper"
     assert all(stage_key(s, base, "f") == stage_key(s, changed, "f") for s in spec.stages)
+
+
+@pytest.mark.parametrize("flow", ["cam_voc", "afa_voc", "acr_voc"])  # acr_voc: its random-walk maps
+def test_a_fixed_threshold_frees_the_pseudo_labels_from_the_threshold_stage(flow):
+    """With a number (or a band) the pseudo labels do not read the chosen threshold: changing how it is
+    chosen moves their key only under auto."""
+    spec = get_flow(flow)
+    pseudo = next(s for s in spec.stages if s.name == "make_pseudo_labels")
+    for sets, moves in (([], True), (["pseudo.bkg_threshold=0.3"], False), (["pseudo.bkg_band=[0.1, 0.4]"], False)):
+        cfg = spec.resolve("smoke", sets).model_dump(mode="json")
+        wider = copy.deepcopy(cfg)
+        wider["cam"]["sweep"] = [0.005, *cfg["cam"]["sweep"]]
+        assert (stage_key(pseudo, cfg, "f") != stage_key(pseudo, wider, "f")) == moves, (flow, sets)
 
 
 def test_flows_share_stages_they_wire_alike():

@@ -22,13 +22,14 @@ seeds = MAKE_ACR_SEEDS.wire(model=classifier.out(MODEL_FILE))
 affinity = TRAIN_AFFINITY.wire(seeds=seeds.out(SEEDS), unrefined_seeds=seeds.out(SEEDS_UNREFINED))
 seed_scores = EVAL_SEEDS.wire(seeds=seeds.out(SEEDS))
 walk = RANDOM_WALK.wire(seeds=seeds.out(SEEDS), affinity=affinity.out(MODEL_FILE), attention=classifier.out(MODEL_FILE))
-# the pseudo labels take the threshold chosen on the random-walk maps they threshold
-pseudo = MAKE_PSEUDO_LABELS.wire(scores=walk.out(RW_SEEDS), threshold=walk.out(THRESHOLD))
+# the random-walk maps scored like the seeds; the pseudo labels take the threshold chosen on the maps they threshold
+walk_scores = EVAL_SEEDS.named("eval_random_walk", summary={}).wire(seeds=walk.out(RW_SEEDS))
+pseudo = MAKE_PSEUDO_LABELS.wire(scores=walk.out(RW_SEEDS), threshold=walk_scores.out(THRESHOLD))
 segmentation = TRAIN_SEGMENTATION.wire(labels=pseudo.out(PSEUDO_LABELS))
 
 SPEC = define_flow(
     "acr_voc",
-    [classifier, seeds, seed_scores, affinity, walk, pseudo,
+    [classifier, seeds, seed_scores, affinity, walk, walk_scores, pseudo,
      EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS), seed_sweep=seed_scores.out(THRESHOLD)), segmentation,
      EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))],
     "ACR: attention-consistent ViT → gradient-attention seeds → affinity random walk → pseudo labels → segmentation",
