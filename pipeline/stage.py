@@ -105,9 +105,6 @@ class ConfigView:
     def model_dump(self, **kwargs) -> dict:
         return self._whole().model_dump(**kwargs)
 
-    def model_copy(self, **kwargs) -> BaseModel:
-        return self._whole().model_copy(**kwargs)
-
     def __repr__(self) -> str:
         return f"ConfigView({self._stage}: {self._path or 'config'})"
 
