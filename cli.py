@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -107,8 +108,9 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
         return
     from pipeline.runs import Run
     run_dir = Path(run_dir or f"runs/{name}-{profile}")
-    run = Run.create(run_dir, cfg)
-    _validate_data(run)
+    run = Run.create(run_dir, cfg, command=shlex.join(["python", "cli.py", *sys.argv[1:]]))
+    if any(st.reads_data for st in spec.stages):
+        _validate_data(run)
     if not click.get_current_context().find_root().params.get("debug"):
         _quiet_prefect_tracebacks()
     try:
@@ -139,7 +141,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-_SHOWN = ("miou", "threshold", "coverage", "pixel_acc", "images", "final_loss", "steps", "resumed_from")
+_SHOWN = ("miou", "threshold", "coverage", "pixel_acc", "val_accuracy", "images", "final_loss", "steps", "resumed_from")
 
 
 def _print_table(run, spec, per_class: bool) -> None:

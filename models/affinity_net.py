@@ -22,14 +22,15 @@ from pipeline.config import SMOKE_TRAIN, BkgBand, Section, TrainConfig, config_s
 from pipeline.voc import IGNORE_INDEX
 
 
-@config_section("affinity", profiles={"smoke": {"train": {**SMOKE_TRAIN, "steps": 40}}})
+@config_section("affinity", profiles={"smoke": {"weights": None, "train": {**SMOKE_TRAIN, "steps": 40}}})
 class AffinityConfig(Section):
     """Offline affinity (PSA manner) and the random walk of the seeds over it (ACR step 3)."""
 
     source: Literal["network", "attention"] = "network"  # a trained AffinityNet, or the ViT's own patch attention
     backbone: str = "resnet18"  # timm CNN with features_only (paper: ResNet-38 / ResNet-50)
-    pretrained: bool = False
-    weights: str | None = None
+    channels: list[int] | None = [32, 64, 128, 192]  # a timm ResNet's stage widths (None: the model's own)
+    pretrained: bool = False  # ImageNet weights through timm (needs the hub)
+    weights: str | None = "standin:resnet"  # a local file, or standin:NAME (models/standins.py); null: from scratch
     dims: tuple[int, int, int] = (32, 64, 128)  # embedding channels from the last three feature levels
     radius: int = 5  # pairs within this radius (feature pixels, PSA's ‖Δ‖ < r) are trained and propagated over
     label_seeds: Literal["unrefined", "refined"] = "unrefined"  # ACR*: seeds without affinity refinement
@@ -73,14 +74,14 @@ class AffinityNet(nn.Module):
 
 @register_model
 def affinity_net(backbone: str = "resnet18", dims: tuple[int, ...] = (64, 128, 256), pretrained: bool = False,
-                 weights: str | None = None, radius: int = 5) -> AffinityNet:
-    return AffinityNet(create_feature_backbone(backbone, 8, pretrained, weights), tuple(dims), radius)
+                 weights: str | None = None, radius: int = 5, channels: list[int] | None = None) -> AffinityNet:
+    return AffinityNet(create_feature_backbone(backbone, 8, pretrained, weights, channels), tuple(dims), radius)
 
 
 def affinity_spec(a: AffinityConfig) -> ModelSpec:
     """The AffinityNet of an ``affinity`` section."""
     return ModelSpec("affinity_net", dict(backbone=a.backbone, dims=list(a.dims), pretrained=a.pretrained,
-                                          weights=a.weights, radius=a.radius))
+                                          weights=a.weights, radius=a.radius, channels=a.channels))
 
 
 def _shifted(t: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,19 +17,21 @@ from pipeline.config import SMOKE_TRAIN, Section, TrainConfig, config_section, r
 
 
 @config_section("model", profiles={
-    "smoke": {"embed_dim": 64, "depth": 2, "num_heads": 2},
-    "paper": {"backbone": "vit_base_patch16_384", "pretrained": True, "patch_size": None, "embed_dim": None, "depth": None,
+    "smoke": {"backbone": "vit_small_patch16_224", "weights": None, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2},
+    "paper": {"backbone": "vit_base_patch16_384", "pretrained": True, "weights": None, "patch_size": None, "embed_dim": None, "depth": None,
               "num_heads": None, "pooling": "gap"},
 })
 class ClassifierConfig(Section):
     """The classifier: a timm ViT (from scratch, ImageNet weights through timm, or a local file) and its pooling."""
 
-    backbone: str = "vit_small_patch16_224"  # any timm ViT name
+    # any timm ViT name; the default is the ViT-hybrid family (a CNN stem before the blocks), as ACR's paper
+    backbone: str = "vit_tiny_r_s16_p8_224"
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
-    weights: str | None = None  # a local .safetensors / .pth file of backbone weights
-    patch_size: int | None = 8  # overrides for a from-scratch ViT (None keeps timm's)
+    # a local .safetensors / .pth file of backbone weights, or standin:NAME (models/standins.py); null: from scratch
+    weights: str | None = "standin:vit_hybrid"
+    patch_size: int | None = 2  # overrides of timm's ViT (None keeps timm's); a hybrid's patch is on its stem's features
     embed_dim: int | None = 128
-    depth: int | None = 2
+    depth: int | None = 4
     num_heads: int | None = 4
     pooling: Literal["gap", "gmp", "topk"] = "topk"  # of the patch-token class maps (the CAM classifier)
     topk: float = 0.1  # fraction of locations averaged by top-k pooling

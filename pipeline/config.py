@@ -93,6 +93,8 @@ class CamConfig(Section):
     flip: bool = True
     # background thresholds tried by eval_seeds
     sweep: list[float] = [0.01, 0.02, 0.03, 0.05, 0.075] + [round(0.05 * i, 2) for i in range(2, 20)]
+    # when the best of the sweep lies at its edge, go on past it by halving (stages/eval_seeds.py, widen_sweep)
+    sweep_widen: bool = True
 
 
 class ParConfig(Section):
@@ -125,8 +127,10 @@ class PseudoConfig(Section):
 
 class SegmentationConfig(Section):
     backbone: str = "resnet18"  # timm model with features_only
-    pretrained: bool = False
-    weights: str | None = None
+    channels: list[int] | None = [32, 64, 128, 192]  # a timm ResNet's stage widths (None: the model's own)
+    pretrained: bool = False  # ImageNet weights through timm (needs the hub)
+    # a local .safetensors / .pth file, or standin:NAME (models/standins.py); null trains from scratch
+    weights: str | None = "standin:resnet"
     head: Literal["aspp", "mlp"] = "aspp"
     output_stride: int = 8
     train: TrainConfig = TrainConfig(steps=1200, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=1.0)
@@ -208,9 +212,9 @@ register_section("pseudo", PseudoConfig, profiles={
 #: the smoke profile's schedule of every training stage: a few steps, frequent checkpoints
 SMOKE_TRAIN = {"steps": 60, "batch_size": 8, "crop_size": 80, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5}
 register_section("segmentation", SegmentationConfig, profiles={
-    "smoke": {"train": {**SMOKE_TRAIN, "lr": 2e-3}, "eval_scales": [1.0], "eval_flip": False},
+    "smoke": {"weights": None, "train": {**SMOKE_TRAIN, "lr": 2e-3}, "eval_scales": [1.0], "eval_flip": False},
     # DeepLab-v2 ResNet-101 as in the papers' second stage
-    "paper": {"backbone": "resnet101", "pretrained": True, "head": "aspp", "output_stride": 8,
+    "paper": {"backbone": "resnet101", "channels": None, "pretrained": True, "weights": None, "head": "aspp", "output_stride": 8,
               "train": {"steps": 20000, "batch_size": 10, "crop_size": 321, "scale_range": [0.5, 1.5], "optimizer": "sgd",
                         "lr": 2.5e-4, "head_lr_mult": 10.0, "weight_decay": 5e-4, "warmup_steps": 0,
                         "checkpoint_every": 1000, "log_every": 50, "color_jitter": 0.0},

@@ -38,12 +38,13 @@ class Run:
         self.config = config
 
     @classmethod
-    def create(cls, run_dir: str | Path, config: RunConfigBase) -> "Run":
+    def create(cls, run_dir: str | Path, config: RunConfigBase, command: str | None = None) -> "Run":
+        """Write the folder's config and ``run.json`` (flow, profile, the command line that made it)."""
         run = cls(run_dir, config)
         run.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.dir / "config.yaml", config.to_yaml())
         atomic_write_text(run.dir / "run.json", json.dumps({"flow": config.flow, "profile": config.profile,
-                                                           "updated": time.time()}))
+                                                           "command": command, "updated": time.time()}))
         return run
 
     @classmethod
@@ -102,7 +103,8 @@ class Run:
 
 def key_of(run: Run, stage: Stage) -> str:
     """``stage``'s cache key in this run (``pipeline.stage.stage_key``)."""
-    return stage_key(stage, run.config.model_dump(mode="json"), run.data_fingerprint)
+    needs_data = any(s.reads_data for s in [stage, *stage.upstream()])
+    return stage_key(stage, run.config.model_dump(mode="json"), run.data_fingerprint if needs_data else None)
 
 
 def run_stage(run: Run, stage: Stage) -> dict:

@@ -140,6 +140,7 @@ class Stage:
     description: str = ""
     version: int = 1
     bound: tuple[tuple[str, Output], ...] = ()
+    reads_data: bool = True  # False: it never opens the dataset, whose identity then stays out of its key
 
     def out(self, name: str) -> Output:
         """This stage's output ``name`` (declared in ``writes``), for binding to a later stage's input."""
@@ -186,10 +187,13 @@ class Stage:
         return list(seen.values())
 
 
-def stage_key(stage: Stage, config: Mapping, data_id: str) -> str:
-    """The cache key of ``stage`` under a config (its JSON dump) and the data's fingerprint."""
-    payload = {"stage": stage.name, "version": stage.version, "data": data_id,
-               "dataset": {k: lookup(config, k) for k in DATA_KEYS},
+def stage_key(stage: Stage, config: Mapping, data_id: str | None) -> str:
+    """The cache key of ``stage`` under a config (its JSON dump) and the data's fingerprint.
+
+    A stage that does not read the data (``reads_data=False``) keys on neither ``data_id`` nor the data keys.
+    """
+    payload = {"stage": stage.name, "version": stage.version, "data": data_id if stage.reads_data else None,
+               "dataset": {k: lookup(config, k) for k in DATA_KEYS} if stage.reads_data else {},
                "config": {k: lookup(config, k) for k in stage.reads},
                "inputs": {role: [o.stage.name, o.name, stage_key(o.stage, config, data_id)]
                           for role, o in stage.used_sources(config).items()}}
@@ -233,4 +237,6 @@ class StageContext:
     def dataset(self, split: str) -> "VOCDataset":
         """A split of the run's data, capped by ``data.max_images`` (which the stage must declare)."""
         from pipeline.voc import VOCDataset
+        if not self.stage.reads_data:
+            raise RuntimeError(f"stage {self.stage.name} is declared reads_data=False but opens split {split!r}")
         return VOCDataset(self.run.voc_root, split, self.config.data.max_images)

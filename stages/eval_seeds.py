@@ -2,8 +2,10 @@
 background threshold that ``pseudo.bkg_threshold: auto`` uses (``threshold.json``).
 
 The threshold rule (``choose_threshold``): where the scored split has masks, the threshold of
-``cam.sweep`` with the best mIoU on them — the field tunes it on train masks (IRN, AFA); where no image
-has a mask, Otsu's threshold of the per-pixel top scores (``stages.evaluate.otsu_threshold``).
+``cam.sweep`` with the best mIoU on them — the field tunes it on train masks (IRN, AFA) — and, when that
+best lies at the sweep's edge (``cam.sweep_widen``), the sweep goes on past the edge by halving
+(``widen_sweep``); where no image has a mask, Otsu's threshold of the per-pixel top scores
+(``stages.evaluate.otsu_threshold``).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pipeline.store import LabelStore
 from stages.evaluate import evaluate_sweep, otsu_threshold, scored_ids
 
 #: what scoring score maps over the threshold sweep reads
-SWEEP_READS = ("cam.sweep", "data.score_split", "data.label_split", "data.max_images")
+SWEEP_READS = ("cam.sweep", "cam.sweep_widen", "data.score_split", "data.label_split", "data.max_images")
 #: the chosen background threshold, its rule and the sweep: {"threshold", "rule", "sweep": [[t, mIoU], ...]}
 THRESHOLD = "threshold.json"
 
@@ -25,6 +27,32 @@ def score_ids(ctx) -> list[str] | None:
     """The images to score: those of ``data.score_split`` (None: every image with a mask)."""
     s = ctx.config.data.score_split
     return ctx.dataset(s).ids if s else None
+
+
+def widen_sweep(sweep: list[float], best: float, floor: float = 1e-4, ceiling: float = 0.995) -> list[float]:
+    """The thresholds to try beyond the sweep's edge when its best threshold lies there, else none.
+
+    At the lower edge t₀: t₀/2, t₀/4, … down to ``floor``; at the upper edge t₁: 1 − (1 − t₁)/2, … up to
+    ``ceiling`` (halving the distance to 0 or to 1). A peaked map's best threshold can lie far below a
+    sweep chosen for another dataset; the rule follows it without a constant tuned to one dataset.
+
+    >>> widen_sweep([0.01, 0.05, 0.1], 0.01)
+    [0.005, 0.0025, 0.00125, 0.000625, 0.0003125, 0.00015625]
+    >>> widen_sweep([0.5, 0.9], 0.9), widen_sweep([0.01, 0.05, 0.1], 0.05)
+    ([0.95, 0.975, 0.9875], [])
+    """
+    out: list[float] = []
+    if best == min(sweep):
+        t = best / 2
+        while t >= floor:
+            out.append(t)
+            t /= 2
+    elif best == max(sweep):
+        t = 1 - (1 - best) / 2
+        while t <= ceiling:
+            out.append(round(t, 10))
+            t = 1 - (1 - t) / 2
+    return out
 
 
 def choose_threshold(ctx, store: LabelStore) -> dict:
@@ -37,17 +65,28 @@ def choose_threshold(ctx, store: LabelStore) -> dict:
     if only is not None and not n and scored_ids(ds, store):
         raise UserError(f"data.score_split={cfg.data.score_split} has no image with a mask among the "
                         f"{cfg.data.label_split} images that get labels: choose a split that overlaps data.label_split")
-    out = evaluate_sweep(ds, store, cfg.cam.sweep, cfg.pseudo.workers, only, f"{ctx.stage.name} sweep") if n else None
+    sweep = sorted(cfg.cam.sweep)
+    out = evaluate_sweep(ds, store, sweep, cfg.pseudo.workers, only, f"{ctx.stage.name} sweep") if n else None
+    widened = []
+    if out is not None and out["miou"] is not None and cfg.cam.sweep_widen:
+        widened = widen_sweep(sweep, out["threshold"])
+        if widened:  # one more pass over the thresholds beyond the edge; the best of all wins
+            more = evaluate_sweep(ds, store, widened, cfg.pseudo.workers, only, f"{ctx.stage.name} sweep (widened)")
+            merged = {**out["sweep"], **more["sweep"]}
+            out = (more if more["miou"] is not None and more["miou"] > out["miou"] else out) | {"sweep": merged}
+            sweep = sorted({*sweep, *widened})
     if out is not None and out["miou"] is not None:
         rule = f"best mIoU of cam.sweep on {n} masks of {cfg.data.score_split or cfg.data.label_split}"
-        if out["threshold"] in (min(cfg.cam.sweep), max(cfg.cam.sweep)):
-            rule += " (at the edge of cam.sweep: widen it to look further)"
+        if widened:
+            rule += f" (widened past its edge to {min(sweep):g}–{max(sweep):g})"
+        if out["threshold"] in (min(sweep), max(sweep)):
+            rule += " (at the edge of the sweep: widen cam.sweep to look further)"
     else:
         why = "no masks to score" if out is None else "the masks hold no scorable pixel"
         out = {"miou": None, "threshold": round(otsu_threshold(store, store.ids(), cfg.pseudo.workers), 4), "images": 0,
                "sweep": {}}
         rule = f"Otsu's threshold of the top scores ({why})"
-    per_t = [[t, out["sweep"][f"{t:g}"]] for t in cfg.cam.sweep] if out["sweep"] else []
+    per_t = [[t, out["sweep"][f"{t:g}"]] for t in sweep] if out["sweep"] else []
     atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": out["threshold"], "rule": rule, "sweep": per_t}))
     return {**out, "threshold_rule": rule}
 
@@ -63,5 +102,5 @@ def run(ctx) -> dict:
 
 
 EVAL_SEEDS = Stage("eval_seeds", run, reads=SWEEP_READS, writes=(THRESHOLD,), inputs=("seeds",), summary={"seed_miou": "miou"},
-                   version=2,  # 2: writes threshold.json
+                   version=3,  # 2: writes threshold.json; 3: widens the sweep past its edge
                    description="seed mIoU at the best background threshold (the auto threshold), FP/FN")

@@ -37,12 +37,12 @@ SPEC = define_flow(
         # from scratch on 2 CPU cores: a deeper ViT than the CAM baseline (a class token must learn where to
         # look) and light consistency weights (at α = β = 1 from scratch the attention collapses to uniform,
         # which satisfies both terms, and classification never leaves the prior; see README "ACR")
-        "default": {"model": {"depth": 4}, "train_classifier": {"lr": 1e-3}, "acr": {"alpha": 0.02, "beta": 0.02},
+        "default": {"train_classifier": {"lr": 1e-3}, "acr": {"alpha": 0.02, "beta": 0.02},
                     "affinity": {"log_t": 1}},
         "smoke": {"acr": {"alpha": 0.02, "beta": 0.02}, "affinity": {"log_t": 1}},
         # ViT-hybrid-B/16 (ResNet-50 stem) at 384 crops with ImageNet weights, as in the paper
         "paper": {"model": {"backbone": "vit_base_r50_s16_384"}, "pseudo": {"bkg_threshold": 0.25},
-                  "affinity": {"log_t": 8, "backbone": "resnet50", "pretrained": True, "dims": [64, 128, 256],
+                  "affinity": {"log_t": 8, "backbone": "resnet50", "channels": None, "pretrained": True, "weights": None, "dims": [64, 128, 256],
                                "train": {"steps": 8000, "batch_size": 8, "crop_size": 448, "lr": 0.1, "optimizer": "sgd",
                                          "weight_decay": 5e-4, "warmup_steps": 0, "checkpoint_every": 1000, "log_every": 50,
                                          "scale_range": [0.7, 1.3], "color_jitter": 0.0}}},
