@@ -81,7 +81,9 @@ def test_acr_table4_settings_and_profiles():
     cfg = acr("paper")
     assert cfg.model.backbone == "vit_base_r50_s16_384" and cfg.acr.seed_mode == "grad_aff"
     assert cfg.train_classifier.crop_size == 384 and cfg.model.pretrained
-    assert acr("default").model.depth == 4 and resolve("cam_voc", "default").model.depth == 2
+    # both classifiers start from the ViT-hybrid stand-in (the paper's family); smoke stays a small plain ViT from scratch
+    assert acr("default").model.weights == resolve("cam_voc", "default").model.weights == "standin:vit_hybrid"
+    assert acr("smoke").model.weights is None and acr("smoke").model.backbone == "vit_small_patch16_224"
     with pytest.raises(UserError, match="acr.seed_mode"):
         acr("smoke", ["acr.seed_mode=gradcam"])
 

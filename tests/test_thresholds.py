@@ -63,3 +63,39 @@ def test_sweep_keeps_every_threshold_apart(synthetic_root, tmp_path):
         store.write(i, rng.uniform(0, 0.01, (1, h, w)).astype(np.float16), {"classes": [1]})
     out = evaluate_sweep(ds, store, [0.001, 0.002, 0.005, 0.075], workers=1)
     assert list(out["sweep"]) == ["0.001", "0.002", "0.005", "0.075"]
+
+
+def _eval_seeds_on(store_maker, root, tmp_path, sets=()):
+    """``eval_seeds``'s rule on a store of maps made from each image's mask, in a throwaway run."""
+    import json
+
+    from pipeline.runs import Run
+    from pipeline.stage import StageContext
+    from pipeline.voc import VOCDataset
+    from stages.eval_seeds import EVAL_SEEDS, THRESHOLD, choose_threshold
+    from workflows import get_flow
+    cfg = get_flow("cam_voc").resolve("smoke", ["cam.sweep=[0.01, 0.05, 0.1]", "data.max_images=6", *sets], str(root))
+    run = Run.create(tmp_path / "run", cfg)
+    run.stage_dir("eval_seeds").mkdir(parents=True)
+    ds = VOCDataset(root, "train", 6)
+    store = LabelStore(tmp_path / "seeds.zarr")
+    for i in ds.ids:
+        store_maker(store, i, ds.mask(i))
+    out = choose_threshold(StageContext(run, EVAL_SEEDS, "k"), store)
+    return out, json.loads((run.stage_dir("eval_seeds") / THRESHOLD).read_text())
+
+
+def _faint(store, i, mask):
+    """Maps that are 0.003 on each object class and 0 elsewhere: only a threshold below 0.003 finds the objects."""
+    classes = [int(c) for c in np.unique(mask) if c not in (0, 255)]
+    maps = np.stack([(mask == c) * 0.003 for c in classes]).astype(np.float16)
+    store.write(i, maps, {"classes": classes})
+
+
+def test_a_best_threshold_at_the_sweeps_edge_widens_the_sweep(synthetic_root, tmp_path):
+    out, saved = _eval_seeds_on(_faint, synthetic_root, tmp_path)
+    assert out["threshold"] < 0.003 and out["miou"] > 0.9
+    assert "widened past its edge" in out["threshold_rule"]
+    assert [t for t, _ in saved["sweep"]][:3] == [0.00015625, 0.0003125, 0.000625] and saved["threshold"] == out["threshold"]
+    off, _ = _eval_seeds_on(_faint, synthetic_root, tmp_path / "off", ["cam.sweep_widen=false"])
+    assert off["threshold"] == 0.01 and off["miou"] < 0.5 and "at the edge of the sweep" in off["threshold_rule"]

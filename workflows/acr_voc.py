@@ -34,9 +34,9 @@ SPEC = define_flow(
      EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))],
     "ACR: attention-consistent ViT → gradient-attention seeds → affinity random walk → pseudo labels → segmentation",
     profile_defaults={
-        # from scratch on 2 CPU cores: a deeper ViT than the CAM baseline (a class token must learn where to
-        # look) and light consistency weights (at α = β = 1 from scratch the attention collapses to uniform,
-        # which satisfies both terms, and classification never leaves the prior; see README "ACR")
+        # on 2 CPU cores: the classifier starts from the ViT-hybrid stand-in (the `model` section's default) with
+        # light consistency weights, chosen from scratch (at α = β = 1 from scratch the attention collapses to
+        # uniform, which satisfies both terms; see README "ACR")
         "default": {"train_classifier": {"lr": 1e-3}, "acr": {"alpha": 0.02, "beta": 0.02},
                     "affinity": {"log_t": 1}},
         "smoke": {"acr": {"alpha": 0.02, "beta": 0.02}, "affinity": {"log_t": 1}},
