@@ -141,7 +141,7 @@ def test_propagated_scores_without_affinity_is_the_background_softmax():
 
 
 def _tiny_afa():
-    cfg = run_config_type().model_validate({"afa": {**SMALL, "backbone": "pvt_v2_b0", "decoder_dim": 8, "cls_warmup_steps": 2,
+    cfg = run_config_type().model_validate({"afa": {**SMALL, "backbone": "pvt_v2_b0", "weights": None, "decoder_dim": 8, "cls_warmup_steps": 2,
                                                     "aff_warmup_steps": 4}, "pseudo": {"par": {"num_iter": 2}}})
     torch.manual_seed(0)
     return cfg, afa_spec(cfg.afa).build()

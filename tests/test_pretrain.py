@@ -51,6 +51,15 @@ def test_every_standin_a_default_profile_names_is_shipped():
     assert named and named <= set(SHIPPED) <= set(STANDINS)
 
 
+def test_afa_starts_from_the_mit_standin_on_request():
+    from models.afa import afa_spec
+    cfg = get_flow("afa_voc").resolve("default", ["afa.weights=standin:mit"])
+    enc = afa_spec(cfg.afa).build()
+    shipped = load_file(str(STANDIN_DIR / "mit.safetensors"))
+    k = "patch_embed.proj.weight"
+    assert torch.equal(enc.encoder.net.state_dict()[k], shipped[k].float())
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_standin_matches_its_provenance(name):
     """Each stand-in ships under 5 MB with its provenance, whose SHA-256 is the file's."""
@@ -82,7 +91,7 @@ def _build(section):
 
 @pytest.mark.parametrize("flow,network,key,standin", [
     ("cam_voc", "cam", "model", "vit_hybrid"), ("acr_voc", "acr", "model", "vit_hybrid"), ("acr_voc", "affinity", "affinity", "resnet"),
-    ("afa_voc", "afa", "afa", "mit"), ("supervised_voc", "segmentation", "segmentation", "resnet"),
+    ("supervised_voc", "segmentation", "segmentation", "resnet"),
 ])
 def test_default_profiles_start_from_the_standins_and_set_returns_to_scratch(flow, network, key, standin):
     spec, make = get_flow(flow), _build(network)

@@ -30,7 +30,7 @@ PROFILE_DEFAULTS: dict[str, dict] = {
     # (0.05, 0.15) the module did not beat switching it off)
     "default": {"afa": {"bkg_band": [0.02, 0.15], "train": {"steps": 1500}}},
     # MiT-B1 with ImageNet weights, 512 crops, 20k iterations (warm-ups 2k / 4k), AdamW 6e-5, poly power 1
-    "paper": {"afa": {"backbone": "pvt_v2_b1", "pretrained": True, "weights": None, "embed_dims": None, "depths": None, "num_heads": None,
+    "paper": {"afa": {"backbone": "pvt_v2_b1", "pretrained": True, "embed_dims": None, "depths": None, "num_heads": None,
                       "output_stride": 16, "decoder_dim": 256, "attention_per_token": False, "bkg_band": [0.35, 0.55],
                       "radius": 8, "cls_warmup_steps": 2000, "aff_warmup_steps": 4000,
                       "train": {"steps": 20000, "batch_size": 8, "crop_size": 512, "scale_range": [0.5, 2.0], "lr": 6e-5,
