@@ -39,7 +39,7 @@ def widen_sweep(sweep: list[float], best: float, floor: float = 1e-4, ceiling: f
     >>> widen_sweep([0.01, 0.05, 0.1], 0.01)
     [0.005, 0.0025, 0.00125, 0.000625, 0.0003125, 0.00015625]
     >>> widen_sweep([0.5, 0.9], 0.9), widen_sweep([0.01, 0.05, 0.1], 0.05)
-    ([0.95, 0.975, 0.9875], [])
+    ([0.95, 0.975, 0.9875, 0.99375], [])
     """
     out: list[float] = []
     if best == min(sweep):

@@ -67,6 +67,7 @@ def _tiny_specs():
         "afa_mit": ModelSpec("afa_mit", dict(backbone="pvt_v2_b0", embed_dims=[8, 16, 16, 24], depths=[1, 1, 1, 1],
                                              num_heads=[1, 1, 2, 2], output_stride=8, decoder_dim=8)),
         "segmentation_net": ModelSpec("segmentation_net", dict(backbone="resnet18")),
+        "standin_classifier": ModelSpec("standin_classifier", dict(standin="resnet", img_size=64, num_classes=32)),
     }
 
 
@@ -75,7 +76,8 @@ PROVIDES = {"vit_cam_classifier": ("Trainable", "ClassMapModel"),
             "vit_acr_classifier": ("Trainable", "ClassMapModel", "AttentionModel"),
             "affinity_net": ("Trainable", "AffinityModel"),
             "afa_mit": ("Trainable", "ClassMapModel", "AffinityModel", "Segmenter"),
-            "segmentation_net": ("Trainable", "Segmenter")}
+            "segmentation_net": ("Trainable", "Segmenter"),
+            "standin_classifier": ("Trainable",)}
 
 
 def test_every_registered_model_provides_its_protocols():
