@@ -7,7 +7,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from pipeline.checkpoint import load_model_weights
+from pipeline.checkpoint import load_model_weights, load_weights
 from pipeline.errors import UserError
 
 
@@ -110,9 +110,7 @@ def load_local_weights(model: nn.Module, path: str | Path, filter_fn=None) -> No
     if standin:
         bad = sorted(set(own) ^ set(sd)) + [k for k in own if k in sd and own[k].shape != sd[k].shape]
         if bad:
-            import json
-            side = p.with_suffix(".json")
-            made = json.loads(side.read_text()).get("architecture") if side.is_file() else "?"
+            made = load_weights(p)[1].get("architecture", "?")  # the sidecar's provenance
             raise UserError(f"stand-in weights {path!r} do not fit this backbone (e.g. {bad[0]}): they were pretrained as {made}; "
                             "set the backbone to that, or this weights key to null to train from scratch")
         model.load_state_dict(sd)

@@ -19,6 +19,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save as safetensors_bytes
 
 from models import ModelSpec
 from models.standins import STANDINS
@@ -77,20 +78,19 @@ def run(ctx) -> dict:
     out = ctx.output(BACKBONE_FILE)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.backbone.state_dict().items()}
     run_info = json.loads((ctx.run.dir / "run.json").read_text())
+    digest = hashlib.sha256(safetensors_bytes(state)).hexdigest()  # the bytes save_weights writes
     s = STANDINS[name]
     provenance = {
         "standin": name, "timm_name": s.timm_name, "architecture": s.config(), "used_by": s.used_by,
-        "command": run_info.get("command", f"python cli.py run-flow pretrain --profile {run_info.get('profile')}"),
+        "command": run_info.get("command") or f"python cli.py run-flow pretrain --profile {run_info.get('profile')}",
         "corpus": {"generator": "pipeline/corpus.py", "seed": cfg.corpus_seed, "classes": len(CORPUS_CLASSES),
                    "train_images": cfg.train_images, "val_images": cfg.val_images},
         "seed": ctx.config.seed, "train": cfg.train.model_dump(mode="json"), "label_smoothing": cfg.label_smoothing,
         "val_accuracy": round(acc, 4), "chance": round(1 / len(CORPUS_CLASSES), 4),
         "seconds": round(time.time() - started, 1), "torch": torch.__version__, "timm": timm.__version__,
-        "threads": torch.get_num_threads(), "dtype": "float16",
+        "threads": torch.get_num_threads(), "dtype": "float16", "sha256": digest,
     }
     save_weights(out, state, provenance)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    save_weights(out, state, {**provenance, "sha256": digest})
     return {**metrics, "val_accuracy": round(acc, 4), "sha256": digest[:16]}
 
 
