@@ -1,7 +1,7 @@
 """AFA's Table 2 on the synthetic data: what PAR, the propagation over the learned affinity, the AFA
 module, L_reg and CRF each do to the pseudo labels and the segmentation branch; prints a table.
 
-    python bench/bench_afa_ablation.py OUT [--profile default] [--set KEY=VALUE ...] [--training]
+    python bench/bench_afa_ablation.py OUT [--profile default] [--set KEY=VALUE ...] [--training] [--only ROW ...]
 
 Without ``--training``: one network (the full AFA training) and its pseudo labels made four ways —
 raw CAM labels, + PAR, + propagation, both — plus its segmentation with CRF. With ``--training``:
@@ -30,10 +30,13 @@ def main() -> None:
     ap.add_argument("--profile", default="default")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--training", action="store_true", help="the training switches instead of the label variants")
+    ap.add_argument("--only", nargs="+", type=int, help="run only these rows (0-based), e.g. --only 0 1")
     a = ap.parse_args()
     table = TRAINING if a.training else LABELS
     print(f"{'setting':<34} {'seed mIoU':>9} {'pseudo mIoU':>11} {'seg mIoU':>8} {'seconds':>8}")
     for i, (name, sets) in enumerate(table.items()):
+        if a.only is not None and i not in a.only:
+            continue
         # the label variants share one network (its stage is cached across them)
         run_dir = a.out / (f"training-{i}" if a.training else "labels")
         m, sec = run_variant("afa_voc", run_dir, a.profile, a.sets + sets, "eval_segmentation")

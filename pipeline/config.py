@@ -120,6 +120,9 @@ class PseudoConfig(Section):
     bkg_threshold: float | Literal["auto"] = "auto"
     bkg_band: BkgBand | None = None  # (low, high): reliable labels, 255 where only the low score says foreground
     refine: list[Literal["par", "crf"]] = ["par"]
+    # label by the route (refined or not; the random walk's maps or the seeds before it) that scores best on the
+    # masks of data.score_split, the method's on a tie (stages/make_pseudo_labels.py); false: always the method's
+    guard: bool = True
     par: ParConfig = ParConfig(num_iter=20)
     crf: CrfConfig = CrfConfig()
     workers: int = 2  # processes for per-image refinement
@@ -207,7 +210,8 @@ register_section("cam", CamConfig, profiles={"smoke": {"scales": [1.0], "flip": 
                                              "paper": {"scales": [1.0, 0.5, 1.5, 2.0], "flip": True}})
 register_section("pseudo", PseudoConfig, profiles={
     "smoke": {"par": {"num_iter": 10}, "crf": {"n_iter": 5}},
-    "paper": {"bkg_threshold": 0.45, "refine": ["par", "crf"], "par": {"num_iter": 10}, "workers": 8},
+    # the papers label by their method's route whatever it scores
+    "paper": {"bkg_threshold": 0.45, "refine": ["par", "crf"], "guard": False, "par": {"num_iter": 10}, "workers": 8},
 })
 #: the smoke profile's schedule of every training stage: a few steps, frequent checkpoints
 SMOKE_TRAIN = {"steps": 60, "batch_size": 8, "crop_size": 80, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5}

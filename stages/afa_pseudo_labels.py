@@ -8,7 +8,9 @@ softmax keeps the argmax of [t, CAMs] —, or both ends of ``pseudo.bkg_band``),
 walk over σ(A) within ``afa.radius`` (T = D⁻¹A^β), resized back and refined by ``pseudo.refine``
 (``stages.afa_labels.label_scores``, ``stages.make_pseudo_labels.pseudo_label``).
 ``afa.propagate=false`` skips the propagation (as does a network trained with ``afa.affinity=false``,
-Table 2 without AFA), ``pseudo.refine=[]`` skips PAR.
+Table 2 without AFA), ``pseudo.refine=[]`` skips PAR. The guard (``pseudo.guard``,
+``stages.make_pseudo_labels.guarded_route``) compares this route with the same labels unrefined and with the
+seeds without the propagation, refined and not, and labels by the best on the scored masks.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
 from stages.afa_labels import PresentClasses, label_scores
 from stages.common import fill_store, trained_model
-from stages.make_pseudo_labels import PSEUDO_LABELS, PSEUDO_READS, background_threshold, pseudo_label, uses_threshold
+from stages.make_pseudo_labels import (PSEUDO_LABELS, PSEUDO_READS, background_threshold, guarded_route, guards, pseudo_label, route_variants,
+                                       uses_threshold, write_route)
 
 
 def propagated_scores(cams: np.ndarray, affinity: torch.Tensor | None, grid: tuple[int, int], bkg: float,
@@ -46,44 +49,53 @@ def propagates(cfg: AFAConfig) -> bool:
 
 
 @dataclass
-class AFAPseudoLabelWorker:
+class AFALabeler:
+    """The pseudo label of one image: its seeds at background score ``threshold``, propagated over the network's
+    affinity if ``propagate``, refined by ``refine``."""
     config: ConfigView
-    bkg_threshold: float | None
+    threshold: float | None
     model: Path
     root: Path
     seeds: Path
-    out: Path
+    propagate: bool
+    refine: list[str]
 
-    def __call__(self, image_id: str) -> None:
-        afa = self.config.afa
+    def __call__(self, image_id: str) -> np.ndarray:
         seeds = LabelStore(self.seeds)
         cams, classes = seeds.read(image_id), seeds.read_attrs(image_id)["classes"]
         image = VOCFolder(self.root).image(image_id)
         affinity, grid = None, (0, 0)
-        if propagates(afa) and classes:
+        if self.propagate and classes:
             with torch.no_grad():
                 aff, grid = trained_model(self.model).affinity(normalise(image)[None])
             affinity = aff[0]
-        label = pseudo_label(self.config, self.bkg_threshold, image, cams, classes,
-                             scores_at=lambda bkg: propagated_scores(cams, affinity, grid, bkg, afa))
-        LabelStore(self.out).write(image_id, label)
+        return pseudo_label(self.config, self.threshold, image, cams, classes, refine=self.refine,
+                            scores_at=lambda bkg: propagated_scores(cams, affinity, grid, bkg, self.config.afa))
 
 
 def run(ctx) -> dict:
     cfg = ctx.config
-    t, source = background_threshold(ctx)
+    threshold = background_threshold(ctx)
     seeds = LabelStore(ctx.input("seeds"))
-    store, done = fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "refine": list(cfg.pseudo.refine),
-                                                  "propagated": propagates(cfg.afa), "threshold": t},
-                             seeds.ids(), lambda out: AFAPseudoLabelWorker(cfg, t, ctx.input("model"), ctx.run.voc_root,
-                                                                           seeds.path, out),
-                             cfg.pseudo.workers)
-    return {"images": len(store), "resumed_from": done, "propagated": propagates(cfg.afa), "threshold": t,
-            "threshold_from": source}
+
+    def routes_of(propagate: bool):
+        return route_variants("propagated seeds" if propagate else ctx.input_stage("seeds"), threshold, list(cfg.pseudo.refine),
+                              lambda r: AFALabeler(cfg, threshold[0], ctx.input("model"), ctx.run.voc_root, seeds.path,
+                                                   propagate, r))
+
+    routes = routes_of(propagates(cfg.afa))
+    if not guards(cfg.pseudo.guard, cfg.pseudo.bkg_band):
+        routes = routes[:1]
+    elif propagates(cfg.afa):
+        routes += routes_of(False)
+    route, guard = guarded_route(ctx, routes, seeds)
+    store, done = write_route(ctx, route, seeds.ids(), {"propagated": route.name.startswith("propagated")})
+    return {"images": len(store), "resumed_from": done, "propagated": propagates(cfg.afa), "threshold": route.threshold,
+            "threshold_from": route.threshold_from, **guard}
 
 
 MAKE_AFA_PSEUDO_LABELS = Stage("make_pseudo_labels", run,
                                reads=(*PSEUDO_READS, "afa.affinity", "afa.propagate", "afa.radius", "afa.beta", "afa.log_t"),
                                writes=(PSEUDO_LABELS,), inputs=("seeds", "model"), optional=("threshold",),
-                               uses=lambda config: ("seeds", "model", *uses_threshold(config)),
+                               uses=lambda config: ("seeds", "model", *uses_threshold(config)), version=2,  # 2: the guard
                                description="seeds propagated over the learned affinity, PAR (CRF) → pseudo_labels.zarr")

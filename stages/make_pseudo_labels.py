@@ -7,6 +7,11 @@ chose — ``eval_seeds`` or ``random_walk``, ``stages.eval_seeds.choose_threshol
 them; the label is the argmax. With a ``bkg_band`` (low, high) this is done at both scores and
 combined by ``stages.labels.reliable_labels`` (foreground from ``high``, background where both agree,
 255 between). The ``scores`` input is any store of per-image K×H×W maps with their ``classes``.
+
+The guard (``pseudo.guard``, ``guarded_route``): the method's labels are one *route* (these maps, refined);
+the others are the same maps unrefined and, where a flow wires its ``seeds`` input (the maps before a random
+walk), the seeds refined and unrefined, each at its own threshold. Where the scored images have masks, the
+stage labels every image by the route that scores best on them, the method's on a tie, and says which.
 """
 from __future__ import annotations
 
@@ -20,17 +25,22 @@ import torch
 
 from pipeline.config import CrfConfig, ParConfig
 from pipeline.errors import UserError
+from pipeline.metrics import confusion_matrix
+from pipeline.parallel import map_images, sum_arrays
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
-from pipeline.voc import VOCFolder
+from pipeline.voc import NUM_CLASSES, VOCFolder
 from stages.common import fill_store
 from stages.crf import dense_crf
+from stages.eval_seeds import score_ids
+from stages.evaluate import score_report, scored_ids
 from stages.labels import reliable_labels, with_background
 from stages.refine import par
 
 PSEUDO_LABELS = "pseudo_labels.zarr"
-#: the keys of ``make_pseudo_label``
-PSEUDO_READS = ("pseudo.bkg_threshold", "pseudo.bkg_band", "pseudo.refine", "pseudo.par", "pseudo.crf")
+#: the keys of ``make_pseudo_label`` and of the guard
+PSEUDO_READS = ("pseudo.bkg_threshold", "pseudo.bkg_band", "pseudo.refine", "pseudo.par", "pseudo.crf", "pseudo.guard",
+                "data.score_split", "data.label_split", "data.max_images")
 
 
 def refine_scores(image: np.ndarray, scores: np.ndarray, refine: list[str], par_cfg: ParConfig,
@@ -69,9 +79,9 @@ def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], b
     return reliable_labels(torch.from_numpy(label_at(high)), torch.from_numpy(label_at(low))).numpy().astype(np.uint8)
 
 
-def background_threshold(ctx) -> tuple[float | None, str]:
+def background_threshold(ctx, role: str = "threshold") -> tuple[float | None, str]:
     """The background score of the pseudo labels and where it comes from: ``pseudo.bkg_threshold``, or with
-    ``auto`` the threshold in the ``threshold`` input (``threshold.json`` of ``eval_seeds`` or ``random_walk``);
+    ``auto`` the threshold in the ``role`` input (``threshold.json`` of ``eval_seeds`` or ``random_walk``);
     None with a ``pseudo.bkg_band`` (whose two ends make the labels)."""
     p = ctx.config.pseudo
     if p.bkg_band is not None:
@@ -79,53 +89,170 @@ def background_threshold(ctx) -> tuple[float | None, str]:
     t = p.bkg_threshold
     if t != "auto":
         return float(t), "pseudo.bkg_threshold"
-    if not ctx.has_input("threshold"):
+    if not ctx.has_input(role):
         raise UserError(f"pseudo.bkg_threshold=auto: no stage of this flow chooses a threshold for {ctx.stage.name}; "
                         "set a number, e.g. --set pseudo.bkg_threshold=0.25")
-    chosen = json.loads(ctx.input("threshold").read_text())
-    return float(chosen["threshold"]), f"{ctx.input_stage('threshold')}: {chosen['rule']}"
+    chosen = json.loads(ctx.input(role).read_text())
+    return float(chosen["threshold"]), f"{ctx.input_stage(role)}: {chosen['rule']}"
 
 
-def uses_threshold(config) -> tuple[str, ...]:
+def guards(guard: bool, bkg_band) -> bool:
+    """Whether the guard compares routes: ``pseudo.guard`` on, and dense labels (a ``bkg_band`` leaves pixels
+    unlabelled, which a dense route's score cannot be compared with)."""
+    return bool(guard) and bkg_band is None
+
+
+def uses_threshold(config, role: str = "threshold") -> tuple[str, ...]:
     """The inputs a pseudo-label stage reads beside its maps: the chosen threshold only with ``auto`` and no band."""
     p = config["pseudo"]
-    return ("threshold",) if p["bkg_threshold"] == "auto" and p["bkg_band"] is None else ()
+    return (role,) if p["bkg_threshold"] == "auto" and p["bkg_band"] is None else ()
 
 
 def pseudo_label(config: ConfigView, bkg_threshold: float | None, image: np.ndarray, cams: np.ndarray, classes: list[int],
-                 scores_at: Callable[[float], np.ndarray] | None = None) -> np.ndarray:
-    """``make_pseudo_label`` with the run's ``pseudo`` section and the resolved background threshold."""
+                 scores_at: Callable[[float], np.ndarray] | None = None, refine: list[str] | None = None) -> np.ndarray:
+    """``make_pseudo_label`` with the run's ``pseudo`` section (``refine`` overrides ``pseudo.refine``) and the
+    resolved background threshold."""
     p = config.pseudo
-    return make_pseudo_label(image, cams, classes, bkg_threshold, p.bkg_band, p.refine, p.par, p.crf, scores_at)
+    return make_pseudo_label(image, cams, classes, bkg_threshold, p.bkg_band, p.refine if refine is None else refine,
+                             p.par, p.crf, scores_at)
 
 
 @dataclass
-class PseudoLabelWorker:
+class Route:
+    """One way to label every image: ``labeler(image_id)`` → H×W uint8 label (picklable, for the worker pool).
+
+    ``name`` says which maps at which threshold, refined how (e.g. ``random_walk (t 0.6) + par``).
+    """
+    name: str
+    labeler: Callable[[str], np.ndarray]
+    threshold: float | None
+    refine: list[str]
+    threshold_from: str = ""
+
+    @staticmethod
+    def named(maps: str, threshold: float | None, refine: list[str]) -> str:
+        t = f" (t {threshold:g})" if threshold is not None else ""
+        return maps + t + "".join(f" + {r}" for r in refine)
+
+
+def route_variants(maps: str, threshold: tuple[float | None, str], refine: list[str],
+                   labeler_for: Callable[[list[str]], Callable]) -> list[Route]:
+    """The routes of one set of maps at ``threshold`` (value, where it comes from): refined by ``refine`` and, if
+    that refines, unrefined."""
+    t, source = threshold
+    out = [Route(Route.named(maps, t, refine), labeler_for(refine), t, list(refine), source)]
+    if refine:
+        out.append(Route(Route.named(maps, t, []), labeler_for([]), t, [], source))
+    return out
+
+
+@dataclass
+class RouteScores:
+    """Per image: the C×C confusion of every route's label against the mask (R×C×C)."""
+    root: Path
+    labelers: list
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        gt = VOCFolder(self.root).mask(image_id)
+        return np.stack([confusion_matrix(gt, label(image_id), NUM_CLASSES) for label in self.labelers])
+
+
+def choose_route(mious: list[float | None]) -> int:
+    """The route to label with: the best mIoU, the earliest (the method's) on a tie; 0 when nothing was scored.
+
+    >>> choose_route([0.30, 0.33, 0.33]), choose_route([0.3, 0.3]), choose_route([None, None])
+    (1, 0, 0)
+    """
+    best = 0
+    for i, m in enumerate(mious):
+        if m is not None and (mious[best] is None or m > mious[best]):
+            best = i
+    return best
+
+
+def guarded_route(ctx, routes: list[Route], candidates_store: LabelStore) -> tuple[Route, dict]:
+    """The route that labels every image (module docstring): ``routes[0]`` (the method's) unless another scores
+    higher on the masks of ``data.score_split`` (``pseudo.guard``); with the metrics that say why."""
+    cfg = ctx.config
+    if not cfg.pseudo.guard:
+        return routes[0], {"route": routes[0].name, "guard": "off (pseudo.guard=false)"}
+    if len(routes) == 1:
+        why = "pseudo.bkg_band labels are not dense" if cfg.pseudo.bkg_band is not None else "no other route"
+        return routes[0], {"route": routes[0].name, "guard": f"nothing to compare ({why})"}
+    ds = ctx.dataset(cfg.data.label_split)
+    ids = scored_ids(ds, candidates_store, score_ids(ctx))
+    if not ids:
+        return routes[0], {"route": routes[0].name, "guard": "no masks to compare routes on"}
+    conf = sum_arrays(map_images(RouteScores(ds.root, [r.labeler for r in routes]), ids, cfg.pseudo.workers,
+                                 f"{ctx.stage.name} guard"))
+    mious = [score_report(c)["miou"] for c in conf]
+    mious = [None if m is None or np.isnan(m) else round(float(m), 5) for m in mious]
+    best = choose_route(mious)
+    rule = (f"best mIoU of {len(routes)} routes on {len(ids)} masks of {cfg.data.score_split or cfg.data.label_split}; "
+            + ("the method's route" if best == 0 else f"the method's route ({routes[0].name}) scored {mious[0]}, below"))
+    return routes[best], {"route": routes[best].name, "guard": rule, "routes": {r.name: m for r, m in zip(routes, mious)}}
+
+
+@dataclass
+class MapLabeler:
+    """The pseudo label of one image from stored maps at background score ``threshold``, refined by ``refine``."""
     config: ConfigView
-    bkg_threshold: float | None
     root: Path
     scores: Path
+    threshold: float | None
+    refine: list[str]
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        scores = LabelStore(self.scores)
+        image = VOCFolder(self.root).image(image_id)
+        return pseudo_label(self.config, self.threshold, image, scores.read(image_id), scores.read_attrs(image_id)["classes"],
+                            refine=self.refine)
+
+
+@dataclass
+class WriteLabels:
+    """Write one image's label from ``labeler`` into the store at ``out`` (atomically, per image)."""
+    labeler: Callable[[str], np.ndarray]
     out: Path
 
     def __call__(self, image_id: str) -> None:
-        scores = LabelStore(self.scores)
-        image = VOCFolder(self.root).image(image_id)
-        label = pseudo_label(self.config, self.bkg_threshold, image, scores.read(image_id), scores.read_attrs(image_id)["classes"])
-        LabelStore(self.out).write(image_id, label)
+        LabelStore(self.out).write(image_id, self.labeler(image_id))
+
+
+def write_route(ctx, route: Route, ids: list[str], attrs: dict) -> tuple[LabelStore, int]:
+    """Label ``ids`` by ``route`` into ``pseudo_labels.zarr``; the store's attrs say the route, threshold and refinement."""
+    return fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "route": route.name, "refine": route.refine,
+                                           "threshold": route.threshold, **attrs},
+                      ids, lambda out: WriteLabels(route.labeler, out), ctx.config.pseudo.workers)
 
 
 def run(ctx) -> dict:
     cfg = ctx.config
-    t, source = background_threshold(ctx)
     scores = LabelStore(ctx.input("scores"))
-    store, done = fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "refine": list(cfg.pseudo.refine), "threshold": t},
-                             scores.ids(), lambda out: PseudoLabelWorker(cfg, t, ctx.run.voc_root, scores.path, out),
-                             cfg.pseudo.workers)
-    return {"images": len(store), "resumed_from": done, "scores": ctx.input_stage("scores"), "threshold": t,
-            "threshold_from": source}
+
+    def routes_of(role: str, threshold_role: str) -> list[Route]:
+        store, threshold = LabelStore(ctx.input(role)), background_threshold(ctx, threshold_role)
+        return route_variants(ctx.input_stage(role), threshold, list(cfg.pseudo.refine),
+                              lambda r: MapLabeler(cfg, ctx.run.voc_root, store.path, threshold[0], r))
+
+    routes = routes_of("scores", "threshold")
+    if not guards(cfg.pseudo.guard, cfg.pseudo.bkg_band):
+        routes = routes[:1]
+    elif ctx.has_input("seeds"):  # the maps before the walk, at their own threshold
+        routes += routes_of("seeds", "seed_threshold")
+    route, guard = guarded_route(ctx, routes, scores)
+    store, done = write_route(ctx, route, scores.ids(), {})
+    return {"images": len(store), "resumed_from": done, "scores": ctx.input_stage("scores"), "threshold": route.threshold,
+            "threshold_from": route.threshold_from, **guard}
+
+
+def uses(config) -> tuple[str, ...]:
+    """The inputs that ``config`` makes ``make_pseudo_labels`` read (the seeds only for the guard)."""
+    seeds = ("seeds", *uses_threshold(config, "seed_threshold")) if guards(config["pseudo"]["guard"], config["pseudo"]["bkg_band"]) else ()
+    return ("scores", *uses_threshold(config), *seeds)
 
 
 MAKE_PSEUDO_LABELS = Stage("make_pseudo_labels", run, reads=PSEUDO_READS,
-                           writes=(PSEUDO_LABELS,), inputs=("scores",), optional=("threshold",),
-                           uses=lambda config: ("scores", *uses_threshold(config)),
-                           description="background threshold, PAR, CRF → pseudo_labels.zarr")
+                           writes=(PSEUDO_LABELS,), inputs=("scores",), optional=("threshold", "seeds", "seed_threshold"),
+                           uses=uses, version=2,  # 2: the guard
+                           description="background threshold, PAR, CRF (the best route on the masks) → pseudo_labels.zarr")

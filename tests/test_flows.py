@@ -44,6 +44,10 @@ def test_cam_voc_smoke_reports_every_stage(cam_run, env):
     # seeds are reported at that same threshold beside them
     pseudo = info["stages"][3]["metrics"]
     assert pseudo["threshold"] == seeds["threshold"] and pseudo["threshold_from"].startswith("eval_seeds: best mIoU")
+    # the guard: the seeds with and without PAR, the better labels every image; unrefined they are the seeds
+    assert list(pseudo["routes"]) == [f"make_seeds (t {seeds['threshold']:g}) + par", f"make_seeds (t {seeds['threshold']:g})"]
+    assert pseudo["routes"]["make_seeds (t %g)" % seeds["threshold"]] == pytest.approx(seeds["miou"], abs=1e-4)
+    assert info["summary"]["pseudo_miou"] == pytest.approx(max(pseudo["routes"].values()), abs=1e-4)
     assert info["summary"]["pseudo_threshold"] == seeds["threshold"]
     assert abs(info["summary"]["seed_miou_matched"] - info["summary"]["seed_miou"]) < 1e-4
     assert all(s["seconds"] is not None for s in info["stages"])
@@ -199,9 +203,18 @@ def test_acr_voc_smoke_reports_every_stage_and_store(acr_run, env):
     st = {s["name"]: s["metrics"] for s in info["stages"]}
     assert st["train_affinity"]["source"] == "network" and 0 < st["train_affinity"]["label_coverage"] <= 1
     assert st["random_walk"]["images"] == st["make_seeds"]["images"] and 0 <= st["eval_random_walk"]["miou"] <= 1
-    assert st["make_pseudo_labels"]["scores"] == "random_walk"
-    assert st["make_pseudo_labels"]["threshold"] == st["eval_random_walk"]["threshold"]  # chosen on the maps it thresholds
-    assert st["make_pseudo_labels"]["threshold_from"].startswith("eval_random_walk")
+    pseudo = st["make_pseudo_labels"]
+    assert pseudo["scores"] == "random_walk"
+    # the guard scored four routes (walk maps and seeds, each with and without PAR), each at the threshold chosen
+    # on the maps it thresholds, and labelled by the best: the pseudo labels score what it measured
+    t_walk, t_seeds = st["eval_random_walk"]["threshold"], st["eval_seeds"]["threshold"]
+    assert list(pseudo["routes"]) == [f"random_walk (t {t_walk:g}) + par", f"random_walk (t {t_walk:g})",
+                                      f"make_seeds (t {t_seeds:g}) + par", f"make_seeds (t {t_seeds:g})"]
+    assert pseudo["routes"][pseudo["route"]] == max(pseudo["routes"].values())
+    assert st["eval_pseudo_labels"]["miou"] == pytest.approx(pseudo["routes"][pseudo["route"]], abs=1e-4)
+    walked = pseudo["route"].startswith("random_walk")
+    assert pseudo["threshold"] == (t_walk if walked else t_seeds)
+    assert pseudo["threshold_from"].startswith("eval_random_walk" if walked else "eval_seeds")
     assert info["summary"]["seed_miou"] == st["eval_seeds"]["miou"]  # the walk's score fills no seed summary
     assert st["eval_pseudo_labels"]["seed_miou_at_threshold"] is not None
     for store in ("make_seeds/seeds.zarr", "make_seeds/seeds_unrefined.zarr", "train_affinity/affinity_labels.zarr",

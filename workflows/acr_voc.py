@@ -22,9 +22,11 @@ seeds = MAKE_ACR_SEEDS.wire(model=classifier.out(MODEL_FILE))
 affinity = TRAIN_AFFINITY.wire(seeds=seeds.out(SEEDS), unrefined_seeds=seeds.out(SEEDS_UNREFINED))
 seed_scores = EVAL_SEEDS.wire(seeds=seeds.out(SEEDS))
 walk = RANDOM_WALK.wire(seeds=seeds.out(SEEDS), affinity=affinity.out(MODEL_FILE), attention=classifier.out(MODEL_FILE))
-# the random-walk maps scored like the seeds; the pseudo labels take the threshold chosen on the maps they threshold
+# the random-walk maps scored like the seeds; the pseudo labels take the threshold chosen on the maps they threshold,
+# and the guard compares them with the seeds before the walk at the seeds' threshold
 walk_scores = EVAL_SEEDS.named("eval_random_walk", summary={}).wire(seeds=walk.out(RW_SEEDS))
-pseudo = MAKE_PSEUDO_LABELS.wire(scores=walk.out(RW_SEEDS), threshold=walk_scores.out(THRESHOLD))
+pseudo = MAKE_PSEUDO_LABELS.wire(scores=walk.out(RW_SEEDS), threshold=walk_scores.out(THRESHOLD),
+                                 seeds=seeds.out(SEEDS), seed_threshold=seed_scores.out(THRESHOLD))
 segmentation = TRAIN_SEGMENTATION.wire(labels=pseudo.out(PSEUDO_LABELS))
 
 SPEC = define_flow(
