@@ -4,7 +4,7 @@
 
 Runs ``run-flow FLOW --profile default --set data.synthetic.style=S`` in ``OUT/FLOW-S`` (resumable: finished
 stages are cached) and prints one Markdown row per run: seed mIoU (and its auto threshold), pseudo-label
-mIoU with the seeds at the same threshold, coverage, segmentation mIoU and its share of the pseudo labels,
+mIoU with the seeds at the same threshold and the guard's route, coverage, segmentation mIoU and its share of the pseudo labels,
 minutes. Run it on an otherwise idle machine: the minutes are wall-clock.
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ def row(flow: str, style: str, run_dir: Path, minutes: float) -> str:
     seed = f"{_f(s['seed_miou'])} (t {t:g})" if t is not None else _f(s["seed_miou"])
     matched = s.get("seed_miou_matched")
     pseudo = _f(s["pseudo_miou"]) + (f" (seeds at t {s['pseudo_threshold']:g}: {_f(matched)})" if matched is not None else "")
+    route = metrics.get("make_pseudo_labels", {}).get("route")
+    pseudo += f" [{route}]" if route else ""
     share = f"{s['seg_miou'] / s['pseudo_miou']:.0%}" if s["seg_miou"] and s["pseudo_miou"] else "–"
     return f"| `{flow}` | {style} | {seed} | {pseudo} | {_f(s['pseudo_coverage'], 2)} | {_f(s['seg_miou'])} ({share}) | {minutes:.1f} |"
 

@@ -81,7 +81,7 @@ def run(ctx) -> dict:
     def routes_of(propagate: bool):
         return route_variants("propagated seeds" if propagate else ctx.input_stage("seeds"), threshold, list(cfg.pseudo.refine),
                               lambda r: AFALabeler(cfg, threshold[0], ctx.input("model"), ctx.run.voc_root, seeds.path,
-                                                   propagate, r))
+                                                   propagate, r), {"propagated": propagate})
 
     routes = routes_of(propagates(cfg.afa))
     if not guards(cfg.pseudo.guard, cfg.pseudo.bkg_band):
@@ -89,13 +89,11 @@ def run(ctx) -> dict:
     elif propagates(cfg.afa):
         routes += routes_of(False)
     route, guard = guarded_route(ctx, routes, seeds)
-    store, done = write_route(ctx, route, seeds.ids(), {"propagated": route.name.startswith("propagated")})
-    return {"images": len(store), "resumed_from": done, "propagated": propagates(cfg.afa), "threshold": route.threshold,
-            "threshold_from": route.threshold_from, **guard}
+    return write_route(ctx, route, guard, seeds.ids())
 
 
 MAKE_AFA_PSEUDO_LABELS = Stage("make_pseudo_labels", run,
                                reads=(*PSEUDO_READS, "afa.affinity", "afa.propagate", "afa.radius", "afa.beta", "afa.log_t"),
                                writes=(PSEUDO_LABELS,), inputs=("seeds", "model"), optional=("threshold",),
                                uses=lambda config: ("seeds", "model", *uses_threshold(config)), version=2,  # 2: the guard
-                               description="seeds propagated over the learned affinity, PAR (CRF) → pseudo_labels.zarr")
+                               description="seeds propagated over the learned affinity, PAR (CRF) (the best route on the masks) → pseudo_labels.zarr")

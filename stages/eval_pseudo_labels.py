@@ -1,6 +1,6 @@
 """Stage ``eval_pseudo_labels``: pseudo-label mIoU (ignored pixels skipped) and coverage, beside the seeds
 scored at the same background threshold (``seed_miou_at_threshold``, from the ``seed_sweep`` input), so
-that "refinement helps" is read at matched thresholds."""
+that "refinement helps" is read at matched thresholds; ``route`` repeats which route made the labels."""
 from __future__ import annotations
 
 from pipeline.stage import Stage
@@ -16,6 +16,7 @@ def run(ctx) -> dict:
     out = evaluate_labels(ds, store, cfg.pseudo.workers, ctx.stage.name, score_ids(ctx))
     t = store.attrs.get("threshold")
     out["threshold"] = t
+    out["route"] = store.attrs.get("route")  # the guard's choice (stages/make_pseudo_labels.py)
     if ctx.has_input("seed_sweep") and t is not None:
         out["seed_miou_at_threshold"] = miou_at(ctx.input("seed_sweep"), t)
     return out

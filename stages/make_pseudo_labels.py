@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -128,21 +128,22 @@ class Route:
     threshold: float | None
     refine: list[str]
     threshold_from: str = ""
+    attrs: dict = field(default_factory=dict)  # what else the store's attrs say about it (e.g. AFA's ``propagated``)
 
     @staticmethod
-    def named(maps: str, threshold: float | None, refine: list[str]) -> str:
+    def describe(maps: str, threshold: float | None, refine: list[str]) -> str:
         t = f" (t {threshold:g})" if threshold is not None else ""
         return maps + t + "".join(f" + {r}" for r in refine)
 
 
 def route_variants(maps: str, threshold: tuple[float | None, str], refine: list[str],
-                   labeler_for: Callable[[list[str]], Callable]) -> list[Route]:
+                   labeler_for: Callable[[list[str]], Callable], attrs: dict | None = None) -> list[Route]:
     """The routes of one set of maps at ``threshold`` (value, where it comes from): refined by ``refine`` and, if
     that refines, unrefined."""
     t, source = threshold
-    out = [Route(Route.named(maps, t, refine), labeler_for(refine), t, list(refine), source)]
+    out = [Route(Route.describe(maps, t, refine), labeler_for(refine), t, list(refine), source, dict(attrs or {}))]
     if refine:
-        out.append(Route(Route.named(maps, t, []), labeler_for([]), t, [], source))
+        out.append(Route(Route.describe(maps, t, []), labeler_for([]), t, [], source, dict(attrs or {})))
     return out
 
 
@@ -154,7 +155,13 @@ class RouteScores:
 
     def __call__(self, image_id: str) -> np.ndarray:
         gt = VOCFolder(self.root).mask(image_id)
-        return np.stack([confusion_matrix(gt, label(image_id), NUM_CLASSES) for label in self.labelers])
+        out = []
+        for label in self.labelers:
+            pred = label(image_id)
+            if pred.shape != gt.shape:
+                raise ValueError(f"{image_id}: label {pred.shape} and mask {gt.shape} differ in size")
+            out.append(confusion_matrix(gt, pred, NUM_CLASSES))
+        return np.stack(out)
 
 
 def choose_route(mious: list[float | None]) -> int:
@@ -170,19 +177,37 @@ def choose_route(mious: list[float | None]) -> int:
     return best
 
 
-def guarded_route(ctx, routes: list[Route], candidates_store: LabelStore) -> tuple[Route, dict]:
+def chosen_before(ctx, routes: list[Route]) -> tuple[Route, dict] | None:
+    """On a resumed stage, the route (and the guard's metrics) its store was started with under this key, so
+    that a resumed store never mixes two routes; None for a new store."""
+    path = ctx.output(PSEUDO_LABELS)
+    if not (path / "zarr.json").is_file():
+        return None
+    attrs = LabelStore(path).attrs
+    guard = attrs.get("guard_metrics")
+    by_name = {r.name: r for r in routes}
+    if attrs.get("key") != ctx.key or not guard or guard.get("route") not in by_name:
+        return None
+    return by_name[guard["route"]], guard
+
+
+def guarded_route(ctx, routes: list[Route], maps: LabelStore) -> tuple[Route, dict]:
     """The route that labels every image (module docstring): ``routes[0]`` (the method's) unless another scores
-    higher on the masks of ``data.score_split`` (``pseudo.guard``); with the metrics that say why."""
+    higher on the masks of ``data.score_split`` among the images with ``maps`` (``pseudo.guard``); with the
+    metrics that say why. A resumed stage keeps the route it started with (``chosen_before``)."""
     cfg = ctx.config
+    before = chosen_before(ctx, routes)
+    if before is not None:
+        return before
     if not cfg.pseudo.guard:
         return routes[0], {"route": routes[0].name, "guard": "off (pseudo.guard=false)"}
     if len(routes) == 1:
         why = "pseudo.bkg_band labels are not dense" if cfg.pseudo.bkg_band is not None else "no other route"
         return routes[0], {"route": routes[0].name, "guard": f"nothing to compare ({why})"}
     ds = ctx.dataset(cfg.data.label_split)
-    ids = scored_ids(ds, candidates_store, score_ids(ctx))
+    ids = scored_ids(ds, maps, score_ids(ctx))
     if not ids:
-        return routes[0], {"route": routes[0].name, "guard": "no masks to compare routes on"}
+        return routes[0], {"route": routes[0].name, "guard": "no scored image has a mask to compare routes on"}
     conf = sum_arrays(map_images(RouteScores(ds.root, [r.labeler for r in routes]), ids, cfg.pseudo.workers,
                                  f"{ctx.stage.name} guard"))
     mious = [score_report(c)["miou"] for c in conf]
@@ -219,11 +244,14 @@ class WriteLabels:
         LabelStore(self.out).write(image_id, self.labeler(image_id))
 
 
-def write_route(ctx, route: Route, ids: list[str], attrs: dict) -> tuple[LabelStore, int]:
-    """Label ``ids`` by ``route`` into ``pseudo_labels.zarr``; the store's attrs say the route, threshold and refinement."""
-    return fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "route": route.name, "refine": route.refine,
-                                           "threshold": route.threshold, **attrs},
-                      ids, lambda out: WriteLabels(route.labeler, out), ctx.config.pseudo.workers)
+def write_route(ctx, route: Route, guard: dict, ids: list[str]) -> dict:
+    """Label ``ids`` by ``route`` into ``pseudo_labels.zarr`` (its attrs: the route, threshold, refinement and the
+    guard's metrics); returns the stage's metrics."""
+    store, done = fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "route": route.name, "refine": route.refine,
+                                                  "threshold": route.threshold, "guard_metrics": guard, **route.attrs},
+                             ids, lambda out: WriteLabels(route.labeler, out), ctx.config.pseudo.workers)
+    return {"images": len(store), "resumed_from": done, "threshold": route.threshold,
+            "threshold_from": route.threshold_from, **route.attrs, **guard}
 
 
 def run(ctx) -> dict:
@@ -241,9 +269,7 @@ def run(ctx) -> dict:
     elif ctx.has_input("seeds"):  # the maps before the walk, at their own threshold
         routes += routes_of("seeds", "seed_threshold")
     route, guard = guarded_route(ctx, routes, scores)
-    store, done = write_route(ctx, route, scores.ids(), {})
-    return {"images": len(store), "resumed_from": done, "scores": ctx.input_stage("scores"), "threshold": route.threshold,
-            "threshold_from": route.threshold_from, **guard}
+    return {"scores": ctx.input_stage("scores"), **write_route(ctx, route, guard, scores.ids())}
 
 
 def uses(config) -> tuple[str, ...]:

@@ -212,6 +212,7 @@ def test_acr_voc_smoke_reports_every_stage_and_store(acr_run, env):
                                       f"make_seeds (t {t_seeds:g}) + par", f"make_seeds (t {t_seeds:g})"]
     assert pseudo["routes"][pseudo["route"]] == max(pseudo["routes"].values())
     assert st["eval_pseudo_labels"]["miou"] == pytest.approx(pseudo["routes"][pseudo["route"]], abs=1e-4)
+    assert st["eval_pseudo_labels"]["route"] == pseudo["route"]  # read back from the store's attrs
     walked = pseudo["route"].startswith("random_walk")
     assert pseudo["threshold"] == (t_walk if walked else t_seeds)
     assert pseudo["threshold_from"].startswith("eval_random_walk" if walked else "eval_seeds")
@@ -299,7 +300,12 @@ def test_afa_voc_smoke_reports_the_three_mious(afa_run, env):
     assert set(statuses(info).values()) == {"completed"}
     for k in ("seed_miou", "pseudo_miou", "seg_miou"):
         assert 0.0 <= info["summary"][k] <= 1.0, k
-    assert info["stages"][3]["metrics"]["propagated"] is True
+    pseudo = info["stages"][3]["metrics"]
+    # the guard compared the propagated labels with the seeds without propagation, each with and without PAR;
+    # ``propagated`` says whether the chosen route propagates
+    assert len(pseudo["routes"]) == 4 and [r.startswith("propagated") for r in pseudo["routes"]] == [True, True, False, False]
+    assert pseudo["propagated"] == pseudo["route"].startswith("propagated")
+    assert pseudo["routes"][pseudo["route"]] == max(pseudo["routes"].values())
     log = [__import__("json").loads(ln) for ln in (run_dir / "stages/train_single_stage/log.jsonl").read_text().splitlines()]
     # the warm-ups: classification alone, then + affinity, then + segmentation and L_reg (smoke: 20 / 40 of 80 steps)
     first, last = log[0], log[-1]
