@@ -27,9 +27,9 @@ from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
 from stages.afa_labels import PresentClasses, label_scores
-from stages.common import fill_store, trained_model
-from stages.make_pseudo_labels import (PSEUDO_LABELS, PSEUDO_READS, background_threshold, guarded_route, guards, pseudo_label, route_variants,
-                                       uses_threshold, write_route)
+from stages.common import trained_model
+from stages.make_pseudo_labels import (PSEUDO_LABELS, PSEUDO_READS, background_threshold, guarded_route, guards, maps_name,
+                                       pseudo_label, route_variants, uses_threshold, write_route)
 
 
 def propagated_scores(cams: np.ndarray, affinity: torch.Tensor | None, grid: tuple[int, int], bkg: float,
@@ -79,7 +79,8 @@ def run(ctx) -> dict:
     seeds = LabelStore(ctx.input("seeds"))
 
     def routes_of(propagate: bool):
-        return route_variants("propagated seeds" if propagate else ctx.input_stage("seeds"), threshold, list(cfg.pseudo.refine),
+        maps = maps_name(ctx, "seeds")
+        return route_variants(f"propagated {maps}" if propagate else maps, threshold, list(cfg.pseudo.refine),
                               lambda r: AFALabeler(cfg, threshold[0], ctx.input("model"), ctx.run.voc_root, seeds.path,
                                                    propagate, r), {"propagated": propagate})
 

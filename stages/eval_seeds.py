@@ -59,6 +59,10 @@ def choose_threshold(ctx, store: LabelStore) -> dict:
     """Score the maps of ``store`` over ``cam.sweep`` and choose the background threshold by rule (module
     docstring); writes ``threshold.json`` and returns the metrics (``threshold``, ``threshold_rule``)."""
     cfg = ctx.config
+    if not len(store):  # e.g. ACR's unrefined seeds outside grad_aff mode: no maps, no threshold
+        rule = "no maps to score (the store is empty)"
+        atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": None, "rule": rule, "sweep": []}))
+        return {"miou": None, "threshold": None, "images": 0, "sweep": {}, "threshold_rule": rule}
     ds = ctx.dataset(cfg.data.label_split)
     only = score_ids(ctx)
     n = len(scored_ids(ds, store, only))

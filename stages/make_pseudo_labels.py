@@ -9,8 +9,9 @@ combined by ``stages.labels.reliable_labels`` (foreground from ``high``, backgro
 255 between). The ``scores`` input is any store of per-image K×H×W maps with their ``classes``.
 
 The guard (``pseudo.guard``, ``guarded_route``): the method's labels are one *route* (these maps, refined);
-the others are the same maps unrefined and, where a flow wires its ``seeds`` input (the maps before a random
-walk), the seeds refined and unrefined, each at its own threshold. Where the scored images have masks, the
+the others are the same maps unrefined and, where a flow wires them (``ALTERNATIVE_MAPS``: ACR's seeds before
+the walk and its seeds before their affinity refinement), those maps refined and unrefined, each at its own
+chosen threshold. Where the scored images have masks, the
 stage labels every image by the route that scores best on them, the method's on a tie, and says which.
 """
 from __future__ import annotations
@@ -96,6 +97,11 @@ def background_threshold(ctx, role: str = "threshold") -> tuple[float | None, st
     return float(chosen["threshold"]), f"{ctx.input_stage(role)}: {chosen['rule']}"
 
 
+#: the maps a flow may wire beside ``scores`` for the guard to compare with, each with the input that holds
+#: its chosen threshold (an empty store, e.g. ACR's unrefined seeds outside ``grad_aff`` mode, is skipped)
+ALTERNATIVE_MAPS = (("seeds", "seed_threshold"), ("unrefined_seeds", "unrefined_threshold"))
+
+
 def guards(guard: bool, bkg_band) -> bool:
     """Whether the guard compares routes: ``pseudo.guard`` on, and dense labels (a ``bkg_band`` leaves pixels
     unlabelled, which a dense route's score cannot be compared with)."""
@@ -121,7 +127,7 @@ def pseudo_label(config: ConfigView, bkg_threshold: float | None, image: np.ndar
 class Route:
     """One way to label every image: ``labeler(image_id)`` → H×W uint8 label (picklable, for the worker pool).
 
-    ``name`` says which maps at which threshold, refined how (e.g. ``random_walk (t 0.6) + par``).
+    ``name`` says which maps at which threshold, refined how (e.g. ``random_walk/rw_seeds (t 0.6) + par``).
     """
     name: str
     labeler: Callable[[str], np.ndarray]
@@ -134,6 +140,11 @@ class Route:
     def describe(maps: str, threshold: float | None, refine: list[str]) -> str:
         t = f" (t {threshold:g})" if threshold is not None else ""
         return maps + t + "".join(f" + {r}" for r in refine)
+
+
+def maps_name(ctx, role: str) -> str:
+    """The maps of input ``role`` as routes name them: their stage and store, e.g. ``make_seeds/seeds_unrefined``."""
+    return f"{ctx.input_stage(role)}/{ctx.input(role).name.removesuffix('.zarr')}"
 
 
 def route_variants(maps: str, threshold: tuple[float | None, str], refine: list[str],
@@ -260,25 +271,28 @@ def run(ctx) -> dict:
 
     def routes_of(role: str, threshold_role: str) -> list[Route]:
         store, threshold = LabelStore(ctx.input(role)), background_threshold(ctx, threshold_role)
-        return route_variants(ctx.input_stage(role), threshold, list(cfg.pseudo.refine),
+        return route_variants(maps_name(ctx, role), threshold, list(cfg.pseudo.refine),
                               lambda r: MapLabeler(cfg, ctx.run.voc_root, store.path, threshold[0], r))
 
     routes = routes_of("scores", "threshold")
     if not guards(cfg.pseudo.guard, cfg.pseudo.bkg_band):
         routes = routes[:1]
-    elif ctx.has_input("seeds"):  # the maps before the walk, at their own threshold
-        routes += routes_of("seeds", "seed_threshold")
+    else:  # the maps before the method's refinements, each at its own threshold
+        for maps, threshold in ALTERNATIVE_MAPS:
+            if ctx.has_input(maps) and len(LabelStore(ctx.input(maps))):
+                routes += routes_of(maps, threshold)
     route, guard = guarded_route(ctx, routes, scores)
     return {"scores": ctx.input_stage("scores"), **write_route(ctx, route, guard, scores.ids())}
 
 
 def uses(config) -> tuple[str, ...]:
-    """The inputs that ``config`` makes ``make_pseudo_labels`` read (the seeds only for the guard)."""
-    seeds = ("seeds", *uses_threshold(config, "seed_threshold")) if guards(config["pseudo"]["guard"], config["pseudo"]["bkg_band"]) else ()
-    return ("scores", *uses_threshold(config), *seeds)
+    """The inputs that ``config`` makes ``make_pseudo_labels`` read (the alternative maps only for the guard)."""
+    alternatives = (tuple(role for maps, threshold in ALTERNATIVE_MAPS for role in (maps, *uses_threshold(config, threshold)))
+                    if guards(config["pseudo"]["guard"], config["pseudo"]["bkg_band"]) else ())
+    return ("scores", *uses_threshold(config), *alternatives)
 
 
 MAKE_PSEUDO_LABELS = Stage("make_pseudo_labels", run, reads=PSEUDO_READS,
-                           writes=(PSEUDO_LABELS,), inputs=("scores",), optional=("threshold", "seeds", "seed_threshold"),
+                           writes=(PSEUDO_LABELS,), inputs=("scores",), optional=("threshold", *(role for pair in ALTERNATIVE_MAPS for role in pair)),
                            uses=uses, version=2,  # 2: the guard
                            description="background threshold, PAR, CRF (the best route on the masks) → pseudo_labels.zarr")

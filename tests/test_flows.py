@@ -45,8 +45,8 @@ def test_cam_voc_smoke_reports_every_stage(cam_run, env):
     pseudo = info["stages"][3]["metrics"]
     assert pseudo["threshold"] == seeds["threshold"] and pseudo["threshold_from"].startswith("eval_seeds: best mIoU")
     # the guard: the seeds with and without PAR, the better labels every image; unrefined they are the seeds
-    assert list(pseudo["routes"]) == [f"make_seeds (t {seeds['threshold']:g}) + par", f"make_seeds (t {seeds['threshold']:g})"]
-    assert pseudo["routes"]["make_seeds (t %g)" % seeds["threshold"]] == pytest.approx(seeds["miou"], abs=1e-4)
+    assert list(pseudo["routes"]) == [f"make_seeds/seeds (t {seeds['threshold']:g}) + par", f"make_seeds/seeds (t {seeds['threshold']:g})"]
+    assert pseudo["routes"]["make_seeds/seeds (t %g)" % seeds["threshold"]] == pytest.approx(seeds["miou"], abs=1e-4)
     assert info["summary"]["pseudo_miou"] == pytest.approx(max(pseudo["routes"].values()), abs=1e-4)
     assert info["summary"]["pseudo_threshold"] == seeds["threshold"]
     assert abs(info["summary"]["seed_miou_matched"] - info["summary"]["seed_miou"]) < 1e-4
@@ -180,7 +180,7 @@ def test_without_masks_the_threshold_is_otsus(tmp_path, env):
     assert info["summary"]["seg_miou"] is not None
 
 
-ACR_STAGES = ["train_classifier", "make_seeds", "eval_seeds", "train_affinity", "random_walk", "eval_random_walk",
+ACR_STAGES = ["train_classifier", "make_seeds", "eval_seeds", "eval_unrefined_seeds", "train_affinity", "random_walk", "eval_random_walk",
               "make_pseudo_labels",
               "eval_pseudo_labels", "train_segmentation", "eval_segmentation"]
 
@@ -205,17 +205,21 @@ def test_acr_voc_smoke_reports_every_stage_and_store(acr_run, env):
     assert st["random_walk"]["images"] == st["make_seeds"]["images"] and 0 <= st["eval_random_walk"]["miou"] <= 1
     pseudo = st["make_pseudo_labels"]
     assert pseudo["scores"] == "random_walk"
-    # the guard scored four routes (walk maps and seeds, each with and without PAR), each at the threshold chosen
-    # on the maps it thresholds, and labelled by the best: the pseudo labels score what it measured
+    # the guard scored six routes (walk maps, seeds, ACR* seeds, each with and without PAR), each at the threshold
+    # chosen on the maps it thresholds, and labelled by the best: the pseudo labels score what it measured
     t_walk, t_seeds = st["eval_random_walk"]["threshold"], st["eval_seeds"]["threshold"]
-    assert list(pseudo["routes"]) == [f"random_walk (t {t_walk:g}) + par", f"random_walk (t {t_walk:g})",
-                                      f"make_seeds (t {t_seeds:g}) + par", f"make_seeds (t {t_seeds:g})"]
+    t_star = st["eval_unrefined_seeds"]["threshold"]
+    assert list(pseudo["routes"]) == [f"random_walk/rw_seeds (t {t_walk:g}) + par", f"random_walk/rw_seeds (t {t_walk:g})",
+                                      f"make_seeds/seeds (t {t_seeds:g}) + par", f"make_seeds/seeds (t {t_seeds:g})",
+                                      f"make_seeds/seeds_unrefined (t {t_star:g}) + par",
+                                      f"make_seeds/seeds_unrefined (t {t_star:g})"]
     assert pseudo["routes"][pseudo["route"]] == max(pseudo["routes"].values())
     assert st["eval_pseudo_labels"]["miou"] == pytest.approx(pseudo["routes"][pseudo["route"]], abs=1e-4)
     assert st["eval_pseudo_labels"]["route"] == pseudo["route"]  # read back from the store's attrs
-    walked = pseudo["route"].startswith("random_walk")
-    assert pseudo["threshold"] == (t_walk if walked else t_seeds)
-    assert pseudo["threshold_from"].startswith("eval_random_walk" if walked else "eval_seeds")
+    source = pseudo["threshold_from"].split(":")[0]
+    assert source in ("eval_random_walk", "eval_seeds", "eval_unrefined_seeds")
+    assert pseudo["threshold"] == st[source]["threshold"]
+    assert pseudo["route"].startswith("random_walk") == (source == "eval_random_walk")
     assert info["summary"]["seed_miou"] == st["eval_seeds"]["miou"]  # the walk's score fills no seed summary
     assert st["eval_pseudo_labels"]["seed_miou_at_threshold"] is not None
     for store in ("make_seeds/seeds.zarr", "make_seeds/seeds_unrefined.zarr", "train_affinity/affinity_labels.zarr",
@@ -234,7 +238,7 @@ def test_acr_affinity_from_attention_reuses_the_classifier(acr_run, env):
     st = statuses(info)
     assert st["train_classifier"] == st["make_seeds"] == st["eval_seeds"] == "cached"
     assert st["train_affinity"] == st["random_walk"] == st["make_pseudo_labels"] == "completed"
-    assert info["stages"][3]["metrics"]["source"] == "attention"
+    assert next(s for s in info["stages"] if s["name"] == "train_affinity")["metrics"]["source"] == "attention"
 
 
 def test_acr_bad_layer_is_one_line(tmp_path, env):

@@ -99,3 +99,10 @@ def test_a_best_threshold_at_the_sweeps_edge_widens_the_sweep(synthetic_root, tm
     assert [t for t, _ in saved["sweep"]][:3] == [0.00015625, 0.0003125, 0.000625] and saved["threshold"] == out["threshold"]
     off, _ = _eval_seeds_on(_faint, synthetic_root, tmp_path / "off", ["cam.sweep_widen=false"])
     assert off["threshold"] == 0.01 and off["miou"] < 0.5 and "at the edge of the sweep" in off["threshold_rule"]
+
+
+def test_an_empty_store_has_no_threshold(synthetic_root, tmp_path):
+    """ACR's unrefined seeds outside grad_aff mode: nothing to score, a null threshold and a rule that says so."""
+    out, saved = _eval_seeds_on(lambda store, i, mask: None, synthetic_root, tmp_path)
+    assert out["threshold"] is None and out["miou"] is None and saved["threshold"] is None
+    assert out["threshold_rule"] == "no maps to score (the store is empty)"

@@ -21,17 +21,20 @@ classifier = TRAIN_ACR_CLASSIFIER
 seeds = MAKE_ACR_SEEDS.wire(model=classifier.out(MODEL_FILE))
 affinity = TRAIN_AFFINITY.wire(seeds=seeds.out(SEEDS), unrefined_seeds=seeds.out(SEEDS_UNREFINED))
 seed_scores = EVAL_SEEDS.wire(seeds=seeds.out(SEEDS))
+# ACR* (the grad maps before the affinity refinement, grad_aff mode) scored the same way
+unrefined_scores = EVAL_SEEDS.named("eval_unrefined_seeds", summary={}).wire(seeds=seeds.out(SEEDS_UNREFINED))
 walk = RANDOM_WALK.wire(seeds=seeds.out(SEEDS), affinity=affinity.out(MODEL_FILE), attention=classifier.out(MODEL_FILE))
 # the random-walk maps scored like the seeds; the pseudo labels take the threshold chosen on the maps they threshold,
-# and the guard compares them with the seeds before the walk at the seeds' threshold
+# and the guard compares them with the seeds before the walk and with ACR*, each at its own threshold
 walk_scores = EVAL_SEEDS.named("eval_random_walk", summary={}).wire(seeds=walk.out(RW_SEEDS))
 pseudo = MAKE_PSEUDO_LABELS.wire(scores=walk.out(RW_SEEDS), threshold=walk_scores.out(THRESHOLD),
-                                 seeds=seeds.out(SEEDS), seed_threshold=seed_scores.out(THRESHOLD))
+                                 seeds=seeds.out(SEEDS), seed_threshold=seed_scores.out(THRESHOLD),
+                                 unrefined_seeds=seeds.out(SEEDS_UNREFINED), unrefined_threshold=unrefined_scores.out(THRESHOLD))
 segmentation = TRAIN_SEGMENTATION.wire(labels=pseudo.out(PSEUDO_LABELS))
 
 SPEC = define_flow(
     "acr_voc",
-    [classifier, seeds, seed_scores, affinity, walk, walk_scores, pseudo,
+    [classifier, seeds, seed_scores, unrefined_scores, affinity, walk, walk_scores, pseudo,
      EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS), seed_sweep=seed_scores.out(THRESHOLD)), segmentation,
      EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))],
     "ACR: attention-consistent ViT → gradient-attention seeds → affinity random walk → pseudo labels → segmentation",
