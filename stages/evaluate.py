@@ -38,6 +38,13 @@ class SweepWorker:
         return sweep_confusions(gt, st.read(image_id).astype(np.float32), st.read_attrs(image_id)["classes"], np.asarray(self.thresholds))
 
 
+def label_confusion(image_id: str, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The C×C confusion of one image's label ``pred`` against its mask ``gt``; a size mismatch names the image."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"{image_id}: label {pred.shape} and mask {gt.shape} differ in size")
+    return confusion_matrix(gt, pred, NUM_CLASSES)
+
+
 @dataclass
 class ScoreWorker:
     root: Path
@@ -46,9 +53,7 @@ class ScoreWorker:
     def __call__(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         gt = VOCFolder(self.root).mask(image_id)
         pred = LabelStore(self.store).read(image_id)
-        if pred.shape != gt.shape:
-            raise ValueError(f"{image_id}: label {pred.shape} and mask {gt.shape} differ in size")
-        return confusion_matrix(gt, pred, NUM_CLASSES), np.array(coverage(pred, gt))
+        return label_confusion(image_id, gt, pred), np.array(coverage(pred, gt))
 
 
 def scored_ids(ds: VOCDataset, store: LabelStore, only: list[str] | None = None) -> list[str]:

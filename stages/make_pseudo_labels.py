@@ -26,15 +26,14 @@ import torch
 
 from pipeline.config import CrfConfig, ParConfig
 from pipeline.errors import UserError
-from pipeline.metrics import confusion_matrix
 from pipeline.parallel import map_images, sum_arrays
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
-from pipeline.voc import NUM_CLASSES, VOCFolder
+from pipeline.voc import VOCFolder
 from stages.common import fill_store
 from stages.crf import dense_crf
 from stages.eval_seeds import score_ids
-from stages.evaluate import score_report, scored_ids
+from stages.evaluate import label_confusion, score_report, scored_ids
 from stages.labels import reliable_labels, with_background
 from stages.refine import par
 
@@ -166,13 +165,7 @@ class RouteScores:
 
     def __call__(self, image_id: str) -> np.ndarray:
         gt = VOCFolder(self.root).mask(image_id)
-        out = []
-        for label in self.labelers:
-            pred = label(image_id)
-            if pred.shape != gt.shape:
-                raise ValueError(f"{image_id}: label {pred.shape} and mask {gt.shape} differ in size")
-            out.append(confusion_matrix(gt, pred, NUM_CLASSES))
-        return np.stack(out)
+        return np.stack([label_confusion(image_id, gt, label(image_id)) for label in self.labelers])
 
 
 def choose_route(mious: list[float | None]) -> int:
