@@ -125,13 +125,13 @@ def dense_affinity(feats: torch.Tensor, radius: int) -> torch.Tensor:
     f = feats.reshape(d, -1).T
     near = radius_mask(h, w, radius, "euclidean", feats.device)
     aff = torch.exp(-torch.cdist(f, f, p=1) / d)
-    return torch.where(near, aff, torch.zeros((), dtype=aff.dtype))
+    return torch.where(near, aff, aff.new_zeros(()))
 
 
 def labels_at_stride(labels: torch.Tensor, stride: int, size: tuple[int, int]) -> torch.Tensor:
     """Labels B×H×W sampled at the centres of the stride cells → B×h×w (cells past the image get 255)."""
     b, H, W = labels.shape
-    out = torch.full((b, *size), IGNORE_INDEX, dtype=labels.dtype)
+    out = torch.full((b, *size), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
     sub = labels[:, stride // 2::stride, stride // 2::stride][:, :size[0], :size[1]]
     out[:, :sub.shape[1], :sub.shape[2]] = sub
     return out

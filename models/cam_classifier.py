@@ -109,14 +109,15 @@ def cam_classifier_spec(m: ClassifierConfig, img_size: int) -> ModelSpec:
 def multiscale_maps(map_fn, image: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
     """Sum over scales (and horizontal flips) of ``map_fn(batch)`` (B×K×h×w maps), upsampled to the image: K×H×W.
 
-    ``image`` is one normalised 3×H×W tensor; the flipped copy's maps are flipped back.
+    ``image`` is one normalised 3×H×W tensor (on the model's device); the flipped copy's maps are flipped back.
+    The maps are summed in float32 whatever precision ``map_fn`` runs in.
     """
     h, w = image.shape[-2:]
     total = 0
     for s in scales:
         x = image[None] if s == 1 else F.interpolate(image[None], scale_factor=s, mode="bilinear", align_corners=False)
         batch = torch.cat([x, x.flip(-1)]) if flip else x
-        maps = F.interpolate(map_fn(batch), size=(h, w), mode="bilinear", align_corners=False)
+        maps = F.interpolate(map_fn(batch).float(), size=(h, w), mode="bilinear", align_corners=False)
         total = total + (maps[0] + maps[1].flip(-1) if flip else maps[0])
     return total
 

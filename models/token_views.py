@@ -66,7 +66,7 @@ def invert_class_attention(view: View, a: torch.Tensor, grid: tuple[int, int], v
     if view.kind == "resize":
         b = a.shape[0]
         return F.interpolate(a.reshape(b, 1, *view_grid), size=grid, mode="bilinear", align_corners=False).reshape(b, -1)
-    inv = torch.argsort(token_source(view, *grid))
+    inv = torch.argsort(token_source(view, *grid)).to(a.device)
     return a[:, inv]
 
 
@@ -78,5 +78,5 @@ def invert_patch_attention(view: View, a: torch.Tensor, grid: tuple[int, int], v
         keys = keys.reshape(b, a.shape[1], n1).transpose(1, 2)  # B×n×n′ (rows: original keys)
         both = F.interpolate(keys.reshape(b * n1, 1, *view_grid), size=grid, mode="bilinear", align_corners=False)
         return both.reshape(b, n1, n1).transpose(1, 2)
-    inv = torch.argsort(token_source(view, *grid))
+    inv = torch.argsort(token_source(view, *grid)).to(a.device)
     return a[:, inv][:, :, inv]

@@ -67,20 +67,32 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 
 def save_train_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
-                     meta: dict[str, Any]) -> None:
+                     meta: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> None:
+    """The training state at ``step``: model, optimiser, the CPU (and current GPU's) RNG, fp16 loss scale."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     otensors, ometa = _flatten_optimizer(opt)
     tensors.update(otensors)
     tensors["rng.torch"] = torch.get_rng_state()
-    save_weights(path, tensors, {**meta, "step": step, "optimizer": ometa})
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    extra = {"scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}
+    save_weights(path, tensors, {**meta, "step": step, "optimizer": ometa, **extra})
 
 
-def load_train_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimiser and RNG from ``path``; returns the sidecar (with ``step``)."""
+def load_train_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
+    """Restore model, optimiser, RNG (and loss scale) from ``path``, onto the model's device; returns the
+    sidecar (with ``step``)."""
     tensors, meta = load_weights(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    opt.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))  # moves the state to the params' device
     torch.set_rng_state(tensors["rng.torch"])
+    device = next(model.parameters()).device
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    if scaler is not None and scaler.is_enabled() and "scaler" in meta:
+        scaler.load_state_dict(meta["scaler"])
     return meta
 
 

@@ -24,11 +24,18 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from pipeline.errors import UserError
 
 PROFILE_NAMES = ("smoke", "default", "paper")
+
+
+def _device_name(name: str) -> str:
+    from pipeline.runtime import DEVICE_PATTERN
+    if not DEVICE_PATTERN.match(name):
+        raise ValueError("use auto, cpu, cuda or cuda:N")
+    return name
 
 
 class Section(BaseModel):
@@ -84,6 +91,7 @@ class TrainConfig(Section):
     checkpoint_every: int = 100
     log_every: int = 10
     threads: int = 0  # torch threads; 0 = all cores
+    loader_workers: int = Field(0, ge=0)  # processes decoding and augmenting batches (DataLoader num_workers)
 
 
 class CamConfig(Section):
@@ -125,7 +133,14 @@ class PseudoConfig(Section):
     guard: bool = True
     par: ParConfig = ParConfig(num_iter=20)
     crf: CrfConfig = CrfConfig()
-    workers: int = 2  # processes for per-image refinement
+
+
+class WorkersConfig(Section):
+    """Where per-image stages run (seeds, random walk, pseudo labels, evaluation): ``pipeline/parallel.py``."""
+
+    executor: Literal["local", "dask"] = "local"  # local: a process pool here; dask: a dask.distributed cluster
+    address: str | None = None  # the dask scheduler (tcp://host:8786); null: a local cluster of `processes` workers
+    processes: int = Field(2, ge=1)  # local pool size (and the local dask cluster's workers) for CPU-bound images
 
 
 class SegmentationConfig(Section):
@@ -149,6 +164,10 @@ class RunConfigBase(Section):
     flow: str = "cam_voc"
     profile: Literal["smoke", "default", "paper"] = "default"
     seed: int = 0
+    # the scale knobs (pipeline/runtime.py): where networks run, in which precision, in how many processes
+    device: Annotated[str, AfterValidator(_device_name)] = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision of every network's training and inference
+    devices: int = Field(1, ge=1)  # processes per training stage: DistributedDataParallel when > 1
 
     def section(self, dotted: str) -> Any:
         obj: Any = self
@@ -211,8 +230,11 @@ register_section("cam", CamConfig, profiles={"smoke": {"scales": [1.0], "flip": 
 register_section("pseudo", PseudoConfig, profiles={
     "smoke": {"par": {"num_iter": 10}, "crf": {"n_iter": 5}},
     # the papers label by their method's route whatever it scores
-    "paper": {"bkg_threshold": 0.45, "refine": ["par", "crf"], "guard": False, "par": {"num_iter": 10}, "workers": 8},
+    "paper": {"bkg_threshold": 0.45, "refine": ["par", "crf"], "guard": False, "par": {"num_iter": 10}},
 })
+register_section("workers", WorkersConfig, profiles={"paper": {"processes": 8}})
+#: the profiles' overrides of the base keys (the sections declare their own)
+BASE_PROFILES: dict[str, dict] = {"paper": {"amp": "bf16"}}
 #: the smoke profile's schedule of every training stage: a few steps, frequent checkpoints
 SMOKE_TRAIN = {"steps": 60, "batch_size": 8, "crop_size": 80, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5}
 register_section("segmentation", SegmentationConfig, profiles={
@@ -228,6 +250,12 @@ register_section("segmentation", SegmentationConfig, profiles={
 
 def sections() -> dict[str, SectionSpec]:
     return dict(_SECTIONS)
+
+
+def section_modules() -> tuple[str, ...]:
+    """The modules that register the config sections: what a fresh process (a DDP rank, a Dask worker) imports
+    before it can read a run config."""
+    return tuple(sorted({s.type.__module__ for s in _SECTIONS.values()}))
 
 
 @lru_cache(maxsize=1)
@@ -270,7 +298,8 @@ def deep_update(base: dict, upd: dict) -> dict:
 
 def profile_overrides(profile: str) -> dict:
     """Every section's overrides for ``profile``, as one nested dict."""
-    return {name: s.profiles[profile] for name, s in _SECTIONS.items() if profile in s.profiles}
+    return {**BASE_PROFILES.get(profile, {}),
+            **{name: s.profiles[profile] for name, s in _SECTIONS.items() if profile in s.profiles}}
 
 
 def _format_validation(err: ValidationError) -> str:

@@ -1,8 +1,22 @@
-"""Per-image work in a pool of processes, with a progress bar."""
+"""Per-image work in a pool of processes or on a Dask cluster, with a progress bar.
+
+``ImagePool`` says where (the ``workers`` config section); ``map_images`` runs a per-image function
+there. The function writes its own outputs (per image, atomically: a stage's label store) and returns
+what the caller aggregates, so every executor leaves the same files:
+
+- ``local``: a fork-started process pool on this machine (one torch thread per process);
+- ``dask``: the tasks go to a ``dask.distributed`` cluster — the scheduler at ``workers.address`` or a
+  ``LocalCluster`` of ``workers.processes`` single-threaded worker processes. Its workers must import this
+  project (the same install) and see the run folder and the data at the same paths (a shared
+  filesystem). A worker that dies mid-stage loses nothing: the scheduler gives its images to another
+  worker, and an image counts only once its atomic write is done.
+"""
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.progress import progress_bar
@@ -18,13 +32,108 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def map_images(fn: Callable[[str], Any], ids: list[str], workers: int, desc: str) -> Iterator[Any]:
-    """Yield ``fn(image_id)`` for every id (in completion order).
+@dataclass(frozen=True)
+class ImagePool:
+    """Where a per-image stage runs its images (the ``workers`` config section)."""
 
-    ``workers`` > 1 runs a fork-started process pool whose workers use one torch thread each;
-    ``fn`` writes its own outputs (per-image, atomic) and returns what the caller aggregates.
+    executor: str = "local"  # local | dask
+    address: str | None = None  # dask scheduler; None: a local cluster
+    processes: int = 1  # local pool size / local cluster size
+
+    @classmethod
+    def of(cls, workers: Any) -> "ImagePool":
+        """The pool that a config's ``workers`` section (or a stage's view of it) describes."""
+        return cls(workers.executor, workers.address, workers.processes)
+
+    def in_process(self) -> "ImagePool":
+        """This pool for work that must stay in this process when local (a network that uses every core or a GPU);
+        a Dask cluster keeps its workers."""
+        return self if self.executor == "dask" else replace(self, processes=1)
+
+
+class Portable:
+    """``fn`` packed for a fresh process (a Dask worker, a spawned DDP rank): pickled together with the modules
+    that register the run config's sections, imported before it is unpickled (a per-image worker holds
+    a view of the run config, which only a process that knows every section can read)."""
+
+    def __init__(self, fn: Callable) -> None:
+        import pickle
+
+        from pipeline.config import section_modules
+        self.modules = section_modules()
+        self.payload = pickle.dumps(fn)
+
+    def unpack(self) -> Callable:
+        import hashlib
+        import importlib
+        import pickle
+        digest = hashlib.sha1(self.payload).hexdigest()
+        if _UNPACKED.get("digest") != digest:  # once per process and function, not per image
+            for m in self.modules:
+                importlib.import_module(m)
+            _UNPACKED.update(digest=digest, fn=pickle.loads(self.payload))
+        return _UNPACKED["fn"]
+
+    def __call__(self, *args: Any) -> Any:
+        return self.unpack()(*args)
+
+
+_UNPACKED: dict[str, Any] = {}
+_CLIENTS: dict[str | None, Any] = {}
+
+
+def dask_client(address: str | None, processes: int):
+    """A ``dask.distributed`` client of the scheduler at ``address`` (or of a local cluster), one per process."""
+    key = address or f"local:{processes}"
+    if key not in _CLIENTS:
+        try:
+            from dask.distributed import Client, LocalCluster
+        except ImportError:
+            from pipeline.errors import UserError
+            raise UserError("workers.executor=dask needs dask.distributed: pip install 'wsss-pipeline[dask]'") from None
+        if address:
+            client = Client(address, timeout="30s")
+        else:
+            cluster = LocalCluster(n_workers=processes, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)
+        _CLIENTS[key] = client
+        atexit.register(close_dask_clients)
+    return _CLIENTS[key]
+
+
+def close_dask_clients() -> None:
+    for client in _CLIENTS.values():
+        cluster = client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    _CLIENTS.clear()
+
+
+def _on_dask(fn: Callable[[str], Any], ids: list[str], pool: ImagePool, advance) -> Iterator[Any]:
+    from dask.distributed import as_completed
+    client = dask_client(pool.address, pool.processes)
+    # pure=False: every image is one task even if two calls look alike; retries: a task whose worker died
+    # is rescheduled by the scheduler anyway, these cover an exception on a worker (e.g. a transient read)
+    futures = client.map(Portable(fn), ids, pure=False, retries=2)
+    try:
+        for fut in as_completed(futures):
+            yield fut.result()
+            advance()
+    finally:
+        client.cancel(futures)
+
+
+def map_images(fn: Callable[[str], Any], ids: list[str], pool: ImagePool, desc: str) -> Iterator[Any]:
+    """Yield ``fn(image_id)`` for every id (in completion order), on ``pool``.
+
+    A local pool of more than one process is fork-started, its workers use one torch thread each.
     """
+    workers = pool.processes
     with progress_bar(desc, total=len(ids)) as advance:
+        if pool.executor == "dask" and ids:
+            yield from _on_dask(fn, ids, pool, advance)
+            return
         if workers <= 1 or len(ids) <= 1:
             for i in ids:
                 yield fn(i)

@@ -10,9 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 @contextlib.contextmanager
-def progress_bar(desc: str, total: int, completed: int = 0) -> Iterator[Callable[[int], None]]:
-    """Yields ``advance(n=1)``. Shown on a terminal (or with WSSS_PROGRESS=1); silent otherwise."""
-    show = sys.stderr.isatty() or os.environ.get("WSSS_PROGRESS") == "1"
+def progress_bar(desc: str, total: int, completed: int = 0, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Yields ``advance(n=1)``. Shown on a terminal (or with WSSS_PROGRESS=1) when ``enabled``; silent otherwise."""
+    show = enabled and (sys.stderr.isatty() or os.environ.get("WSSS_PROGRESS") == "1")
     if not show:
         yield lambda n=1: None
         return

@@ -159,8 +159,9 @@ def stage_status(rec: dict | None) -> str:
     return st if st in STATUSES else "pending"
 
 
-#: the summary keys of every flow (null where no stage of the flow fills them)
-SUMMARY_KEYS = ("seed_miou", "pseudo_miou", "pseudo_coverage", "seg_miou")
+#: the summary keys of every flow (null where no stage of the flow fills them); ``cls_map``: the image classifier's
+#: val mAP (``stages/eval_classifier.py``), in the flows that train one
+SUMMARY_KEYS = ("cls_map", "seed_miou", "pseudo_miou", "pseudo_coverage", "seg_miou")
 
 
 def summarise(run: Run, stages: list[Stage]) -> dict[str, Any]:

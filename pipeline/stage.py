@@ -35,7 +35,9 @@ if TYPE_CHECKING:  # pragma: no cover
 #: what every stage depends on through the data's fingerprint (the dataset's identity)
 DATA_KEYS = ("data.root", "data.synthetic")
 #: knobs of how a stage runs, not of what it computes: any stage may read them and they stay out of keys
-EXECUTION_KEYS = ("pseudo.workers",)
+EXECUTION_KEYS = ("device", "devices", "workers")
+#: keys added after runs existed, left out of a key at this value, so those runs' stages stay cached
+LATER_KEYS = {"amp": "off"}
 
 
 def _covered(path: str, keys: tuple[str, ...]) -> bool:
@@ -194,7 +196,7 @@ def stage_key(stage: Stage, config: Mapping, data_id: str | None) -> str:
     """
     payload = {"stage": stage.name, "version": stage.version, "data": data_id if stage.reads_data else None,
                "dataset": {k: lookup(config, k) for k in DATA_KEYS} if stage.reads_data else {},
-               "config": {k: lookup(config, k) for k in stage.reads},
+               "config": {k: lookup(config, k) for k in stage.reads if LATER_KEYS.get(k, ...) != lookup(config, k)},
                "inputs": {role: [o.stage.name, o.name, stage_key(o.stage, config, data_id)]
                           for role, o in stage.used_sources(config).items()}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -2,6 +2,7 @@
 checkpoints that resume exactly, a JSONL log and a PNG of the curves."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -13,7 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.checkpoint import MODEL_FILE, load_train_state, save_train_state, save_weights
 from pipeline.config import TrainConfig
+from pipeline.errors import UserError
 from pipeline.progress import progress_bar
+from pipeline.runtime import Runtime
 
 
 class StepIndexedDataset(Dataset):
@@ -57,65 +60,130 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+class LossStep(torch.nn.Module):
+    """``loss_fn(model, batch, step)`` as a module's ``forward``: what DistributedDataParallel wraps.
+
+    DDP synchronises the gradients of what runs inside ``forward``; the losses call the model's own methods
+    (``forward_train``, ``class_maps``, ...), so the whole loss computation is the forward pass.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch, step: int) -> dict:
+        return self.loss_fn(self.model, batch, step)
+
+
+def rank_samples(start: int, steps: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """The sample indices that process ``rank`` of ``world`` trains on from step ``start``: its slice of
+    every step's global batch (``batch_size`` samples ``step·batch_size + j``), in order.
+
+    Every process takes ``batch_size / world`` of them, so the step's global batch — and so, with the
+    gradients averaged over processes, the step — is the single-process one.
+
+    >>> rank_samples(0, 2, 4, 1, 2)
+    [2, 3, 6, 7]
+    """
+    per = batch_size // world
+    return [s * batch_size + rank * per + j for s in range(start, steps) for j in range(per)]
+
+
+def _mean_over_processes(values: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1 or not values:
+        return values
+    import torch.distributed as dist
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world for k, v in zip(keys, t)}
+
+
 def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable[[torch.nn.Module, tuple, int], dict],
-          cfg: TrainConfig, out_dir: Path, meta: dict, desc: str, workers: int = 0) -> dict:
-    """Run (or continue) training; returns the final logged losses.
+          cfg: TrainConfig, out_dir: Path, meta: dict, desc: str, runtime: Runtime = Runtime()) -> dict:
+    """Run (or continue) training; returns the final logged losses (averaged over processes).
 
     ``loss_fn(model, batch, step)`` returns a dict of scalar tensors with a ``loss`` entry (``step``
     counts from 0, for losses with their own schedule). Every
     ``checkpoint_every`` steps the full training state goes to ``out_dir/checkpoint.safetensors``;
     a run that finds a checkpoint with the same ``meta['key']`` continues from it. At the end the
     weights go to ``out_dir/model.safetensors`` (``MODEL_FILE``, its sidecar with ``meta``) and the curves to ``out_dir/curves.png``.
+
+    ``runtime``: the model and batches go to its device, the loss runs under its autocast (fp16 with
+    gradient scaling). In process ``rank`` of ``world`` (a process group set up by ``pipeline.distributed``)
+    the step's global batch is split over the processes (``rank_samples``), the gradients are averaged by
+    DistributedDataParallel, and rank 0 alone writes checkpoints, the log and the weights.
     """
+    rank, world = runtime.rank, runtime.world
+    lead = rank == 0
+    if cfg.batch_size % world:
+        raise UserError(f"batch_size={cfg.batch_size} of {desc} does not split over devices={world} processes: "
+                        "use a batch size divisible by devices")
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ckpt = out_dir / "checkpoint.safetensors"
     log_path = out_dir / "log.jsonl"
+    model = runtime.to(model)
     opt = make_optimizer(model, cfg)
+    scaler = runtime.grad_scaler()
     start = 0
     if ckpt.is_file() and (out_dir / "checkpoint.json").is_file():
         side = json.loads((out_dir / "checkpoint.json").read_text())
         if side.get("key") == meta.get("key"):
-            start = load_train_state(ckpt, model, opt)["step"]
-    if start == 0:
+            start = load_train_state(ckpt, model, opt, scaler)["step"]
+    if lead and start == 0:
         log_path.unlink(missing_ok=True)
-    else:  # keep the log lines up to the checkpoint
+    elif lead:  # keep the log lines up to the checkpoint
         lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start] if log_path.is_file() else []
         log_path.write_text("".join(ln + "\n" for ln in lines))
     model.train()
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=range(start * cfg.batch_size, cfg.steps * cfg.batch_size),
-                        num_workers=workers, persistent_workers=False,
+    step_fn: torch.nn.Module = LossStep(model, loss_fn)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        # some losses leave heads unused for their first steps (AFA's warm-up): those stay without gradient
+        step_fn = DistributedDataParallel(step_fn, device_ids=[runtime.torch_device.index] if runtime.on_gpu else None,
+                                          find_unused_parameters=True)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size // world,
+                        sampler=rank_samples(start, cfg.steps, cfg.batch_size, rank, world),
+                        num_workers=cfg.loader_workers, persistent_workers=False, pin_memory=runtime.on_gpu,
+                        prefetch_factor=4 if cfg.loader_workers else None,
                         # its own generator: the loader must not draw from the global RNG that the
                         # checkpoint restores, or a resumed run's dropout would shift
                         generator=torch.Generator().manual_seed(dataset.seed))
     last: dict = {}
     t0 = time.time()
     running: dict[str, float] = {}
-    with progress_bar(desc, total=cfg.steps, completed=start) as advance, open(log_path, "a") as log:
+    with progress_bar(desc, total=cfg.steps, completed=start, enabled=lead) as advance, \
+            open(log_path, "a") if lead else contextlib.nullcontext() as log:
         for step, batch in enumerate(loader, start=start):
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_mult", 1.0)
-            losses = loss_fn(model, batch, step)
+            batch = runtime.to(batch, non_blocking=True)
+            with runtime.autocast():
+                losses = step_fn(batch, step)
             opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt.step()
+            scaler.scale(losses["loss"]).backward()
+            scaler.step(opt)
+            scaler.update()
             for k, v in losses.items():
                 running[k] = running.get(k, 0.0) + float(v.detach())
             advance()
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 n = cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every
-                last = {k: v / n for k, v in running.items()}
+                last = _mean_over_processes({k: v / n for k, v in running.items()}, world)
                 running = {}
-                log.write(json.dumps({"step": done, "lr": lr, "seconds": round(time.time() - t0, 2), **last}) + "\n")
-                log.flush()
-            if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                save_train_state(ckpt, model, opt, done, meta)
-    save_weights(out_dir / MODEL_FILE, model.state_dict(), {**meta, "step": cfg.steps, "losses": last})
-    ckpt.unlink(missing_ok=True)
-    (out_dir / "checkpoint.json").unlink(missing_ok=True)
-    from pipeline.plots import plot_curves
-    plot_curves(log_path, out_dir / "curves.png", title=desc)
+                if lead:
+                    log.write(json.dumps({"step": done, "lr": lr, "seconds": round(time.time() - t0, 2), **last}) + "\n")
+                    log.flush()
+            if lead and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                save_train_state(ckpt, model, opt, done, meta, scaler)
+    if lead:
+        save_weights(out_dir / MODEL_FILE, model.state_dict(), {**meta, "step": cfg.steps, "losses": last})
+        ckpt.unlink(missing_ok=True)
+        (out_dir / "checkpoint.json").unlink(missing_ok=True)
+        from pipeline.plots import plot_curves
+        plot_curves(log_path, out_dir / "curves.png", title=desc)
     return last

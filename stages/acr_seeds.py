@@ -16,27 +16,31 @@ import torch
 
 from models.acr import acr_seed_maps
 from models.cam_classifier import multiscale_maps, normalise_cams
+from pipeline.runtime import Runtime
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore, open_for_stage
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import check_layers, fill_store, labels_to_onehot_classes, trained_model
+from stages.common import check_layers, fill_store, image_pool, labels_to_onehot_classes, trained_model
 from stages.make_seeds import SEED_READS, SEEDS, image_cams
 
 SEEDS_UNREFINED = "seeds_unrefined.zarr"
 
 
 def image_acr_seeds(model, image: np.ndarray, classes: list[int], scales: list[float], flip: bool,
-                    layers: list[int] | None, aff_layers: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
-    """ACR seeds of one uint8 image: (grad maps, grad_aff maps), each K×H×W float32, max-normalised."""
+                    layers: list[int] | None, aff_layers: list[int] | None,
+                    runtime: Runtime = Runtime()) -> tuple[np.ndarray, np.ndarray]:
+    """ACR seeds of one uint8 image: (grad maps, grad_aff maps), each K×H×W float32, max-normalised (the model on
+    ``runtime``)."""
     if not classes:
         empty = np.zeros((0, *image.shape[:2]), np.float32)
         return empty, empty
     idx = [c - 1 for c in classes]
-    both = multiscale_maps(lambda b: torch.cat(acr_seed_maps(model, b, idx, layers, aff_layers), 1),
-                           normalise(image), scales, flip)
+    with runtime.autocast():
+        both = multiscale_maps(lambda b: torch.cat(acr_seed_maps(model, b, idx, layers, aff_layers), 1),
+                               runtime.to(normalise(image)), scales, flip)
     k = len(classes)
-    return normalise_cams(both[:k]).numpy(), normalise_cams(both[k:]).numpy()
+    return normalise_cams(both[:k]).cpu().numpy(), normalise_cams(both[k:]).cpu().numpy()
 
 
 @dataclass
@@ -48,14 +52,15 @@ class ACRSeedWorker:
 
     def __call__(self, image_id: str) -> None:
         cam, acr = self.config.cam, self.config.acr
-        model = trained_model(self.model)
+        rt = Runtime.from_config(self.config)
+        model = trained_model(self.model, rt)
         ds = VOCFolder(self.root)
         classes = labels_to_onehot_classes(ds.image_labels(image_id))
         image = ds.image(image_id)
         if acr.seed_mode == "cam":
-            stores = {SEEDS: image_cams(model, image, classes, cam.scales, cam.flip)}
+            stores = {SEEDS: image_cams(model, image, classes, cam.scales, cam.flip, rt)}
         else:
-            grad, grad_aff = image_acr_seeds(model, image, classes, cam.scales, cam.flip, acr.seed_layers, acr.seed_aff_layers)
+            grad, grad_aff = image_acr_seeds(model, image, classes, cam.scales, cam.flip, acr.seed_layers, acr.seed_aff_layers, rt)
             stores = {SEEDS_UNREFINED: grad, SEEDS: grad_aff} if acr.seed_mode == "grad_aff" else {SEEDS: grad}
         # the unrefined store first: the seeds store is the one fill_store checks for resumption
         for name, maps in stores.items():
@@ -73,7 +78,7 @@ def run(ctx) -> dict:
     # opened in every mode, so that maps of an earlier mode are never read as this run's (empty unless grad_aff)
     open_for_stage(ctx.output(SEEDS_UNREFINED), ctx.key, {"stage": ctx.stage.name, "kind": "grad_scores"})
     _, done = fill_store(ctx, SEEDS, {"kind": "cam_scores"}, ds.ids,
-                         lambda out: ACRSeedWorker(cfg, ctx.input("model"), ds.root, out), workers=1)
+                         lambda out: ACRSeedWorker(cfg, ctx.input("model"), ds.root, out), image_pool(ctx, network=True))
     return {"images": len(ds), "resumed_from": done}
 
 

@@ -38,9 +38,9 @@ class PresentClasses:
         return cls(index, valid)
 
     @classmethod
-    def all_of(cls, k: int) -> "PresentClasses":
+    def all_of(cls, k: int, device: torch.device | str = "cpu") -> "PresentClasses":
         """One image whose K maps are all present (the stored seeds of one image)."""
-        return cls(torch.arange(k + 1)[None], torch.ones(1, k + 1, dtype=torch.bool))
+        return cls(torch.arange(k + 1, device=device)[None], torch.ones(1, k + 1, dtype=torch.bool, device=device))
 
     def gather(self, cams: torch.Tensor) -> torch.Tensor:
         """B×20×h×w class maps → B×(K−1)×h×w maps of the present classes (padding: zeros)."""

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from models.afa import AFAConfig
+from pipeline.runtime import Runtime
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
@@ -38,10 +39,12 @@ def propagated_scores(cams: np.ndarray, affinity: torch.Tensor | None, grid: tup
     propagated over ``affinity`` (N×N on ``grid``; None: not propagated)."""
     k, h, w = cams.shape
     x = torch.from_numpy(cams.astype(np.float32))[None]
+    device = affinity.device if affinity is not None else "cpu"  # propagation runs where the affinity is
     if affinity is not None:
-        x = F.interpolate(x, size=grid, mode="bilinear", align_corners=False)
+        x = F.interpolate(x.to(device), size=grid, mode="bilinear", align_corners=False)
         affinity = affinity[None]
-    return label_scores(x, PresentClasses.all_of(k), bkg, (h, w), affinity, cfg.radius, cfg.beta, cfg.log_t)[0].numpy()
+    return label_scores(x, PresentClasses.all_of(k, device), bkg, (h, w), affinity, cfg.radius, cfg.beta,
+                        cfg.log_t)[0].cpu().numpy()
 
 
 def propagates(cfg: AFAConfig) -> bool:
@@ -66,9 +69,10 @@ class AFALabeler:
         image = VOCFolder(self.root).image(image_id)
         affinity, grid = None, (0, 0)
         if self.propagate and classes:
-            with torch.no_grad():
-                aff, grid = trained_model(self.model).affinity(normalise(image)[None])
-            affinity = aff[0]
+            rt = Runtime.from_config(self.config)
+            with torch.no_grad(), rt.autocast():
+                aff, grid = trained_model(self.model, rt).affinity(rt.to(normalise(image))[None])
+            affinity = aff[0].float()
         return pseudo_label(self.config, self.threshold, image, cams, classes, refine=self.refine,
                             scores_at=lambda bkg: propagated_scores(cams, affinity, grid, bkg, self.config.afa))
 
@@ -94,7 +98,7 @@ def run(ctx) -> dict:
 
 
 MAKE_AFA_PSEUDO_LABELS = Stage("make_pseudo_labels", run,
-                               reads=(*PSEUDO_READS, "afa.affinity", "afa.propagate", "afa.radius", "afa.beta", "afa.log_t"),
+                               reads=(*PSEUDO_READS, "amp", "afa.affinity", "afa.propagate", "afa.radius", "afa.beta", "afa.log_t"),
                                writes=(PSEUDO_LABELS,), inputs=("seeds", "model"), optional=("threshold",),
                                uses=lambda config: ("seeds", "model", *uses_threshold(config)), version=2,  # 2: the guard
                                description="seeds propagated over the learned affinity, PAR (CRF) (the best route on the masks) → pseudo_labels.zarr")

@@ -11,26 +11,31 @@ import torch
 from models import ModelSpec
 from pipeline.checkpoint import MODEL_FILE, load_weights
 from pipeline.config import TrainConfig
+from pipeline.distributed import TrainJob, run_training_job
 from pipeline.errors import UserError
-from pipeline.parallel import map_images
+from pipeline.parallel import ImagePool, map_images
 from pipeline.stage import StageContext
 from pipeline.store import open_for_stage
-from pipeline.training import StepIndexedDataset, train
+from pipeline.runtime import Runtime, resolve_device
+from pipeline.training import StepIndexedDataset
 
 
 def run_training(ctx: StageContext, spec: ModelSpec, samples: Callable[[int, np.random.Generator], tuple], n_items: int,
                  make_loss: Callable[[torch.nn.Module], Callable], tcfg: TrainConfig) -> dict:
     """Every training stage's one path: seed, build ``spec``, train on sample ``i`` of ``n_items``, report.
 
-    ``make_loss(model)`` returns ``loss(model, batch, step) -> dict`` (it may check the model first).
+    ``make_loss(model)`` returns ``loss(model, batch, step) -> dict`` (it may check the model first); it must
+    be picklable (a dataclass or a module function), as the samples are: with ``devices`` > 1 the training
+    runs in that many processes (``pipeline.distributed``), on the config's ``device`` under its ``amp``
+    (the stage declares ``amp`` in its reads: it changes the result; the device and process count do not).
     The spec goes into the weights' sidecar, so later stages rebuild the network with ``trained_model``.
     """
     seed = ctx.config.seed
     torch.manual_seed(seed)
-    model = spec.build()
-    loss = make_loss(model)
-    last = train(model, StepIndexedDataset(n_items, samples, seed), loss, tcfg, ctx.dir,
-                 {"key": ctx.key, "stage": ctx.stage.name, "model": spec.to_json()}, desc=ctx.stage.name)
+    loss = make_loss(spec.build())
+    job = TrainJob(spec.build, StepIndexedDataset(n_items, samples, seed), loss, tcfg, ctx.dir,
+                   {"key": ctx.key, "stage": ctx.stage.name, "model": spec.to_json()}, ctx.stage.name, seed)
+    last = run_training_job(job, Runtime.from_config(ctx.config), ctx.config.devices)
     return {"steps": tcfg.steps, "images": n_items, **{f"final_{k}": round(v, 5) for k, v in last.items()}}
 
 
@@ -45,18 +50,18 @@ def load_trained(weights: Path) -> torch.nn.Module:
 _TRAINED: dict = {}
 
 
-def trained_model(weights: Path) -> torch.nn.Module:
-    """``load_trained``, once per process (per-image workers call this per image).
+def trained_model(weights: Path, runtime: Runtime = Runtime()) -> torch.nn.Module:
+    """``load_trained`` on ``runtime``'s device, once per process (per-image workers call this per image).
 
-    Keyed by the weights file and its modification time, so a retrained model is never served stale.
+    Keyed by the weights file, its modification time and the device, so a retrained model is never served stale.
     """
     f = Path(weights)
     if f.is_dir():
         f = f / MODEL_FILE
-    key = (str(f), f.stat().st_mtime_ns)
+    key = (str(f), f.stat().st_mtime_ns, runtime.device)
     if _TRAINED.get("key") != key:
         _TRAINED.clear()
-        _TRAINED.update(key=key, model=load_trained(f))
+        _TRAINED.update(key=key, model=runtime.to(load_trained(f)))
     return _TRAINED["model"]
 
 
@@ -79,7 +84,19 @@ def labels_to_onehot_classes(label_vec: np.ndarray) -> list[int]:
     return [int(c) + 1 for c in np.nonzero(label_vec)[0]]
 
 
-def fill_store(ctx: StageContext, name: str, attrs: dict, ids: list[str], make_worker, workers: int):
+def image_pool(ctx: StageContext, network: bool = False, torch_refine: bool = False) -> ImagePool:
+    """Where the stage's per-image work runs (the ``workers`` section).
+
+    On a local pool, a ``network``'s inference stays in this process (it uses every core, or the GPU), and so
+    does ``torch_refine``-ment (PAR, random walk) when the device is a GPU (forked workers cannot share it);
+    other work goes to the pool's processes. A Dask cluster runs all of it on its workers.
+    """
+    pool = ImagePool.of(ctx.config.workers)
+    on_gpu = resolve_device(ctx.config.device).type != "cpu"
+    return pool.in_process() if network or (torch_refine and on_gpu) else pool
+
+
+def fill_store(ctx: StageContext, name: str, attrs: dict, ids: list[str], make_worker, pool: ImagePool):
     """The one per-image loop: run ``make_worker(store_path)`` on every image not yet stored under this key.
 
     The store is the stage's declared output ``name``; the worker writes one image atomically.
@@ -87,6 +104,6 @@ def fill_store(ctx: StageContext, name: str, attrs: dict, ids: list[str], make_w
     """
     store = open_for_stage(ctx.output(name), ctx.key, {"stage": ctx.stage.name, **attrs})
     todo = [i for i in ids if i not in store]
-    for _ in map_images(make_worker(store.path), todo, workers, ctx.stage.name):
+    for _ in map_images(make_worker(store.path), todo, pool, ctx.stage.name):
         pass
     return store, len(ids) - len(todo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pipeline.stage import Stage
 from pipeline.store import LabelStore
+from stages.common import image_pool
 from stages.eval_seeds import miou_at, score_ids
 from stages.evaluate import evaluate_labels
 
@@ -13,7 +14,7 @@ def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.dataset(cfg.data.label_split)
     store = LabelStore(ctx.input("labels"))
-    out = evaluate_labels(ds, store, cfg.pseudo.workers, ctx.stage.name, score_ids(ctx))
+    out = evaluate_labels(ds, store, image_pool(ctx), ctx.stage.name, score_ids(ctx))
     t = store.attrs.get("threshold")
     out["threshold"] = t
     out["route"] = store.attrs.get("route")  # the guard's choice (stages/make_pseudo_labels.py)

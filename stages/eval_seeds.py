@@ -15,6 +15,7 @@ from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_text
 from pipeline.stage import Stage
 from pipeline.store import LabelStore
+from stages.common import image_pool
 from stages.evaluate import evaluate_sweep, otsu_threshold, scored_ids
 
 #: what scoring score maps over the threshold sweep reads
@@ -70,12 +71,12 @@ def choose_threshold(ctx, store: LabelStore) -> dict:
         raise UserError(f"data.score_split={cfg.data.score_split} has no image with a mask among the "
                         f"{cfg.data.label_split} images that get labels: choose a split that overlaps data.label_split")
     sweep = sorted(cfg.cam.sweep)
-    out = evaluate_sweep(ds, store, sweep, cfg.pseudo.workers, only, f"{ctx.stage.name} sweep") if n else None
+    out = evaluate_sweep(ds, store, sweep, image_pool(ctx), only, f"{ctx.stage.name} sweep") if n else None
     widened = []
     if out is not None and out["miou"] is not None and cfg.cam.sweep_widen:
         widened = widen_sweep(sweep, out["threshold"])
         if widened:  # one more pass over the thresholds beyond the edge; the best of all wins
-            more = evaluate_sweep(ds, store, widened, cfg.pseudo.workers, only, f"{ctx.stage.name} sweep (widened)")
+            more = evaluate_sweep(ds, store, widened, image_pool(ctx), only, f"{ctx.stage.name} sweep (widened)")
             merged = {**out["sweep"], **more["sweep"]}
             out = (more if more["miou"] is not None and more["miou"] > out["miou"] else out) | {"sweep": merged}
             sweep = sorted({*sweep, *widened})
@@ -87,7 +88,7 @@ def choose_threshold(ctx, store: LabelStore) -> dict:
             rule += " (at the edge of the sweep: widen cam.sweep to look further)"
     else:
         why = "no masks to score" if out is None else "the masks hold no scorable pixel"
-        out = {"miou": None, "threshold": round(otsu_threshold(store, store.ids(), cfg.pseudo.workers), 4), "images": 0,
+        out = {"miou": None, "threshold": round(otsu_threshold(store, store.ids(), image_pool(ctx)), 4), "images": 0,
                "sweep": {}}
         rule = f"Otsu's threshold of the top scores ({why})"
     per_t = [[t, out["sweep"][f"{t:g}"]] for t in sweep] if out["sweep"] else []

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.runtime import Runtime
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import fill_store, trained_model
+from stages.common import fill_store, image_pool, trained_model
 from stages.crf import dense_crf
 from stages.evaluate import evaluate_labels
 
@@ -23,18 +24,21 @@ PREDICTIONS = "predictions.zarr"
 
 
 @torch.no_grad()
-def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[float], flip: bool) -> np.ndarray:
-    """Mean softmax over scales (and flips), at the image's size: C×H×W."""
-    x = normalise(image)[None]
+def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[float], flip: bool,
+                     runtime: Runtime = Runtime()) -> np.ndarray:
+    """Mean softmax over scales (and flips), at the image's size: C×H×W (the model on ``runtime``)."""
+    x = runtime.to(normalise(image))[None]
     h, w = image.shape[:2]
     total, n = 0, 0
     for s in scales:
         xs = x if s == 1 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
         batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
-        p = F.interpolate(model(batch), size=(h, w), mode="bilinear", align_corners=False).softmax(1)
+        with runtime.autocast():
+            logits = model(batch)
+        p = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False).softmax(1)
         total = total + p[0] + (p[1].flip(-1) if flip else 0)
         n += 2 if flip else 1
-    return (total / n).numpy()
+    return (total / n).cpu().numpy()
 
 
 @dataclass
@@ -47,7 +51,8 @@ class PredictWorker:
     def __call__(self, image_id: str) -> None:
         s = self.config.segmentation
         image = VOCFolder(self.root).image(image_id)
-        probs = multiscale_probs(trained_model(self.model), image, s.eval_scales, s.eval_flip)
+        rt = Runtime.from_config(self.config)
+        probs = multiscale_probs(trained_model(self.model, rt), image, s.eval_scales, s.eval_flip, rt)
         if s.eval_crf:
             c = self.config.pseudo.crf
             probs = dense_crf(image, probs, c.n_iter, c.pos_xy_std, c.pos_w, c.bi_xy_std, c.bi_rgb_std, c.bi_w)
@@ -57,17 +62,17 @@ class PredictWorker:
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.dataset(cfg.segmentation.eval_split)
-    # inference uses torch's threads in one process; CRF alone gains from a pool
+    # inference uses torch's threads (or the GPU) in one process; CRF alone gains from a pool
     store, _ = fill_store(ctx, PREDICTIONS, {"kind": "labels"}, ds.ids,
                           lambda out: PredictWorker(cfg, ctx.input("model"), ds.root, out),
-                          cfg.pseudo.workers if cfg.segmentation.eval_crf else 1)
-    out = evaluate_labels(ds, store, cfg.pseudo.workers, ctx.stage.name)
+                          image_pool(ctx, network=not cfg.segmentation.eval_crf))
+    out = evaluate_labels(ds, store, image_pool(ctx), ctx.stage.name)
     out.pop("coverage", None)
     return out
 
 
 EVAL_SEGMENTATION = Stage("eval_segmentation", run,
-                          reads=("segmentation.eval_scales", "segmentation.eval_flip", "segmentation.eval_crf",
+                          reads=("amp", "segmentation.eval_scales", "segmentation.eval_flip", "segmentation.eval_crf",
                                  "segmentation.eval_split", "pseudo.crf", "data.max_images"),
                           writes=(PREDICTIONS,), inputs=("model",), summary={"seg_miou": "miou"},
                           description="multi-scale (+CRF) inference on val, mIoU")

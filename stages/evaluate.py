@@ -8,7 +8,7 @@ import numpy as np
 from skimage.filters import threshold_otsu
 
 from pipeline.metrics import confusion_matrix, coverage, scores
-from pipeline.parallel import map_images, sum_arrays
+from pipeline.parallel import ImagePool, map_images, sum_arrays
 from pipeline.store import LabelStore
 from pipeline.voc import NUM_CLASSES, VOCDataset, VOCFolder
 from stages.labels import threshold_labels
@@ -68,10 +68,10 @@ def score_report(conf: np.ndarray) -> dict:
             "iou": s["iou"], "fp": s["fp"], "fn": s["fn"], "present": s["present"]}
 
 
-def evaluate_sweep(ds: VOCDataset, store: LabelStore, thresholds: list[float], workers: int, only: list[str] | None = None,
+def evaluate_sweep(ds: VOCDataset, store: LabelStore, thresholds: list[float], pool: ImagePool, only: list[str] | None = None,
                    desc: str = "sweep") -> dict:
     ids = scored_ids(ds, store, only)
-    conf = sum_arrays(map_images(SweepWorker(ds.root, store.path, thresholds), ids, workers, desc))
+    conf = sum_arrays(map_images(SweepWorker(ds.root, store.path, thresholds), ids, pool, desc))
     per_t = [scores(c)["miou"] for c in conf]
     if np.isnan(per_t).all():  # every mask void: nothing to choose by
         return {"miou": None, "threshold": None, "images": len(ids), "sweep": {}}
@@ -92,23 +92,23 @@ class TopScoreHistogram:
         return np.histogram(maps.max(0), bins=self.bins, range=(0.0, 1.0))[0]
 
 
-def otsu_threshold(store: LabelStore, ids: list[str], workers: int, bins: int = 256) -> float:
+def otsu_threshold(store: LabelStore, ids: list[str], pool: ImagePool, bins: int = 256) -> float:
     """The mask-free background threshold: Otsu's threshold (``skimage.filters.threshold_otsu``) of the
     per-pixel top score max_c M_c over every image of ``store`` (maps in [0, 1], ``bins`` bins).
 
     Otsu splits the top scores into the two classes of least within-class variance — activated
     (foreground) and not (background) — without a mask. With fewer than two occupied bins it is 0.5.
     """
-    counts = sum_arrays(map_images(TopScoreHistogram(store.path, bins), ids, workers, "otsu"))
+    counts = sum_arrays(map_images(TopScoreHistogram(store.path, bins), ids, pool, "otsu"))
     if counts is None or np.count_nonzero(counts) < 2:
         return 0.5
     return float(threshold_otsu(hist=(counts, (np.arange(bins) + 0.5) / bins)))
 
 
-def evaluate_labels(ds: VOCDataset, store: LabelStore, workers: int, desc: str, only: list[str] | None = None) -> dict:
+def evaluate_labels(ds: VOCDataset, store: LabelStore, pool: ImagePool, desc: str, only: list[str] | None = None) -> dict:
     ids = scored_ids(ds, store, only)
     conf, cov = None, np.zeros(2, np.int64)
-    for c, n in map_images(ScoreWorker(ds.root, store.path), ids, workers, desc):
+    for c, n in map_images(ScoreWorker(ds.root, store.path), ids, pool, desc):
         conf = c if conf is None else conf + c
         cov += n
     if conf is None:  # no image to score (no masks): nothing is measured

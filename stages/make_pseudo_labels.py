@@ -27,10 +27,11 @@ import torch
 from pipeline.config import CrfConfig, ParConfig
 from pipeline.errors import UserError
 from pipeline.parallel import map_images, sum_arrays
+from pipeline.runtime import resolve_device
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.voc import VOCFolder
-from stages.common import fill_store
+from stages.common import fill_store, image_pool
 from stages.crf import dense_crf
 from stages.eval_seeds import score_ids
 from stages.evaluate import label_confusion, score_report, scored_ids
@@ -44,12 +45,16 @@ PSEUDO_READS = ("pseudo.bkg_threshold", "pseudo.bkg_band", "pseudo.refine", "pse
 
 
 def refine_scores(image: np.ndarray, scores: np.ndarray, refine: list[str], par_cfg: ParConfig,
-                  crf_cfg: CrfConfig) -> np.ndarray:
-    """Apply the refinements named in ``refine`` (``par``, then ``crf``) to (K+1)×H×W scores of one H×W×3 uint8 image."""
+                  crf_cfg: CrfConfig, device: str = "cpu") -> np.ndarray:
+    """Apply the refinements named in ``refine`` (``par``, then ``crf``) to (K+1)×H×W scores of one H×W×3 uint8 image.
+
+    PAR runs in torch on ``device``; the dense CRF (pydensecrf) on the CPU.
+    """
     if "par" in refine:
-        img = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
+        img = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None].to(device)
         p = par_cfg
-        scores = par(img, torch.from_numpy(scores)[None], p.dilations, p.num_iter, p.w_rgb, p.w_pos, p.w_mix)[0].numpy()
+        scores = par(img, torch.from_numpy(scores)[None].to(device), p.dilations, p.num_iter, p.w_rgb, p.w_pos,
+                     p.w_mix)[0].cpu().numpy()
     if "crf" in refine:
         probs = np.clip(scores, 1e-5, None)
         probs = probs / probs.sum(0, keepdims=True)
@@ -60,8 +65,8 @@ def refine_scores(image: np.ndarray, scores: np.ndarray, refine: list[str], par_
 
 def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], bkg_threshold: float,
                       bkg_band: tuple[float, float] | None, refine: list[str], par_cfg: ParConfig, crf_cfg: CrfConfig,
-                      scores_at: Callable[[float], np.ndarray] | None = None) -> np.ndarray:
-    """H×W uint8 pseudo label of one image from its normalised maps (K×H×W) of ``classes``.
+                      scores_at: Callable[[float], np.ndarray] | None = None, device: str = "cpu") -> np.ndarray:
+    """H×W uint8 pseudo label of one image from its normalised maps (K×H×W) of ``classes`` (PAR on ``device``).
 
     ``scores_at(t)`` gives the (K+1)×H×W scores for background score t (default: ``with_background``).
     Without a ``bkg_band`` the label is the refined argmax at ``bkg_threshold``; with one, the reliable
@@ -71,7 +76,7 @@ def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], b
     lookup = np.asarray([0, *classes], np.uint8)
 
     def label_at(t: float) -> np.ndarray:
-        return lookup[refine_scores(image, scores_at(t), refine, par_cfg, crf_cfg).argmax(0)]
+        return lookup[refine_scores(image, scores_at(t), refine, par_cfg, crf_cfg, device).argmax(0)]
 
     if bkg_band is None:
         return label_at(bkg_threshold)
@@ -116,10 +121,10 @@ def uses_threshold(config, role: str = "threshold") -> tuple[str, ...]:
 def pseudo_label(config: ConfigView, bkg_threshold: float | None, image: np.ndarray, cams: np.ndarray, classes: list[int],
                  scores_at: Callable[[float], np.ndarray] | None = None, refine: list[str] | None = None) -> np.ndarray:
     """``make_pseudo_label`` with the run's ``pseudo`` section (``refine`` overrides ``pseudo.refine``) and the
-    resolved background threshold."""
+    resolved background threshold, refined on the run's device."""
     p = config.pseudo
     return make_pseudo_label(image, cams, classes, bkg_threshold, p.bkg_band, p.refine if refine is None else refine,
-                             p.par, p.crf, scores_at)
+                             p.par, p.crf, scores_at, str(resolve_device(config.device)))
 
 
 @dataclass
@@ -212,7 +217,7 @@ def guarded_route(ctx, routes: list[Route], maps: LabelStore) -> tuple[Route, di
     ids = scored_ids(ds, maps, score_ids(ctx))
     if not ids:
         return routes[0], {"route": routes[0].name, "guard": "no scored image has a mask to compare routes on"}
-    conf = sum_arrays(map_images(RouteScores(ds.root, [r.labeler for r in routes]), ids, cfg.pseudo.workers,
+    conf = sum_arrays(map_images(RouteScores(ds.root, [r.labeler for r in routes]), ids, image_pool(ctx, torch_refine=True),
                                  f"{ctx.stage.name} guard"))
     mious = [score_report(c)["miou"] for c in conf]
     mious = [None if m is None or np.isnan(m) else round(float(m), 5) for m in mious]
@@ -253,7 +258,7 @@ def write_route(ctx, route: Route, guard: dict, ids: list[str]) -> dict:
     guard's metrics); returns the stage's metrics."""
     store, done = fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "route": route.name, "refine": route.refine,
                                                   "threshold": route.threshold, "guard_metrics": guard, **route.attrs},
-                             ids, lambda out: WriteLabels(route.labeler, out), ctx.config.pseudo.workers)
+                             ids, lambda out: WriteLabels(route.labeler, out), image_pool(ctx, torch_refine=True))
     return {"images": len(store), "resumed_from": done, "threshold": route.threshold,
             "threshold_from": route.threshold_from, **route.attrs, **guard}
 

@@ -14,24 +14,27 @@ import numpy as np
 
 from models.cam_classifier import multiscale_cams, normalise_cams
 from models.protocols import ClassMapModel
+from pipeline.runtime import Runtime
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import fill_store, labels_to_onehot_classes, trained_model
+from stages.common import fill_store, image_pool, labels_to_onehot_classes, trained_model
 
 SEEDS = "seeds.zarr"
 #: what every seed stage reads
-SEED_READS = ("cam.scales", "cam.flip", "data.label_split", "data.max_images")
+SEED_READS = ("amp", "cam.scales", "cam.flip", "data.label_split", "data.max_images")
 
 
-def image_cams(model: ClassMapModel, image: np.ndarray, classes: list[int], scales: list[float], flip: bool) -> np.ndarray:
-    """Normalised CAMs (K×H×W float32) of ``classes`` (VOC indices) for one uint8 image."""
+def image_cams(model: ClassMapModel, image: np.ndarray, classes: list[int], scales: list[float], flip: bool,
+               runtime: Runtime = Runtime()) -> np.ndarray:
+    """Normalised CAMs (K×H×W float32) of ``classes`` (VOC indices) for one uint8 image (the model on ``runtime``)."""
     if not classes:
         return np.zeros((0, *image.shape[:2]), np.float32)
-    cams = multiscale_cams(model, normalise(image), scales, flip)
+    with runtime.autocast():
+        cams = multiscale_cams(model, runtime.to(normalise(image)), scales, flip)
     cams = cams[[c - 1 for c in classes]]
-    return normalise_cams(cams).numpy()
+    return normalise_cams(cams).cpu().numpy()
 
 
 @dataclass
@@ -45,7 +48,8 @@ class SeedWorker:
         cam = self.config.cam
         ds = VOCFolder(self.root)
         classes = labels_to_onehot_classes(ds.image_labels(image_id))
-        maps = image_cams(trained_model(self.model), ds.image(image_id), classes, cam.scales, cam.flip)
+        rt = Runtime.from_config(self.config)
+        maps = image_cams(trained_model(self.model, rt), ds.image(image_id), classes, cam.scales, cam.flip, rt)
         LabelStore(self.out).write(image_id, maps.astype(np.float16), {"classes": classes})
 
 
@@ -54,7 +58,7 @@ def run(ctx) -> dict:
     ds = ctx.dataset(cfg.data.label_split)
     # inference uses torch's threads in this process
     _, done = fill_store(ctx, SEEDS, {"kind": "cam_scores"}, ds.ids,
-                         lambda out: SeedWorker(cfg, ctx.input("model"), ds.root, out), workers=1)
+                         lambda out: SeedWorker(cfg, ctx.input("model"), ds.root, out), image_pool(ctx, network=True))
     return {"images": len(ds), "resumed_from": done}
 
 

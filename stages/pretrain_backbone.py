@@ -23,6 +23,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from models import ModelSpec
 from models.standins import STANDINS
+from pipeline.runtime import Runtime
 from pipeline.checkpoint import MODEL_FILE, save_weights
 from pipeline.config import TrainConfig
 from pipeline.corpus import CORPUS_CLASSES, corpus_image
@@ -32,7 +33,7 @@ from stages.common import load_trained, run_training
 
 #: the stand-in's backbone weights (float16) and, beside it, ``backbone.json``: their provenance
 BACKBONE_FILE = "backbone.safetensors"
-PRETRAIN_READS = ("pretrain", "seed")
+PRETRAIN_READS = ("pretrain", "seed", "amp")
 
 
 @dataclass
@@ -61,8 +62,8 @@ def corpus_accuracy(model: torch.nn.Module, seed: int, n: int, size: int, batch:
     right = 0
     for start in range(0, n, batch):
         items = [corpus_image(seed, "val", i, size) for i in range(start, min(n, start + batch))]
-        x = torch.stack([normalise(img) for img, _ in items])
-        right += int((model(x).argmax(1) == torch.tensor([k for _, k in items])).sum())
+        x = torch.stack([normalise(img) for img, _ in items]).to(next(model.parameters()).device)
+        right += int((model(x).argmax(1).cpu() == torch.tensor([k for _, k in items])).sum())
     return right / max(1, n)
 
 
@@ -73,7 +74,7 @@ def run(ctx) -> dict:
     spec = ModelSpec("standin_classifier", dict(standin=name, img_size=cfg.train.crop_size, num_classes=len(CORPUS_CLASSES)))
     metrics = run_training(ctx, spec, CorpusSamples(cfg.corpus_seed, cfg.train), cfg.train_images,
                            lambda model: partial(corpus_loss, label_smoothing=cfg.label_smoothing), cfg.train)
-    model = load_trained(ctx.dir / MODEL_FILE)
+    model = Runtime.from_config(ctx.config).to(load_trained(ctx.dir / MODEL_FILE))
     acc = corpus_accuracy(model, cfg.corpus_seed, cfg.val_images, cfg.train.crop_size)
     out = ctx.output(BACKBONE_FILE)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.backbone.state_dict().items()}

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 
 from models.cam_classifier import normalise_cams
 from models.protocols import AttentionModel
+from pipeline.runtime import Runtime
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import check_layers, fill_store, trained_model
+from stages.common import check_layers, fill_store, image_pool, trained_model
 from stages.random_walk import propagate_maps
 
 RW_SEEDS = "rw_seeds.zarr"
@@ -41,10 +42,11 @@ def random_walk_maps(seeds: np.ndarray, affinity: torch.Tensor, grid: tuple[int,
     if seeds.shape[0] == 0:
         return seeds.astype(np.float32)
     h, w = seeds.shape[-2:]
-    small = F.interpolate(torch.from_numpy(seeds.astype(np.float32))[None], size=grid, mode="bilinear", align_corners=False)
-    walked = propagate_maps(small, affinity[None], beta=beta, log_t=log_t)
+    small = F.interpolate(torch.from_numpy(seeds.astype(np.float32))[None].to(affinity.device), size=grid, mode="bilinear",
+                          align_corners=False)
+    walked = propagate_maps(small, affinity.float()[None], beta=beta, log_t=log_t)
     up = F.interpolate(walked, size=(h, w), mode="bilinear", align_corners=False)[0]
-    return normalise_cams(up.clamp_min(0)).numpy()
+    return normalise_cams(up.clamp_min(0)).cpu().numpy()
 
 
 @dataclass
@@ -58,13 +60,15 @@ class RandomWalkWorker:
     @torch.no_grad()
     def __call__(self, image_id: str) -> None:
         a = self.config.affinity
-        image = normalise(VOCFolder(self.root).image(image_id))
-        model = trained_model(self.model)
-        if a.source == "network":
-            aff, grid = model.affinity(image[None])
-            aff = aff[0]
-        else:
-            aff, grid = attention_affinity(model, image, a.attention_layers)
+        rt = Runtime.from_config(self.config)
+        image = rt.to(normalise(VOCFolder(self.root).image(image_id)))
+        model = trained_model(self.model, rt)
+        with rt.autocast():  # the network in mixed precision, the walk in float32 on the same device
+            if a.source == "network":
+                aff, grid = model.affinity(image[None])
+                aff = aff[0]
+            else:
+                aff, grid = attention_affinity(model, image, a.attention_layers)
         seeds = LabelStore(self.seeds)
         maps = random_walk_maps(seeds.read(image_id), aff, grid, a.beta, a.log_t)
         LabelStore(self.out).write(image_id, maps.astype(np.float16), {"classes": seeds.read_attrs(image_id)["classes"]})
@@ -79,12 +83,12 @@ def run(ctx) -> dict:
         # the worker runs in this process and reuses the model loaded here
         check_layers(cfg.affinity.attention_layers, trained_model(model).num_layers, "affinity.attention_layers")
     store, done = fill_store(ctx, RW_SEEDS, {"kind": "cam_scores", "source": cfg.affinity.source}, seeds.ids(),
-                             lambda out: RandomWalkWorker(cfg, ds.root, seeds.path, model, out), workers=1)
+                             lambda out: RandomWalkWorker(cfg, ds.root, seeds.path, model, out), image_pool(ctx, network=True))
     return {"images": len(store), "resumed_from": done, "source": cfg.affinity.source}
 
 
 RANDOM_WALK = Stage("random_walk", run,
-                    reads=("affinity.source", "affinity.beta", "affinity.log_t", "affinity.attention_layers",
+                    reads=("amp", "affinity.source", "affinity.beta", "affinity.log_t", "affinity.attention_layers",
                            "data.label_split", "data.max_images"),
                     writes=(RW_SEEDS,), inputs=("seeds", "affinity", "attention"),
                     version=2,  # 2: the sweep moved to eval_random_walk

@@ -25,7 +25,7 @@ from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.transforms import train_transform
 from pipeline.voc import VOCFolder
-from stages.common import fill_store, run_training
+from stages.common import fill_store, image_pool, run_training
 from stages.evaluate import evaluate_labels
 from stages.make_pseudo_labels import make_pseudo_label
 
@@ -93,8 +93,8 @@ def run(ctx) -> dict:
     seeds = label_seeds(ctx)
     ds = ctx.dataset(cfg.data.label_split)
     labels, _ = fill_store(ctx, AFFINITY_LABELS, {"kind": "labels"}, seeds.ids(),
-                           lambda out: ConfidentLabelWorker(cfg, ds.root, seeds.path, out), cfg.pseudo.workers)
-    quality = evaluate_labels(ds, labels, cfg.pseudo.workers, "affinity_labels")
+                           lambda out: ConfidentLabelWorker(cfg, ds.root, seeds.path, out), image_pool(ctx))
+    quality = evaluate_labels(ds, labels, image_pool(ctx), "affinity_labels")
     ids = labels.ids()
     metrics = run_training(ctx, affinity_spec(a), AffinitySamples(ds.root, ids, labels.path, a.train), len(ids),
                            lambda model: AffinityLoss(a.radius), a.train)
@@ -103,7 +103,7 @@ def run(ctx) -> dict:
 
 TRAIN_AFFINITY = Stage(
     "train_affinity", run,
-    reads=("affinity.source", "affinity.backbone", "affinity.channels", "affinity.pretrained", "affinity.weights", "affinity.dims",
+    reads=("amp", "affinity.source", "affinity.backbone", "affinity.channels", "affinity.pretrained", "affinity.weights", "affinity.dims",
            "affinity.radius", "affinity.label_seeds", "affinity.bkg_band", "affinity.label_refine", "affinity.train",
            "pseudo.par", "pseudo.crf", "seed", "data.label_split", "data.max_images"),
     writes=(AFFINITY_LABELS, MODEL_FILE), inputs=("seeds",), optional=("unrefined_seeds",),

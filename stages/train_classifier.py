@@ -21,7 +21,7 @@ from pipeline.voc import VOCFolder
 from stages.common import labelled_images, run_training
 
 #: what every classifier-training stage reads
-CLASSIFIER_READS = ("model", "train_classifier", "seed", "data.train_split", "data.max_images")
+CLASSIFIER_READS = ("model", "train_classifier", "seed", "amp", "data.train_split", "data.max_images")
 
 
 @dataclass

@@ -60,7 +60,7 @@ def run(ctx) -> dict:
 
 TRAIN_SEGMENTATION = Stage(
     "train_segmentation", run,
-    reads=("segmentation.backbone", "segmentation.channels", "segmentation.pretrained", "segmentation.weights", "segmentation.head",
+    reads=("amp", "segmentation.backbone", "segmentation.channels", "segmentation.pretrained", "segmentation.weights", "segmentation.head",
            "segmentation.output_stride", "segmentation.train", "seed", "data.train_split", "data.max_images"),
     writes=(MODEL_FILE,), optional=("labels",),
     description="segmentation network on stored labels (or, unwired, on ground-truth masks)")

@@ -51,8 +51,8 @@ class SingleStageSamples:
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
     """Normalised B×3×H×W → RGB in 0..255 (for PAR and L_reg)."""
-    mean = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1).to(images)
+    std = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1).to(images)
     return (images * std + mean) * 255
 
 
@@ -131,6 +131,6 @@ def run(ctx) -> dict:
 #: every ``afa`` key but the one that only the pseudo-label stage reads
 _AFA_TRAIN = tuple(f"afa.{k}" for k in AFAConfig.model_fields if k != "propagate")
 TRAIN_SINGLE_STAGE = Stage("train_single_stage", run,
-                           reads=(*_AFA_TRAIN, "pseudo.par", "seed", "data.train_split", "data.max_images"),
+                           reads=(*_AFA_TRAIN, "pseudo.par", "seed", "amp", "data.train_split", "data.max_images"),
                            writes=(MODEL_FILE,),
                            description="AFA: classification, affinity from attention and segmentation trained at once")

@@ -13,3 +13,24 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 def synthetic_root(tmp_path_factory) -> Path:
     from pipeline.synthetic import make_synthetic
     return make_synthetic(tmp_path_factory.mktemp("synth"), n_train=12, n_val=4, seed=3, min_size=64, max_size=96)
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory) -> dict:
+    """The environment of the flow tests' ``cli.py`` calls (one synthetic-data cache for the session)."""
+    from tests.helpers import cli_env
+    return cli_env(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def cam_run(tmp_path_factory, env):
+    """The smoke ``cam_voc`` run, made once per session: (run folder, seconds, ``inspect --json`` right after)."""
+    import time
+
+    from tests.helpers import cli, inspect_json
+    run_dir = tmp_path_factory.mktemp("cam") / "run"
+    t0 = time.time()
+    r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", run_dir, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seconds = time.time() - t0
+    return run_dir, seconds, inspect_json(run_dir, env)  # the summary before later tests change this run

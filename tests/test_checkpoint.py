@@ -46,8 +46,8 @@ def _train(out, steps_stop=None):
         import pipeline.training as tr
         orig = tr.save_train_state
 
-        def save_then_die(path, m, opt, step, meta):
-            orig(path, m, opt, step, meta)
+        def save_then_die(path, m, opt, step, meta, scaler=None):
+            orig(path, m, opt, step, meta, scaler)
             if step == steps_stop:
                 raise Stop
         tr.save_train_state = save_then_die

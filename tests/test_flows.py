@@ -10,25 +10,13 @@ import pytest
 from PIL import Image
 
 from pipeline.voc import save_label_png
-from tests.helpers import ROOT, cli, cli_env, inspect_json, statuses
+from tests.helpers import ROOT, cli, inspect_json, statuses
 
-CAM_STAGES = ["train_classifier", "make_seeds", "eval_seeds", "make_pseudo_labels", "eval_pseudo_labels",
-              "train_segmentation", "eval_segmentation"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return cli_env(tmp_path_factory.mktemp("cache"))
+CAM_STAGES = ["train_classifier", "eval_classifier", "make_seeds", "eval_seeds", "make_pseudo_labels",
+              "eval_pseudo_labels", "train_segmentation", "eval_segmentation"]
 
 
-@pytest.fixture(scope="module")
-def cam_run(tmp_path_factory, env):
-    run_dir = tmp_path_factory.mktemp("cam") / "run"
-    t0 = time.time()
-    r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", run_dir, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    seconds = time.time() - t0
-    return run_dir, seconds, inspect_json(run_dir, env)  # the summary before later tests change this run
+# ``env`` and ``cam_run`` (the smoke cam_voc run, shared with tests/test_eval_classifier.py) are in conftest.py
 
 
 def test_cam_voc_smoke_reports_every_stage(cam_run, env):
@@ -38,11 +26,12 @@ def test_cam_voc_smoke_reports_every_stage(cam_run, env):
     assert set(statuses(info).values()) == {"completed"}
     for k in ("seed_miou", "pseudo_miou", "pseudo_coverage", "seg_miou"):
         assert 0.0 <= info["summary"][k] <= 1.0, k
-    seeds = info["stages"][2]["metrics"]
+    st = {s["name"]: s["metrics"] for s in info["stages"]}
+    seeds = st["eval_seeds"]
     assert len(seeds["fp"]) == 21 and len(seeds["fn"]) == 21 and 0 < seeds["threshold"] < 1
     # pseudo.bkg_threshold: auto — the pseudo labels use the threshold eval_seeds chose on the masks, and the
     # seeds are reported at that same threshold beside them
-    pseudo = info["stages"][3]["metrics"]
+    pseudo = st["make_pseudo_labels"]
     assert pseudo["threshold"] == seeds["threshold"] and pseudo["threshold_from"].startswith("eval_seeds: best mIoU")
     # the guard: the seeds with and without PAR, the better labels every image; unrefined they are the seeds
     assert list(pseudo["routes"]) == [f"make_seeds/seeds (t {seeds['threshold']:g}) + par", f"make_seeds/seeds (t {seeds['threshold']:g})"]
@@ -161,7 +150,8 @@ def test_cam_voc_on_a_foreign_voc_folder(tmp_path, env):
     assert r.returncode == 0, r.stderr[-2000:]
     info = inspect_json(tmp_path / "run", env)
     assert set(statuses(info).values()) == {"completed"}
-    assert info["stages"][2]["metrics"]["images"] == 4  # seeds scored only where masks exist
+    seeds = next(s for s in info["stages"] if s["name"] == "eval_seeds")["metrics"]
+    assert seeds["images"] == 4  # seeds scored only where masks exist
     assert info["summary"]["seg_miou"] is not None
 
 
@@ -180,9 +170,9 @@ def test_without_masks_the_threshold_is_otsus(tmp_path, env):
     assert info["summary"]["seg_miou"] is not None
 
 
-ACR_STAGES = ["train_classifier", "make_seeds", "eval_seeds", "eval_unrefined_seeds", "train_affinity", "random_walk", "eval_random_walk",
-              "make_pseudo_labels",
-              "eval_pseudo_labels", "train_segmentation", "eval_segmentation"]
+ACR_STAGES = ["train_classifier", "eval_classifier", "make_seeds", "eval_seeds", "eval_unrefined_seeds", "train_affinity",
+              "random_walk", "eval_random_walk", "make_pseudo_labels", "eval_pseudo_labels", "train_segmentation",
+              "eval_segmentation"]
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +275,8 @@ def test_acr_voc_on_a_foreign_voc_folder(tmp_path, env):
     assert all(info["summary"][k] is not None for k in ("seed_miou", "pseudo_miou", "seg_miou"))
 
 
-AFA_STAGES = ["train_single_stage", "make_seeds", "eval_seeds", "make_pseudo_labels", "eval_pseudo_labels",
-              "eval_segmentation"]
+AFA_STAGES = ["train_single_stage", "eval_classifier", "make_seeds", "eval_seeds", "make_pseudo_labels",
+              "eval_pseudo_labels", "eval_segmentation"]
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +294,7 @@ def test_afa_voc_smoke_reports_the_three_mious(afa_run, env):
     assert set(statuses(info).values()) == {"completed"}
     for k in ("seed_miou", "pseudo_miou", "seg_miou"):
         assert 0.0 <= info["summary"][k] <= 1.0, k
-    pseudo = info["stages"][3]["metrics"]
+    pseudo = next(s for s in info["stages"] if s["name"] == "make_pseudo_labels")["metrics"]
     # the guard compared the propagated labels with the seeds without propagation, each with and without PAR;
     # ``propagated`` says whether the chosen route propagates
     assert len(pseudo["routes"]) == 4 and [r.startswith("propagated") for r in pseudo["routes"]] == [True, True, False, False]
@@ -337,7 +327,7 @@ def test_afa_switched_off_retrains_and_skips_propagation(afa_run, env, tmp_path)
             "--set", "afa.train.steps=30", "--set", "afa.aff_warmup_steps=20", env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     info = inspect_json(run_dir, env)
-    assert info["stages"][3]["metrics"]["propagated"] is False
+    assert next(s for s in info["stages"] if s["name"] == "make_pseudo_labels")["metrics"]["propagated"] is False
     log = (run_dir / "stages/train_single_stage/log.jsonl").read_text().splitlines()
     assert '"aff": 0.0' in log[-1]  # no affinity loss without the AFA module
 

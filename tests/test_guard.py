@@ -29,7 +29,7 @@ def _setup(root, tmp_path, wrongs, sets=(), key="k"):
     from pipeline.voc import VOCDataset
     from stages.make_pseudo_labels import MAKE_PSEUDO_LABELS, Route
     from workflows import get_flow
-    cfg = get_flow("cam_voc").resolve("smoke", ["data.max_images=6", "pseudo.workers=1", *sets], str(root))
+    cfg = get_flow("cam_voc").resolve("smoke", ["data.max_images=6", "workers.processes=1", *sets], str(root))
     run = Run.create(tmp_path / "run", cfg) if not (tmp_path / "run").exists() else Run.open(tmp_path / "run")
     store = LabelStore(tmp_path / "maps.zarr")
     for i in VOCDataset(root, "train", 6).ids:

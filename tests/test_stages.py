@@ -106,7 +106,10 @@ def test_a_stage_cannot_read_a_key_it_does_not_declare():
     cfg = get_flow("cam_voc").resolve("smoke")
     view = ConfigView(cfg, ("cam.scales", "pseudo.par"), "make_seeds")
     assert view.cam.scales == [1.0] and view.pseudo.par.num_iter == 10
-    assert view.pseudo.workers == cfg.pseudo.workers  # an execution knob, readable by every stage
+    # the execution knobs, readable by every stage and in no key
+    assert (view.workers.processes, view.device, view.devices) == (cfg.workers.processes, "auto", 1)
+    with pytest.raises(UndeclaredConfigRead, match="'amp'"):  # mixed precision changes results: declared
+        view.amp
     with pytest.raises(UndeclaredConfigRead, match=r"make_seeds reads config key 'cam.flip'"):
         view.cam.flip
     with pytest.raises(UndeclaredConfigRead, match="'segmentation'"):

@@ -6,6 +6,7 @@ ACR's parts: ``models/acr.py`` (network, losses, seeds, the ``acr`` config secti
 """
 from pipeline.checkpoint import MODEL_FILE
 from stages.acr_seeds import MAKE_ACR_SEEDS, SEEDS_UNREFINED
+from stages.eval_classifier import EVAL_CLASSIFIER
 from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
 from stages.eval_seeds import EVAL_SEEDS, THRESHOLD
 from stages.eval_segmentation import EVAL_SEGMENTATION
@@ -34,7 +35,8 @@ segmentation = TRAIN_SEGMENTATION.wire(labels=pseudo.out(PSEUDO_LABELS))
 
 SPEC = define_flow(
     "acr_voc",
-    [classifier, seeds, seed_scores, unrefined_scores, affinity, walk, walk_scores, pseudo,
+    [classifier, EVAL_CLASSIFIER.wire(model=classifier.out(MODEL_FILE)), seeds, seed_scores, unrefined_scores, affinity, walk,
+     walk_scores, pseudo,
      EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS), seed_sweep=seed_scores.out(THRESHOLD)), segmentation,
      EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))],
     "ACR: attention-consistent ViT → gradient-attention seeds → affinity random walk → pseudo labels → segmentation",

@@ -6,6 +6,7 @@ AFA's parts: ``models/afa.py`` (network, AFA module, losses, the ``afa`` config 
 """
 from pipeline.checkpoint import MODEL_FILE
 from stages.afa_pseudo_labels import MAKE_AFA_PSEUDO_LABELS
+from stages.eval_classifier import EVAL_CLASSIFIER
 from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
 from stages.eval_seeds import EVAL_SEEDS, THRESHOLD
 from stages.eval_segmentation import EVAL_SEGMENTATION
@@ -18,8 +19,8 @@ network = TRAIN_SINGLE_STAGE.out(MODEL_FILE)
 seeds = MAKE_SEEDS.wire(model=network)
 seed_scores = EVAL_SEEDS.wire(seeds=seeds.out(SEEDS))
 pseudo = MAKE_AFA_PSEUDO_LABELS.wire(seeds=seeds.out(SEEDS), model=network, threshold=seed_scores.out(THRESHOLD))
-#: the stages up to the pseudo labels' score, shared with ``afa_voc_multistage``
-LABEL_STAGES = [TRAIN_SINGLE_STAGE, seeds, seed_scores, pseudo,
+#: the stages up to the pseudo labels' score (and the classifier's mAP), shared with ``afa_voc_multistage``
+LABEL_STAGES = [TRAIN_SINGLE_STAGE, EVAL_CLASSIFIER.wire(model=network), seeds, seed_scores, pseudo,
                 EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS), seed_sweep=seed_scores.out(THRESHOLD))]
 OWN_BRANCH = EVAL_SEGMENTATION.wire(model=network)
 PSEUDO = pseudo

@@ -1,5 +1,6 @@
 """``cam_voc``: ViT CAM baseline — classifier, CAM seeds, PAR/CRF pseudo labels, segmentation."""
 from pipeline.checkpoint import MODEL_FILE
+from stages.eval_classifier import EVAL_CLASSIFIER
 from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
 from stages.eval_seeds import EVAL_SEEDS, THRESHOLD
 from stages.eval_segmentation import EVAL_SEGMENTATION
@@ -16,7 +17,7 @@ segmentation = TRAIN_SEGMENTATION.wire(labels=pseudo.out(PSEUDO_LABELS))
 
 SPEC = define_flow(
     "cam_voc",
-    [TRAIN_CLASSIFIER, seeds, seed_scores, pseudo,
+    [TRAIN_CLASSIFIER, EVAL_CLASSIFIER.wire(model=TRAIN_CLASSIFIER.out(MODEL_FILE)), seeds, seed_scores, pseudo,
      EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS), seed_sweep=seed_scores.out(THRESHOLD)), segmentation,
      EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))],
     "ViT CAM baseline: classifier → CAM seeds → PAR/CRF pseudo labels → segmentation")
