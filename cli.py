@@ -107,6 +107,12 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
         click.echo(cfg.to_yaml(), nl=False)
         return
     from pipeline.runs import Run
+    from pipeline.runtime import check_runtime
+    runtime = check_runtime(cfg)  # before anything is written
+    from pipeline import distributed
+    if distributed.join_launched_group(runtime) and distributed.launched_world()[0] > 0:
+        distributed.follow(runtime)  # under torchrun: rank 0 runs the flow, this rank trains its share
+        return
     run_dir = Path(run_dir or f"runs/{name}-{profile}")
     run = Run.create(run_dir, cfg, command=shlex.join(["python", "cli.py", *sys.argv[1:]]))
     if any(st.reads_data for st in spec.stages):
@@ -122,6 +128,8 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
         if failed is None:
             raise
         raise Failure(f"stage {failed[0]} failed: {failed[1]} (details in {run_dir}/stages/{failed[0]}/record.json)") from e
+    finally:
+        distributed.end_followers()
     _print_table(run, spec, per_class=False)
 
 

@@ -101,6 +101,17 @@ class Runtime:
         return obj
 
 
+def check_runtime(config: Any) -> Runtime:
+    """Every scale knob of a run config checked against this machine (before any stage runs): the device exists,
+    bf16 runs on it, and ``devices`` GPUs are there; the runtime, or one ``UserError`` line."""
+    rt = Runtime.from_config(config)
+    with rt.autocast():  # refuses bf16 on a GPU without it
+        pass
+    if rt.on_gpu and config.devices > torch.cuda.device_count():
+        raise UserError(f"devices={config.devices} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return rt
+
+
 def launched_world() -> tuple[int, int]:
     """``(rank, world size)`` that a launcher such as ``torchrun`` set in the environment, else ``(0, 1)``."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

@@ -1,8 +1,9 @@
 """Stage ``eval_classifier``: the mean average precision (mAP) of the flow's image classifier on ``data.val_split``.
 
 Every image of the split (capped by ``data.max_images``) goes through the trained classifier once — at
-scale 1.0, without a flip, normalised as the seed stages normalise it (``pipeline.transforms.normalise``) —
-and its 20 class scores are ranked per class against the images' multi-hot labels (``average_precision``).
+scale 1.0, without a flip, normalised as the seed stages normalise it (``pipeline.transforms.normalise``),
+on the config's ``device`` under its ``amp`` as they run — and its 20 class scores are ranked per class
+against the images' multi-hot labels (``average_precision``).
 ``map`` is the mean AP over the classes with at least one positive image in the split; a class without
 one has no AP (``null`` in ``ap``) and stays out of the mean. It fills ``inspect``'s ``summary.cls_map``.
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from pipeline.progress import progress_bar
+from pipeline.runtime import Runtime
 from pipeline.stage import Stage
 from pipeline.transforms import normalise
 from pipeline.voc import CLASS_NAMES
@@ -113,9 +115,11 @@ def class_scores(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def image_scores(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    """The 20 class scores (float64) of one H×W×3 uint8 image: scale 1.0, no flip."""
-    return class_scores(model, normalise(image)[None])[0].double().numpy()
+def image_scores(model: torch.nn.Module, image: np.ndarray, runtime: Runtime = Runtime()) -> np.ndarray:
+    """The 20 class scores (float64) of one H×W×3 uint8 image: scale 1.0, no flip (the model on ``runtime``)."""
+    with runtime.autocast():
+        scores = class_scores(model, runtime.to(normalise(image)[None]))
+    return scores[0].double().cpu().numpy()
 
 
 def run(ctx) -> dict:
@@ -124,11 +128,12 @@ def run(ctx) -> dict:
     if not len(ds):
         return {"map": None, "ap": dict.fromkeys(FOREGROUND), "positives": dict.fromkeys(FOREGROUND, 0),
                 "classes": 0, "images": 0}
-    model = trained_model(ctx.input("model"))
+    runtime = Runtime.from_config(cfg)
+    model = trained_model(ctx.input("model"), runtime)
     rows = []
     with progress_bar(ctx.stage.name, total=len(ds)) as advance:
         for image_id in ds.ids:
-            rows.append(image_scores(model, ds.image(image_id)))
+            rows.append(image_scores(model, ds.image(image_id), runtime))
             advance()
     targets = ds.label_matrix > 0
     ap = average_precision(np.stack(rows), targets)
@@ -139,6 +144,6 @@ def run(ctx) -> dict:
             "classes": int(scored.sum()), "images": len(ds)}
 
 
-EVAL_CLASSIFIER = Stage("eval_classifier", run, reads=("data.val_split", "data.max_images"), inputs=("model",),
+EVAL_CLASSIFIER = Stage("eval_classifier", run, reads=("amp", "data.val_split", "data.max_images"), inputs=("model",),
                         summary={"cls_map": "map"},
                         description="mAP of the trained classifier's image scores on data.val_split (scale 1, no flip)")

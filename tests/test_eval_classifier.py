@@ -85,6 +85,22 @@ def test_class_scores_of_the_classifier_of_every_flow(name):
             torch.testing.assert_close(scores, model(x))
 
 
+def test_image_scores_at_scale_one_and_under_amp():
+    from pipeline.runtime import Runtime
+    from stages.eval_classifier import image_scores
+    from tests.test_models import _tiny_specs
+    torch.manual_seed(0)
+    model = _tiny_specs()["vit_cam_classifier"].build().eval()
+    image = np.random.default_rng(0).integers(0, 256, (40, 52, 3)).astype(np.uint8)
+    full = image_scores(model, image)
+    assert full.shape == (20,) and full.dtype == np.float64
+    from pipeline.transforms import normalise
+    with torch.no_grad():
+        np.testing.assert_allclose(full, model(normalise(image)[None])[0].double().numpy(), rtol=1e-6)
+    half = image_scores(model, image, Runtime(amp="bf16"))  # the CPU runs bf16 autocast too
+    assert half.shape == (20,) and np.isfinite(half).all() and np.abs(half - full).max() < 0.1
+
+
 def test_class_scores_refuses_a_model_without_them():
     with pytest.raises(RuntimeError, match="class scores"):
         class_scores(torch.nn.Conv2d(3, 21, 1), torch.randn(1, 3, 8, 8))

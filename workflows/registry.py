@@ -9,6 +9,8 @@ from prefect import flow as prefect_flow
 
 from pipeline.config import RunConfigBase, resolve_config
 from pipeline.errors import UserError
+from pipeline.runs import Run
+from pipeline.runtime import check_runtime
 from pipeline.stage import Stage
 from workflows.tasks import as_task
 
@@ -49,6 +51,7 @@ def define_flow(name: str, stages: list[Stage], description: str, defaults: dict
 
     @prefect_flow(name=name, description=description)
     def run_flow(run_dir: str) -> None:
+        check_runtime(Run.open(run_dir).config)  # a missing GPU fails here, before any stage
         for t in tasks:
             t(run_dir)
 
