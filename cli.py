@@ -149,7 +149,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-_SHOWN = ("miou", "threshold", "route", "coverage", "pixel_acc", "val_accuracy", "images", "final_loss", "steps", "resumed_from")
+_SHOWN = ("miou", "map", "threshold", "route", "coverage", "pixel_acc", "val_accuracy", "images", "final_loss", "steps", "resumed_from")
 
 
 def _print_table(run, spec, per_class: bool) -> None:

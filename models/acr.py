@@ -73,6 +73,9 @@ class ACRClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone.forward_features(x)[:, 0])
 
+    def class_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
     def forward_with_attention(self, x: torch.Tensor, layers: list[int] | None = None):
         """Logits B×C and the head-mean attention A_l (B×N×N) of the chosen blocks."""
         logits = self(x)

@@ -181,6 +181,11 @@ class AFANet(nn.Module):
         seg = self.decoder(self.encoder(x))
         return F.interpolate(seg, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
+    def class_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """B×20 image scores: the last stage's features pooled, then the classifier (``forward_train``'s ``cls``)."""
+        feats = self.encoder(x)
+        return self.classifier(pool_scores(feats[-1], self.pooling, self.topk)[..., None, None]).flatten(1)
+
     def class_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Raw class maps B×20×h×w of the last stage (the CAM)."""
         return self.classifier(self.encoder(x)[-1])

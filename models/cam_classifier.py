@@ -87,6 +87,9 @@ class CAMClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pool_scores(self.class_maps(x), self.pooling, self.topk)
 
+    def class_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.classifier.parameters())
 

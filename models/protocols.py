@@ -21,9 +21,10 @@ class Trainable(Protocol):
 
 @runtime_checkable
 class ClassMapModel(Protocol):
-    """An image classifier with class maps: ``forward`` gives B×C scores, ``class_maps`` B×C×h×w maps (the CAM)."""
+    """An image classifier with class maps: ``class_scores`` gives B×C image scores (what its classification loss
+    trains), ``class_maps`` B×C×h×w maps (the CAM)."""
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def class_scores(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def class_maps(self, x: torch.Tensor) -> torch.Tensor: ...
 

@@ -8,14 +8,14 @@ against the images' multi-hot labels (``average_precision``).
 one has no AP (``null`` in ``ap``) and stays out of the mean. It fills ``inspect``'s ``summary.cls_map``.
 
 The model is whatever the ``model`` input's training stage trained, as long as it gives class scores
-(``models.protocols.ClassMapModel``: ``model(x)`` → B×20); see ``class_scores`` for the one network whose
-``forward`` does not.
+(``models.protocols.ClassMapModel.class_scores`` → B×20: the scores its classification loss trains).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from models.protocols import ClassMapModel
 from pipeline.progress import progress_bar
 from pipeline.runtime import Runtime
 from pipeline.stage import Stage
@@ -94,31 +94,11 @@ def average_precision(scores, targets):
     return out
 
 
-def class_scores(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The B×20 image-level class scores of a trained classifier for a normalised batch ``x``.
-
-    ``models.protocols.ClassMapModel`` promises them from ``model(x)``, as the CAM and ACR classifiers give
-    them. AFA's network breaks that promise: its ``forward`` is the segmenter's (B×21×H×W logits, what
-    ``eval_segmentation`` calls), and the scores its classification loss trains are the ``cls`` of its
-    ``forward_train``; such a model is scored through that. Any other output shape is refused.
-    """
-    out = model(x)
-    if out.ndim == 2 and out.shape[1] == len(FOREGROUND):
-        return out
-    train = getattr(model, "forward_train", None)
-    if train is not None:
-        scores = getattr(train(x), "cls", None)
-        if scores is not None and scores.shape == (x.shape[0], len(FOREGROUND)):
-            return scores
-    raise RuntimeError(f"{type(model).__name__} gives {tuple(out.shape)} from a {tuple(x.shape)} batch, not "
-                       f"B×{len(FOREGROUND)} class scores (models.protocols.ClassMapModel)")
-
-
 @torch.no_grad()
-def image_scores(model: torch.nn.Module, image: np.ndarray, runtime: Runtime = Runtime()) -> np.ndarray:
+def image_scores(model: ClassMapModel, image: np.ndarray, runtime: Runtime = Runtime()) -> np.ndarray:
     """The 20 class scores (float64) of one H×W×3 uint8 image: scale 1.0, no flip (the model on ``runtime``)."""
     with runtime.autocast():
-        scores = class_scores(model, runtime.to(normalise(image)[None]))
+        scores = model.class_scores(runtime.to(normalise(image)[None]))
     return scores[0].double().cpu().numpy()
 
 

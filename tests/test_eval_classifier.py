@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages.eval_classifier import average_precision, class_scores
+from stages.eval_classifier import average_precision
 
 
 def brute_force_ap(scores, targets) -> float:
@@ -69,14 +69,14 @@ def test_average_precision_refuses_what_it_cannot_rank():
 
 @pytest.mark.parametrize("name", ["vit_cam_classifier", "vit_acr_classifier", "afa_mit"])
 def test_class_scores_of_the_classifier_of_every_flow(name):
-    """cam_voc and acr_voc: ``model(x)`` are the scores; afa_voc(_multistage): ``forward`` segments, so the
+    """cam_voc and acr_voc: ``class_scores`` is ``model(x)``; afa_voc(_multistage): ``forward`` segments, and the
     scores are those of its training pass."""
     from tests.test_models import _tiny_specs
     torch.manual_seed(0)
     model = _tiny_specs()[name].build().eval()
     x = torch.randn(2, 3, 48, 56)
     with torch.no_grad():
-        scores = class_scores(model, x)
+        scores = model.class_scores(x)
         assert scores.shape == (2, 20)
         if name == "afa_mit":
             assert model(x).shape == (2, 21, 48, 56)  # the protocol's model(x) → B×20 does not hold for it
@@ -87,6 +87,7 @@ def test_class_scores_of_the_classifier_of_every_flow(name):
 
 def test_image_scores_at_scale_one_and_under_amp():
     from pipeline.runtime import Runtime
+    from pipeline.transforms import normalise
     from stages.eval_classifier import image_scores
     from tests.test_models import _tiny_specs
     torch.manual_seed(0)
@@ -94,16 +95,10 @@ def test_image_scores_at_scale_one_and_under_amp():
     image = np.random.default_rng(0).integers(0, 256, (40, 52, 3)).astype(np.uint8)
     full = image_scores(model, image)
     assert full.shape == (20,) and full.dtype == np.float64
-    from pipeline.transforms import normalise
     with torch.no_grad():
         np.testing.assert_allclose(full, model(normalise(image)[None])[0].double().numpy(), rtol=1e-6)
     half = image_scores(model, image, Runtime(amp="bf16"))  # the CPU runs bf16 autocast too
     assert half.shape == (20,) and np.isfinite(half).all() and np.abs(half - full).max() < 0.1
-
-
-def test_class_scores_refuses_a_model_without_them():
-    with pytest.raises(RuntimeError, match="class scores"):
-        class_scores(torch.nn.Conv2d(3, 21, 1), torch.randn(1, 3, 8, 8))
 
 
 def test_eval_classifier_knows_no_method():

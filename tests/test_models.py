@@ -92,7 +92,7 @@ def test_every_registered_model_provides_its_protocols():
         x = torch.randn(1, 3, 48, 56)
         with torch.no_grad():
             if "ClassMapModel" in PROVIDES[name]:
-                assert model.class_maps(x).shape[:2] == (1, 20)
+                assert model.class_maps(x).shape[:2] == (1, 20) and model.class_scores(x).shape == (1, 20)
             if "AffinityModel" in PROVIDES[name]:
                 aff, (h, w) = model.affinity(x)
                 assert aff.shape == (1, h * w, h * w)

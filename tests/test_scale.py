@@ -133,3 +133,67 @@ def test_ddp_killed_mid_training_resumes_from_its_checkpoint(tmp_path, synthetic
     a, b = _losses(straight.dir), _losses(killed.dir)
     assert [x["step"] for x in a] == [x["step"] for x in b]
     assert np.allclose([x["loss"] for x in a], [x["loss"] for x in b], rtol=1e-4, atol=1e-5)
+
+
+PER_IMAGE_STORES = ["make_seeds/seeds.zarr", "make_pseudo_labels/pseudo_labels.zarr", "eval_segmentation/predictions.zarr"]
+
+
+def test_a_dask_cluster_writes_the_label_stores_of_the_local_pool(cam_run, env, tmp_path):
+    """The per-image stages of the smoke cam_voc run, redone on a local Dask cluster of 2 workers, store the
+    same arrays (the trained networks are kept: the executor is not in any key)."""
+    import shutil
+
+    from pipeline.store import LabelStore
+    from tests.helpers import inspect_json, statuses
+    run_dir = tmp_path / "run"
+    shutil.copytree(cam_run[0], run_dir)
+    trained = {"train_classifier", "train_segmentation"}
+    for d in (run_dir / "stages").iterdir():
+        if d.name not in trained:
+            shutil.rmtree(d)
+    r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", run_dir, "--set", "workers.executor=dask",
+            "--set", "workers.processes=2", env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    st = statuses(inspect_json(run_dir, env))
+    assert {st[n] for n in trained} == {"cached"} and {v for k, v in st.items() if k not in trained} == {"completed"}
+    for name in PER_IMAGE_STORES:
+        a, b = LabelStore(cam_run[0] / "stages" / name), LabelStore(run_dir / "stages" / name)
+        assert sorted(a.ids()) == sorted(b.ids()) and len(a.ids()) > 0, name
+        for i in a.ids():
+            assert np.array_equal(a.read(i), b.read(i)), (name, i)
+            assert a.read_attrs(i) == b.read_attrs(i)
+
+
+class SlowLabel:
+    """A label of ones after a pause (a per-image task long enough to kill its worker mid-stage)."""
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        time.sleep(0.3)
+        return np.full((4, 5), int(image_id), np.uint8)
+
+
+def test_a_killed_dask_worker_loses_no_image(tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    from pipeline import parallel
+    from pipeline.parallel import ImagePool, map_images
+    from pipeline.store import open_for_stage
+    from stages.make_pseudo_labels import WriteLabels
+    store = open_for_stage(tmp_path / "labels.zarr", "k", {})
+    ids = [str(i) for i in range(24)]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        parallel._CLIENTS[cluster.scheduler_address] = client
+        pids = client.run(os.getpid)
+        done = []
+        try:
+            for k, _ in enumerate(map_images(WriteLabels(SlowLabel(), store.path), ids,
+                                             ImagePool("dask", cluster.scheduler_address, 2), "labels")):
+                done.append(k)
+                if k == 2:  # mid-stage: one worker dies with its tasks
+                    os.kill(next(iter(pids.values())), signal.SIGKILL)
+        finally:
+            parallel._CLIENTS.pop(cluster.scheduler_address, None)
+    assert len(done) == len(ids)
+    assert sorted(store.ids(), key=int) == ids
+    assert all(int(store.read(i)[0, 0]) == int(i) for i in ids)
