@@ -112,17 +112,20 @@ def cam_classifier_spec(m: ClassifierConfig, img_size: int) -> ModelSpec:
 def multiscale_maps(map_fn, image: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
     """Sum over scales (and horizontal flips) of ``map_fn(batch)`` (B×K×h×w maps), upsampled to the image: K×H×W.
 
-    ``image`` is one normalised 3×H×W tensor (on the model's device); the flipped copy's maps are flipped back.
-    The maps are summed in float32 whatever precision ``map_fn`` runs in.
+    ``image`` is one normalised 3×H×W tensor (on the model's device), or a B×3×H×W batch of images of one size
+    (→ B×K×H×W, each image's maps as if alone: a GPU takes several images per forward pass). The flipped
+    copies' maps are flipped back. The maps are summed in float32 whatever precision ``map_fn`` runs in.
     """
-    h, w = image.shape[-2:]
+    single = image.ndim == 3
+    images = image[None] if single else image
+    b, (h, w) = images.shape[0], images.shape[-2:]
     total = 0
     for s in scales:
-        x = image[None] if s == 1 else F.interpolate(image[None], scale_factor=s, mode="bilinear", align_corners=False)
+        x = images if s == 1 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
         batch = torch.cat([x, x.flip(-1)]) if flip else x
         maps = F.interpolate(map_fn(batch).float(), size=(h, w), mode="bilinear", align_corners=False)
-        total = total + (maps[0] + maps[1].flip(-1) if flip else maps[0])
-    return total
+        total = total + (maps[:b] + maps[b:].flip(-1) if flip else maps)
+    return total[0] if single else total
 
 
 @torch.no_grad()

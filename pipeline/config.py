@@ -141,6 +141,7 @@ class WorkersConfig(Section):
     executor: Literal["local", "dask"] = "local"  # local: a process pool here; dask: a dask.distributed cluster
     address: str | None = None  # the dask scheduler (tcp://host:8786); null: a local cluster of `processes` workers
     processes: int = Field(2, ge=1)  # local pool size (and the local dask cluster's workers) for CPU-bound images
+    gpu_batch: int = Field(8, ge=1)  # images of one size per forward pass of a network's inference on a GPU
 
 
 class SegmentationConfig(Section):

@@ -39,6 +39,7 @@ class ImagePool:
     executor: str = "local"  # local | dask
     address: str | None = None  # dask scheduler; None: a local cluster
     processes: int = 1  # local pool size / local cluster size
+    batch: int = 1  # ids per call of ``fn.batch`` where the function has one (a network's inference on a GPU)
 
     @classmethod
     def of(cls, workers: Any) -> "ImagePool":
@@ -127,10 +128,18 @@ def _on_dask(fn: Callable[[str], Any], ids: list[str], pool: ImagePool, advance)
 def map_images(fn: Callable[[str], Any], ids: list[str], pool: ImagePool, desc: str) -> Iterator[Any]:
     """Yield ``fn(image_id)`` for every id (in completion order), on ``pool``.
 
+    With ``pool.batch`` > 1 a function with a ``batch(ids) -> list`` method gets that many ids per call (in this
+    process: a network on a GPU, which groups them by size).
     A local pool of more than one process is fork-started, its workers use one torch thread each.
     """
     workers = pool.processes
     with progress_bar(desc, total=len(ids)) as advance:
+        if pool.batch > 1 and hasattr(fn, "batch") and not (pool.executor == "dask" and ids):
+            for k in range(0, len(ids), pool.batch):
+                for out in fn.batch(ids[k:k + pool.batch]):
+                    yield out
+                    advance()
+            return
         if pool.executor == "dask" and ids:
             yield from _on_dask(fn, ids, pool, advance)
             return

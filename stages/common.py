@@ -3,6 +3,7 @@ per-image loop into a label store, and image-label helpers."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -87,13 +88,29 @@ def labels_to_onehot_classes(label_vec: np.ndarray) -> list[int]:
 def image_pool(ctx: StageContext, network: bool = False, torch_refine: bool = False) -> ImagePool:
     """Where the stage's per-image work runs (the ``workers`` section).
 
-    On a local pool, a ``network``'s inference stays in this process (it uses every core, or the GPU), and so
+    On a local pool, a ``network``'s inference stays in this process (it uses every core, or the GPU: there it takes
+    ``workers.gpu_batch`` images of one size per forward pass), and so
     does ``torch_refine``-ment (PAR, random walk) when the device is a GPU (forked workers cannot share it);
     other work goes to the pool's processes. A Dask cluster runs all of it on its workers.
     """
     pool = ImagePool.of(ctx.config.workers)
     on_gpu = resolve_device(ctx.config.device).type != "cpu"
+    if network and on_gpu:  # a GPU takes several images per forward pass (workers that have a ``batch`` method)
+        pool = replace(pool, batch=ctx.config.workers.gpu_batch)
     return pool.in_process() if network or (torch_refine and on_gpu) else pool
+
+
+def same_size_groups(images: dict[str, np.ndarray]) -> list[list[str]]:
+    """The ids of ``images`` grouped by image size (in first-seen order): the batches a network can take at once.
+
+    >>> a, b = np.zeros((2, 3, 3)), np.zeros((3, 2, 3))
+    >>> same_size_groups({"x": a, "y": b, "z": a})
+    [['x', 'z'], ['y']]
+    """
+    groups: dict[tuple, list[str]] = {}
+    for i, im in images.items():
+        groups.setdefault(im.shape, []).append(i)
+    return list(groups.values())
 
 
 def fill_store(ctx: StageContext, name: str, attrs: dict, ids: list[str], make_worker, pool: ImagePool):

@@ -16,7 +16,7 @@ from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import fill_store, image_pool, trained_model
+from stages.common import fill_store, image_pool, same_size_groups, trained_model
 from stages.crf import dense_crf
 from stages.evaluate import evaluate_labels
 
@@ -24,11 +24,12 @@ PREDICTIONS = "predictions.zarr"
 
 
 @torch.no_grad()
-def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[float], flip: bool,
-                     runtime: Runtime = Runtime()) -> np.ndarray:
-    """Mean softmax over scales (and flips), at the image's size: C×H×W (the model on ``runtime``)."""
-    x = runtime.to(normalise(image))[None]
-    h, w = image.shape[:2]
+def batch_probs(model: torch.nn.Module, images: list[np.ndarray], scales: list[float], flip: bool,
+                runtime: Runtime = Runtime()) -> np.ndarray:
+    """Mean softmax over scales (and flips), at the images' size: B×C×H×W, for uint8 images of one size that go
+    through the network together (the model on ``runtime``)."""
+    x = runtime.to(torch.stack([normalise(im) for im in images]))
+    b, (h, w) = len(images), images[0].shape[:2]
     total, n = 0, 0
     for s in scales:
         xs = x if s == 1 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
@@ -36,9 +37,15 @@ def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[flo
         with runtime.autocast():
             logits = model(batch)
         p = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False).softmax(1)
-        total = total + p[0] + (p[1].flip(-1) if flip else 0)
+        total = total + p[:b] + (p[b:].flip(-1) if flip else 0)
         n += 2 if flip else 1
     return (total / n).cpu().numpy()
+
+
+def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[float], flip: bool,
+                     runtime: Runtime = Runtime()) -> np.ndarray:
+    """Mean softmax over scales (and flips), at the image's size: C×H×W (the model on ``runtime``)."""
+    return batch_probs(model, [image], scales, flip, runtime)[0]
 
 
 @dataclass
@@ -49,14 +56,22 @@ class PredictWorker:
     out: Path
 
     def __call__(self, image_id: str) -> None:
+        self.batch([image_id])
+
+    def batch(self, image_ids: list[str]) -> list[None]:
+        """The predictions of several images, those of one size in one forward pass (``ImagePool.batch`` on a GPU)."""
         s = self.config.segmentation
-        image = VOCFolder(self.root).image(image_id)
+        folder = VOCFolder(self.root)
         rt = Runtime.from_config(self.config)
-        probs = multiscale_probs(trained_model(self.model, rt), image, s.eval_scales, s.eval_flip, rt)
-        if s.eval_crf:
-            c = self.config.pseudo.crf
-            probs = dense_crf(image, probs, c.n_iter, c.pos_xy_std, c.pos_w, c.bi_xy_std, c.bi_rgb_std, c.bi_w)
-        LabelStore(self.out).write(image_id, probs.argmax(0).astype(np.uint8))
+        model = trained_model(self.model, rt)
+        images = {i: folder.image(i) for i in image_ids}
+        for group in same_size_groups(images):
+            for i, probs in zip(group, batch_probs(model, [images[i] for i in group], s.eval_scales, s.eval_flip, rt)):
+                if s.eval_crf:
+                    c = self.config.pseudo.crf
+                    probs = dense_crf(images[i], probs, c.n_iter, c.pos_xy_std, c.pos_w, c.bi_xy_std, c.bi_rgb_std, c.bi_w)
+                LabelStore(self.out).write(i, probs.argmax(0).astype(np.uint8))
+        return [None] * len(image_ids)
 
 
 def run(ctx) -> dict:

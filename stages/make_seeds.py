@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from models.cam_classifier import multiscale_cams, normalise_cams
 from models.protocols import ClassMapModel
@@ -19,22 +20,32 @@ from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
-from stages.common import fill_store, image_pool, labels_to_onehot_classes, trained_model
+from stages.common import fill_store, image_pool, labels_to_onehot_classes, same_size_groups, trained_model
 
 SEEDS = "seeds.zarr"
 #: what every seed stage reads
 SEED_READS = ("amp", "cam.scales", "cam.flip", "data.label_split", "data.max_images")
 
 
+def batch_cams(model: ClassMapModel, images: list[np.ndarray], classes: list[list[int]], scales: list[float], flip: bool,
+               runtime: Runtime = Runtime()) -> list[np.ndarray]:
+    """Normalised CAMs (K_i×H×W float32) of each image's ``classes`` (VOC indices), for uint8 images of one
+    size that go through the network together (the model on ``runtime``)."""
+    out = [np.zeros((0, *im.shape[:2]), np.float32) for im in images]
+    todo = [i for i, c in enumerate(classes) if c]
+    if not todo:
+        return out
+    with runtime.autocast():
+        cams = multiscale_cams(model, runtime.to(torch.stack([normalise(images[i]) for i in todo])), scales, flip)
+    for i, c in zip(todo, cams):
+        out[i] = normalise_cams(c[[k - 1 for k in classes[i]]]).cpu().numpy()
+    return out
+
+
 def image_cams(model: ClassMapModel, image: np.ndarray, classes: list[int], scales: list[float], flip: bool,
                runtime: Runtime = Runtime()) -> np.ndarray:
     """Normalised CAMs (K×H×W float32) of ``classes`` (VOC indices) for one uint8 image (the model on ``runtime``)."""
-    if not classes:
-        return np.zeros((0, *image.shape[:2]), np.float32)
-    with runtime.autocast():
-        cams = multiscale_cams(model, runtime.to(normalise(image)), scales, flip)
-    cams = cams[[c - 1 for c in classes]]
-    return normalise_cams(cams).cpu().numpy()
+    return batch_cams(model, [image], [classes], scales, flip, runtime)[0]
 
 
 @dataclass
@@ -45,12 +56,21 @@ class SeedWorker:
     out: Path
 
     def __call__(self, image_id: str) -> None:
+        self.batch([image_id])
+
+    def batch(self, image_ids: list[str]) -> list[None]:
+        """The seeds of several images, those of one size in one forward pass (``ImagePool.batch`` on a GPU)."""
         cam = self.config.cam
         ds = VOCFolder(self.root)
-        classes = labels_to_onehot_classes(ds.image_labels(image_id))
         rt = Runtime.from_config(self.config)
-        maps = image_cams(trained_model(self.model, rt), ds.image(image_id), classes, cam.scales, cam.flip, rt)
-        LabelStore(self.out).write(image_id, maps.astype(np.float16), {"classes": classes})
+        model = trained_model(self.model, rt)
+        images = {i: ds.image(i) for i in image_ids}
+        for group in same_size_groups(images):
+            classes = [labels_to_onehot_classes(ds.image_labels(i)) for i in group]
+            maps = batch_cams(model, [images[i] for i in group], classes, cam.scales, cam.flip, rt)
+            for i, m, c in zip(group, maps, classes):
+                LabelStore(self.out).write(i, m.astype(np.float16), {"classes": c})
+        return [None] * len(image_ids)
 
 
 def run(ctx) -> dict:

@@ -197,3 +197,43 @@ def test_a_killed_dask_worker_loses_no_image(tmp_path):
     assert len(done) == len(ids)
     assert sorted(store.ids(), key=int) == ids
     assert all(int(store.read(i)[0, 0]) == int(i) for i in ids)
+
+
+def test_images_of_one_size_go_through_the_network_together_as_if_alone():
+    """A GPU's batched inference (``workers.gpu_batch``) gives each image the maps and predictions it gets alone."""
+    from stages.eval_segmentation import batch_probs, multiscale_probs
+    from stages.make_seeds import batch_cams, image_cams
+    from tests.test_models import _tiny_specs
+    torch.manual_seed(0)
+    cam = _tiny_specs()["vit_cam_classifier"].build().eval()
+    seg = _tiny_specs()["afa_mit"].build().eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 56, 3)).astype(np.uint8) for _ in range(3)]
+    classes = [[1, 5], [], [20]]
+    together = batch_cams(cam, images, classes, [1.0, 0.5], True)
+    for im, c, t in zip(images, classes, together):
+        np.testing.assert_allclose(t, image_cams(cam, im, c, [1.0, 0.5], True), atol=1e-5)
+    probs = batch_probs(seg, images, [1.0, 0.75], True)
+    for im, p in zip(images, probs):
+        np.testing.assert_allclose(p, multiscale_probs(seg, im, [1.0, 0.75], True), atol=1e-5)
+
+
+class Batched:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, i):
+        return self.batch([i])[0]
+
+    def batch(self, ids):
+        self.calls.append(list(ids))
+        return [int(i) for i in ids]
+
+
+def test_a_pool_with_a_batch_hands_the_ids_over_in_chunks():
+    from pipeline.parallel import ImagePool, map_images
+    fn = Batched()
+    assert sorted(map_images(fn, [str(i) for i in range(7)], ImagePool(batch=3), "x")) == list(range(7))
+    assert fn.calls == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
+    fn = Batched()
+    assert sorted(map_images(fn, ["0", "1"], ImagePool(batch=1), "x")) == [0, 1] and fn.calls == [["0"], ["1"]]
