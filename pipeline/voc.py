@@ -3,13 +3,24 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pipeline.errors import UserError
+
+@lru_cache(maxsize=16)
+def decoded_rgb(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    """The decoded RGB pixels of the image file ``path`` (keyed by its modification time and size, so a replaced
+    file is decoded again), kept for the next calls: a per-image stage that labels one image by several routes,
+    or scores and refines it, decodes it once. Read-only, as it is shared."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    arr.flags.writeable = False
+    return arr
+
 
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -70,11 +81,11 @@ class VOCFolder:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
 
     def image(self, image_id: str) -> np.ndarray:
-        """H×W×3 uint8 RGB."""
+        """H×W×3 uint8 RGB (read-only: the last images decoded in this process are kept, ``decoded_rgb``)."""
         p = self.image_path(image_id)
         try:
-            with Image.open(p) as im:
-                return np.asarray(im.convert("RGB"))
+            st = p.stat()
+            return decoded_rgb(str(p), st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             raise UserError(f"image {p} is missing: remove {image_id!r} from its split list or add the image") from None
         except OSError as e:
