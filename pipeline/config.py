@@ -91,7 +91,6 @@ class TrainConfig(Section):
     checkpoint_every: int = 100
     log_every: int = 10
     threads: int = 0  # torch threads; 0 = all cores
-    loader_workers: int = Field(0, ge=0)  # processes decoding and augmenting batches (DataLoader num_workers)
 
 
 class CamConfig(Section):
@@ -142,6 +141,7 @@ class WorkersConfig(Section):
     address: str | None = None  # the dask scheduler (tcp://host:8786); null: a local cluster of `processes` workers
     processes: int = Field(2, ge=1)  # local pool size (and the local dask cluster's workers) for CPU-bound images
     gpu_batch: int = Field(8, ge=1)  # images of one size per forward pass of a network's inference on a GPU
+    loader_workers: int = Field(0, ge=0)  # processes that decode and augment every training stage's batches
 
 
 class SegmentationConfig(Section):
@@ -233,7 +233,7 @@ register_section("pseudo", PseudoConfig, profiles={
     # the papers label by their method's route whatever it scores
     "paper": {"bkg_threshold": 0.45, "refine": ["par", "crf"], "guard": False, "par": {"num_iter": 10}},
 })
-register_section("workers", WorkersConfig, profiles={"paper": {"processes": 8}})
+register_section("workers", WorkersConfig, profiles={"paper": {"processes": 8, "loader_workers": 8}})
 #: the profiles' overrides of the base keys (the sections declare their own)
 BASE_PROFILES: dict[str, dict] = {"paper": {"amp": "bf16"}}
 #: the smoke profile's schedule of every training stage: a few steps, frequent checkpoints

@@ -46,13 +46,14 @@ class TrainJob:
     meta: dict
     desc: str
     seed: int
+    loader_workers: int = 0
 
 
 def train_job(job: TrainJob, runtime: Runtime) -> dict:
     """Build the network and train it in this process (one rank of a process group, or alone)."""
     torch.manual_seed(job.seed)
     model = job.build()
-    return train(model, job.dataset, job.loss, job.cfg, job.out_dir, job.meta, job.desc, runtime)
+    return train(model, job.dataset, job.loss, job.cfg, job.out_dir, job.meta, job.desc, runtime, job.loader_workers)
 
 
 def _free_port() -> int:

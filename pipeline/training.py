@@ -100,7 +100,8 @@ def _mean_over_processes(values: dict[str, float], world: int) -> dict[str, floa
 
 
 def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable[[torch.nn.Module, tuple, int], dict],
-          cfg: TrainConfig, out_dir: Path, meta: dict, desc: str, runtime: Runtime = Runtime()) -> dict:
+          cfg: TrainConfig, out_dir: Path, meta: dict, desc: str, runtime: Runtime = Runtime(),
+          loader_workers: int = 0) -> dict:
     """Run (or continue) training; returns the final logged losses (averaged over processes).
 
     ``loss_fn(model, batch, step)`` returns a dict of scalar tensors with a ``loss`` entry (``step``
@@ -113,6 +114,7 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
     gradient scaling). In process ``rank`` of ``world`` (a process group set up by ``pipeline.distributed``)
     the step's global batch is split over the processes (``rank_samples``), the gradients are averaged by
     DistributedDataParallel, and rank 0 alone writes checkpoints, the log and the weights.
+    ``loader_workers`` processes prepare the batches (each sample is the same whoever prepares it).
     """
     rank, world = runtime.rank, runtime.world
     lead = rank == 0
@@ -141,13 +143,15 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
     step_fn: torch.nn.Module = LossStep(model, loss_fn)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
+        if runtime.on_gpu:  # batch statistics over the global batch, as in one process (SyncBatchNorm: CUDA only)
+            step_fn = torch.nn.SyncBatchNorm.convert_sync_batchnorm(step_fn)
         # some losses leave heads unused for their first steps (AFA's warm-up): those stay without gradient
         step_fn = DistributedDataParallel(step_fn, device_ids=[runtime.torch_device.index] if runtime.on_gpu else None,
                                           find_unused_parameters=True)
     loader = DataLoader(dataset, batch_size=cfg.batch_size // world,
                         sampler=rank_samples(start, cfg.steps, cfg.batch_size, rank, world),
-                        num_workers=cfg.loader_workers, persistent_workers=False, pin_memory=runtime.on_gpu,
-                        prefetch_factor=4 if cfg.loader_workers else None,
+                        num_workers=loader_workers, persistent_workers=False, pin_memory=runtime.on_gpu,
+                        prefetch_factor=4 if loader_workers else None,
                         # its own generator: the loader must not draw from the global RNG that the
                         # checkpoint restores, or a resumed run's dropout would shift
                         generator=torch.Generator().manual_seed(dataset.seed))

@@ -35,7 +35,8 @@ def run_training(ctx: StageContext, spec: ModelSpec, samples: Callable[[int, np.
     torch.manual_seed(seed)
     loss = make_loss(spec.build())
     job = TrainJob(spec.build, StepIndexedDataset(n_items, samples, seed), loss, tcfg, ctx.dir,
-                   {"key": ctx.key, "stage": ctx.stage.name, "model": spec.to_json()}, ctx.stage.name, seed)
+                   {"key": ctx.key, "stage": ctx.stage.name, "model": spec.to_json()}, ctx.stage.name, seed,
+                   ctx.config.workers.loader_workers)
     last = run_training_job(job, Runtime.from_config(ctx.config), ctx.config.devices)
     return {"steps": tcfg.steps, "images": n_items, **{f"final_{k}": round(v, 5) for k, v in last.items()}}
 

@@ -237,3 +237,14 @@ def test_a_pool_with_a_batch_hands_the_ids_over_in_chunks():
     assert fn.calls == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
     fn = Batched()
     assert sorted(map_images(fn, ["0", "1"], ImagePool(batch=1), "x")) == [0, 1] and fn.calls == [["0"], ["1"]]
+
+
+def test_loader_workers_prepare_the_same_batches(tmp_path, synthetic_root):
+    from pipeline.runs import run_stage
+    from stages.train_classifier import TRAIN_CLASSIFIER
+    runs = [_classifier_run(tmp_path / f"l{n}", synthetic_root, ["train_classifier.steps=6", f"workers.loader_workers={n}"])
+            for n in (0, 2)]
+    for r in runs:
+        run_stage(r, TRAIN_CLASSIFIER)
+    a, b = (_losses(r.dir) for r in runs)
+    assert [x["loss"] for x in a] == [x["loss"] for x in b]
