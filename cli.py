@@ -109,6 +109,8 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
     from pipeline.runs import Run
     from pipeline.runtime import check_runtime
     runtime = check_runtime(cfg)  # before anything is written
+    from pipeline.parallel import check_executor
+    check_executor(cfg.workers)
     from pipeline import distributed
     if distributed.join_launched_group(runtime) and distributed.launched_world()[0] > 0:
         distributed.follow(runtime)  # under torchrun: rank 0 runs the flow, this rank trains its share

@@ -1,9 +1,10 @@
 """Throughput of the scale knobs on this machine; prints two tables.
 
-    python bench/bench_scale.py OUT [--images 200] [--steps 40]
+    python bench/bench_scale.py OUT [--images 100] [--size 320 480] [--steps 40] [--skip images|training]
 
 1. Per-image stages, images/s: the smoke ``cam_voc`` flow's per-image stages (seeds, threshold sweep, pseudo
-   labels, their scoring, segmentation predictions) redone over ``--images`` training images with a local
+   labels, their scoring, segmentation predictions) redone over ``--images`` training images of about VOC's size
+   (``--size``; and 30 val images) with a local
    pool and with a local Dask cluster, at 1 and 2 processes (the trained networks are reused: the executor
    is in no key). The label stores of every variant are checked equal to the first one's.
 2. Training, steps/s: the default profile's classifier for ``--steps`` steps in 1 and 2 DDP processes (Gloo),
@@ -40,8 +41,9 @@ def records(run: Path) -> dict[str, dict]:
             if (d / "record.json").is_file()}
 
 
-def per_image(out: Path, n_images: int) -> list[tuple]:
-    data = [f"data.synthetic.train={n_images}", "data.synthetic.val=60"]
+def per_image(out: Path, n_images: int, size: tuple[int, int]) -> list[tuple]:
+    data = [f"data.synthetic.train={n_images}", "data.synthetic.val=30", f"data.synthetic.min_size={size[0]}",
+            f"data.synthetic.max_size={size[1]}"]
     base = out / "base"
     if not (base / "stages/eval_segmentation/record.json").is_file():
         cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", str(base), *sum((["--set", s] for s in data), []))
@@ -98,8 +100,9 @@ def training(out: Path, steps: int) -> list[tuple]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
-    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--size", type=int, nargs=2, default=(320, 480), help="synthetic image sides (VOC: ~375×500)")
     ap.add_argument("--skip", choices=["images", "training"], default=None)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ def main() -> None:
     if args.skip != "images":
         print("| executor | processes | " + " | ".join(PER_IMAGE) + " | wall s | stores |")
         print("|---|---|" + "---|" * len(PER_IMAGE) + "---|---|")
-        for ex, n, *ips, wall, same in per_image(args.out, args.images):
+        for ex, n, *ips, wall, same in per_image(args.out, args.images, tuple(args.size)):
             print(f"| {ex} | {n} | " + " | ".join(f"{v:.1f}" for v in ips) + f" | {wall:.0f} | {same} |", flush=True)
     if args.skip != "training":
         print("\n| DDP processes | loader workers | steps/s | wall s | last loss |")

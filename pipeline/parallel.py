@@ -87,19 +87,27 @@ def dask_client(address: str | None, processes: int):
     """A ``dask.distributed`` client of the scheduler at ``address`` (or of a local cluster), one per process."""
     key = address or f"local:{processes}"
     if key not in _CLIENTS:
-        try:
-            from dask.distributed import Client, LocalCluster
-        except ImportError:
-            from pipeline.errors import UserError
-            raise UserError("workers.executor=dask needs dask.distributed: pip install 'wsss-pipeline[dask]'") from None
+        from dask.distributed import Client, LocalCluster
         if address:
-            client = Client(address, timeout="30s")
+            try:
+                client = Client(address, timeout="10s")
+            except OSError as e:
+                from pipeline.errors import UserError
+                raise UserError(f"workers.address={address}: no Dask scheduler answers ({type(e).__name__}): start one "
+                                "(`dask scheduler`) or set workers.address=null for a local cluster") from None
         else:
             cluster = LocalCluster(n_workers=processes, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)
         _CLIENTS[key] = client
         atexit.register(close_dask_clients)
     return _CLIENTS[key]
+
+
+def check_executor(workers: Any) -> None:
+    """Before any stage: a ``workers.address`` must reach a Dask scheduler (one ``UserError`` line if not), not
+    hours later at the first per-image stage. The client is kept for the stages."""
+    if workers.executor == "dask" and workers.address:
+        dask_client(workers.address, workers.processes)
 
 
 def close_dask_clients() -> None:

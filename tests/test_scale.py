@@ -35,7 +35,7 @@ def test_cuda_without_a_gpu_is_one_line_before_any_stage(tmp_path):
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "device=cuda" in lines[0] and "no CUDA GPU" in lines[0], r.stderr
-    assert not (tmp_path / "run" / "stages").exists()  # no stage started
+    assert not (tmp_path / "run").exists()  # checked before anything is written
     r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", tmp_path / "run2", "--set", "device=gpu")
     assert r.returncode != 0 and "config key 'device'" in r.stderr and "cuda:N" in r.stderr
 
@@ -248,3 +248,12 @@ def test_loader_workers_prepare_the_same_batches(tmp_path, synthetic_root):
         run_stage(r, TRAIN_CLASSIFIER)
     a, b = (_losses(r.dir) for r in runs)
     assert [x["loss"] for x in a] == [x["loss"] for x in b]
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line_before_any_stage(tmp_path):
+    r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", tmp_path / "run", "--set", "workers.executor=dask",
+            "--set", "workers.address=tcp://127.0.0.1:9")
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "workers.address=tcp://127.0.0.1:9: no Dask scheduler answers" in lines[0]
+    assert not (tmp_path / "run").exists()  # nothing written

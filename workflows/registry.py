@@ -10,6 +10,7 @@ from prefect import flow as prefect_flow
 from pipeline.config import RunConfigBase, resolve_config
 from pipeline.errors import UserError
 from pipeline.runs import Run
+from pipeline.parallel import check_executor
 from pipeline.runtime import check_runtime
 from pipeline.stage import Stage
 from workflows.tasks import as_task
@@ -51,7 +52,9 @@ def define_flow(name: str, stages: list[Stage], description: str, defaults: dict
 
     @prefect_flow(name=name, description=description)
     def run_flow(run_dir: str) -> None:
-        check_runtime(Run.open(run_dir).config)  # a missing GPU fails here, before any stage
+        config = Run.open(run_dir).config
+        check_runtime(config)  # a missing GPU or Dask scheduler fails here, before any stage
+        check_executor(config.workers)
         for t in tasks:
             t(run_dir)
 
