@@ -130,8 +130,7 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
         if failed is None:
             raise
         raise Failure(f"stage {failed[0]} failed: {failed[1]} (details in {run_dir}/stages/{failed[0]}/record.json)") from e
-    finally:
-        distributed.end_followers()
+    distributed.end_followers()
     _print_table(run, spec, per_class=False)
 
 

@@ -32,6 +32,8 @@ from pipeline.training import StepIndexedDataset, train
 
 #: how long a torchrun follower waits for rank 0's next job (rank 0 runs the per-image stages meanwhile)
 FOLLOW_TIMEOUT = timedelta(days=7)
+#: the torchrun ranks' group for the jobs (Gloo, CPU objects, FOLLOW_TIMEOUT); training uses the default group
+_CONTROL: dict[str, Any] = {}
 
 
 @dataclass
@@ -70,11 +72,10 @@ def _die_with_parent() -> None:
         pass
 
 
-def _init_group(runtime: Runtime, timeout: timedelta | None = None) -> None:
+def _init_group(runtime: Runtime) -> None:
     if runtime.on_gpu:
         torch.cuda.set_device(runtime.torch_device)
-    dist.init_process_group("nccl" if runtime.on_gpu else "gloo", rank=runtime.rank, world_size=runtime.world,
-                            **({"timeout": timeout} if timeout else {}))
+    dist.init_process_group("nccl" if runtime.on_gpu else "gloo", rank=runtime.rank, world_size=runtime.world)
 
 
 def _rank_main(rank: int, packed: Portable, world: int, port: int, runtime: Runtime, threads: int) -> None:
@@ -92,8 +93,8 @@ def _rank_main(rank: int, packed: Portable, world: int, port: int, runtime: Runt
 
 def run_training_job(job: TrainJob, runtime: Runtime, devices: int) -> dict:
     """Train ``job`` in ``devices`` processes (or, under torchrun, with the followers); returns the final losses."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:  # under torchrun: lead the ranks
-        dist.broadcast_object_list([Portable(job)], src=0)
+    if _CONTROL:  # under torchrun: lead the ranks
+        dist.broadcast_object_list([Portable(job)], src=0, group=_CONTROL["group"])
         return train_job(job, runtime.for_rank(dist.get_rank(), dist.get_world_size()))
     if devices <= 1:
         return train_job(job, runtime)
@@ -118,7 +119,8 @@ def join_launched_group(runtime: Runtime) -> bool:
         return False
     local = int(os.environ.get("LOCAL_RANK", rank))
     rt = Runtime(f"cuda:{local}" if runtime.on_gpu else runtime.device, runtime.amp, rank, world)
-    _init_group(rt, FOLLOW_TIMEOUT)
+    _init_group(rt)
+    _CONTROL["group"] = dist.new_group(backend="gloo", timeout=FOLLOW_TIMEOUT)
     return True
 
 
@@ -129,13 +131,14 @@ def follow(runtime: Runtime) -> None:
     rt = Runtime(f"cuda:{local}" if runtime.on_gpu else runtime.device, runtime.amp, rank, world)
     while True:
         box: list[Any] = [None]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=_CONTROL["group"])
         if box[0] is None:
             return
         train_job(box[0].unpack(), rt)
 
 
 def end_followers() -> None:
-    """Rank 0 under torchrun, when the flow ends (done or failed): release the followers."""
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() == 0:
-        dist.broadcast_object_list([None], src=0)
+    """Rank 0 under torchrun, when the flow has ended: release the followers. (A rank 0 that fails exits
+    non-zero instead, and torchrun stops the other ranks.)"""
+    if _CONTROL and dist.get_rank() == 0:
+        dist.broadcast_object_list([None], src=0, group=_CONTROL["group"])

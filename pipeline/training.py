@@ -89,14 +89,16 @@ def rank_samples(start: int, steps: int, batch_size: int, rank: int, world: int)
     return [s * batch_size + rank * per + j for s in range(start, steps) for j in range(per)]
 
 
-def _mean_over_processes(values: dict[str, float], world: int) -> dict[str, float]:
-    if world == 1 or not values:
-        return values
-    import torch.distributed as dist
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: float(v) / world for k, v in zip(keys, t)}
+def _mean_over_processes(sums: dict[str, torch.Tensor], n: int, world: int) -> dict[str, float]:
+    """The logged losses: each summed over ``n`` steps (tensors on the training device, read once per log line,
+    not once per step), averaged over the steps and over the ``world`` processes."""
+    keys = sorted(sums)
+    t = torch.stack([sums[k] for k in keys]) / n
+    if world > 1:
+        import torch.distributed as dist
+        dist.all_reduce(t)  # on the device: NCCL reduces GPU tensors, Gloo CPU ones
+        t = t / world
+    return dict(zip(keys, t.tolist()))
 
 
 def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable[[torch.nn.Module, tuple, int], dict],
@@ -157,7 +159,7 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
                         generator=torch.Generator().manual_seed(dataset.seed))
     last: dict = {}
     t0 = time.time()
-    running: dict[str, float] = {}
+    running: dict[str, torch.Tensor] = {}
     with progress_bar(desc, total=cfg.steps, completed=start, enabled=lead) as advance, \
             open(log_path, "a") if lead else contextlib.nullcontext() as log:
         for step, batch in enumerate(loader, start=start):
@@ -172,12 +174,12 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
             scaler.step(opt)
             scaler.update()
             for k, v in losses.items():
-                running[k] = running.get(k, 0.0) + float(v.detach())
+                running[k] = running[k] + v.detach().double() if k in running else v.detach().double()
             advance()
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 n = cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every
-                last = _mean_over_processes({k: v / n for k, v in running.items()}, world)
+                last = _mean_over_processes(running, n, world)
                 running = {}
                 if lead:
                     log.write(json.dumps({"step": done, "lr": lr, "seconds": round(time.time() - t0, 2), **last}) + "\n")

@@ -15,9 +15,9 @@ from pipeline.config import TrainConfig
 from pipeline.distributed import TrainJob, run_training_job
 from pipeline.errors import UserError
 from pipeline.parallel import ImagePool, map_images
+from pipeline.runtime import Runtime, resolve_device
 from pipeline.stage import StageContext
 from pipeline.store import open_for_stage
-from pipeline.runtime import Runtime, resolve_device
 from pipeline.training import StepIndexedDataset
 
 

@@ -23,10 +23,10 @@ from safetensors.torch import save as safetensors_bytes
 
 from models import ModelSpec
 from models.standins import STANDINS
-from pipeline.runtime import Runtime
 from pipeline.checkpoint import MODEL_FILE, save_weights
 from pipeline.config import TrainConfig
 from pipeline.corpus import CORPUS_CLASSES, corpus_image
+from pipeline.runtime import Runtime
 from pipeline.stage import Stage
 from pipeline.transforms import normalise, train_transform
 from stages.common import load_trained, run_training

@@ -21,6 +21,7 @@ from models.pairs import pair_offsets
 from pipeline.checkpoint import MODEL_FILE
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
+from pipeline.runtime import resolve_device
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
 from pipeline.transforms import train_transform
@@ -44,7 +45,7 @@ class ConfidentLabelWorker:
         seeds = LabelStore(self.seeds)
         image = VOCFolder(self.root).image(image_id)
         label = make_pseudo_label(image, seeds.read(image_id), seeds.read_attrs(image_id)["classes"], a.bkg_band[1],
-                                  a.bkg_band, a.label_refine, p.par, p.crf)
+                                  a.bkg_band, a.label_refine, p.par, p.crf, device=str(resolve_device(self.config.device)))
         LabelStore(self.out).write(image_id, label)
 
 
@@ -93,7 +94,7 @@ def run(ctx) -> dict:
     seeds = label_seeds(ctx)
     ds = ctx.dataset(cfg.data.label_split)
     labels, _ = fill_store(ctx, AFFINITY_LABELS, {"kind": "labels"}, seeds.ids(),
-                           lambda out: ConfidentLabelWorker(cfg, ds.root, seeds.path, out), image_pool(ctx))
+                           lambda out: ConfidentLabelWorker(cfg, ds.root, seeds.path, out), image_pool(ctx, torch_refine=True))
     quality = evaluate_labels(ds, labels, image_pool(ctx), "affinity_labels")
     ids = labels.ids()
     metrics = run_training(ctx, affinity_spec(a), AffinitySamples(ds.root, ids, labels.path, a.train), len(ids),

@@ -257,3 +257,23 @@ def test_a_scheduler_that_does_not_answer_is_one_line_before_any_stage(tmp_path)
     assert r.returncode != 0 and len(lines) == 1, r.stderr
     assert "workers.address=tcp://127.0.0.1:9: no Dask scheduler answers" in lines[0]
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_under_torchrun_rank_0_runs_the_flow_and_the_ranks_train_together(tmp_path, env):
+    """``torchrun --nproc_per_node 2 cli.py run-flow ...``: one flow (one table, one set of records), every training
+    stage in both processes (the losses of the 1-process run), the other rank released at the end."""
+    sets = ["--set", "data.max_images=12", "--set", "train_classifier.steps=12", "--set", "segmentation.train.steps=8",
+            "--set", "train_classifier.log_every=2"]
+    one = tmp_path / "one"
+    r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", one, *sets, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = tmp_path / "two"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29561", str(ROOT / "cli.py"),
+                        "run-flow", "cam_voc", "--profile", "smoke", "--run-dir", str(two), *sets],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("summary:") == 1  # one rank ran the flow
+    a, b = _losses(one), _losses(two)
+    assert [x["step"] for x in a] == [x["step"] for x in b]
+    assert np.allclose([x["loss"] for x in a], [x["loss"] for x in b], rtol=1e-4, atol=1e-5)

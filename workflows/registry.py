@@ -9,8 +9,8 @@ from prefect import flow as prefect_flow
 
 from pipeline.config import RunConfigBase, resolve_config
 from pipeline.errors import UserError
-from pipeline.runs import Run
 from pipeline.parallel import check_executor
+from pipeline.runs import Run
 from pipeline.runtime import check_runtime
 from pipeline.stage import Stage
 from workflows.tasks import as_task
