@@ -101,6 +101,18 @@ def _mean_over_processes(sums: dict[str, torch.Tensor], n: int, world: int) -> d
     return dict(zip(keys, t.tolist()))
 
 
+def _log_step(line: str) -> float:
+    """The step of a ``log.jsonl`` line; infinity for a line that is not a whole JSON object (torn by a kill).
+
+    >>> _log_step('{"step": 20, "loss": 0.5}'), _log_step('{"step": 30, "lo')
+    (20, inf)
+    """
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable[[torch.nn.Module, tuple, int], dict],
           cfg: TrainConfig, out_dir: Path, meta: dict, desc: str, runtime: Runtime = Runtime(),
           loader_workers: int = 0) -> dict:
@@ -138,8 +150,8 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
             start = load_train_state(ckpt, model, opt, scaler)["step"]
     if lead and start == 0:
         log_path.unlink(missing_ok=True)
-    elif lead:  # keep the log lines up to the checkpoint
-        lines = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start] if log_path.is_file() else []
+    elif lead:  # keep the log lines up to the checkpoint (a line torn by a kill mid-write is dropped)
+        lines = [ln for ln in log_path.read_text().splitlines() if _log_step(ln) <= start] if log_path.is_file() else []
         log_path.write_text("".join(ln + "\n" for ln in lines))
     model.train()
     step_fn: torch.nn.Module = LossStep(model, loss_fn)

@@ -34,7 +34,7 @@ def _loss(model, batch, step=0):
     return {"loss": ((model(x) - y) ** 2).mean()}
 
 
-def _train(out, steps_stop=None):
+def _train(out, steps_stop=None, torn_line=""):
     torch.manual_seed(0)
     model = Tiny()
     cfg = TrainConfig(steps=12, batch_size=3, lr=1e-2, warmup_steps=2, checkpoint_every=4, log_every=2)
@@ -57,6 +57,8 @@ def _train(out, steps_stop=None):
             pass
         finally:
             tr.save_train_state = orig
+        with open(out / "log.jsonl", "a") as f:
+            f.write(torn_line)
         torch.manual_seed(123)  # a fresh process would not share the RNG
         model = Tiny()
     train(model, ds, _loss, cfg, out, {"key": "k"}, "t")
@@ -79,3 +81,14 @@ def test_weights_sidecar_and_no_pickle(tmp_path):
     state, meta = load_weights(tmp_path / "w.safetensors")
     assert meta["step"] == 3 and torch.equal(state["a"], torch.ones(2))
     assert (tmp_path / "w.safetensors").read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
+
+
+def test_resume_drops_a_log_line_torn_by_a_kill(tmp_path):
+    """A kill in the middle of writing log.jsonl leaves half a line: the resumed run keeps the whole lines up to
+    its checkpoint and goes on (it used to stop on the torn line)."""
+    straight = _train(tmp_path / "a")
+    resumed = _train(tmp_path / "b", steps_stop=8, torn_line='{"step": 10, "lo')
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k])
+    log = [json.loads(ln)["step"] for ln in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert log == [2, 4, 6, 8, 10, 12]
