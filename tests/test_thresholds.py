@@ -2,6 +2,7 @@
 import numpy as np
 
 from pipeline.store import LabelStore
+from pipeline.parallel import ImagePool
 from stages.evaluate import otsu_threshold
 
 
@@ -31,12 +32,12 @@ def test_otsu_threshold_of_the_top_scores_matches_brute_force(tmp_path):
         maps[int(i % 2), 5:12, 8:20] = np.clip(rng.normal(0.75, 0.08, (7, 12)), 0, 1)  # an activated object
         store.write(f"im{i}", maps.astype(np.float16), {"classes": [3, 5]})
         tops.append(maps.astype(np.float16).astype(np.float32).max(0).ravel())
-    t = otsu_threshold(store, store.ids(), workers=1, bins=64)
+    t = otsu_threshold(store, store.ids(), ImagePool(), bins=64)
     assert abs(t - _brute_otsu(np.concatenate(tops), 64)) < 1e-9
     assert 0.3 < t < 0.6  # between the two modes
     empty = LabelStore(tmp_path / "e.zarr")
     empty.write("flat", np.full((1, 4, 4), 0.2, np.float16), {"classes": [1]})
-    assert otsu_threshold(empty, empty.ids(), workers=1) == 0.5  # one occupied bin: no split to find
+    assert otsu_threshold(empty, empty.ids(), ImagePool()) == 0.5  # one occupied bin: no split to find
 
 
 def test_threshold_labels_are_the_argmax_with_a_background_score():
@@ -61,7 +62,7 @@ def test_sweep_keeps_every_threshold_apart(synthetic_root, tmp_path):
     for i in ds.ids[:3]:
         h, w = ds.mask(i).shape
         store.write(i, rng.uniform(0, 0.01, (1, h, w)).astype(np.float16), {"classes": [1]})
-    out = evaluate_sweep(ds, store, [0.001, 0.002, 0.005, 0.075], workers=1)
+    out = evaluate_sweep(ds, store, [0.001, 0.002, 0.005, 0.075], ImagePool())
     assert list(out["sweep"]) == ["0.001", "0.002", "0.005", "0.075"]
 
 
