@@ -122,7 +122,7 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
     if not click.get_current_context().find_root().params.get("debug"):
         _quiet_prefect_tracebacks()
     try:
-        spec.flow(run_dir=str(run_dir))
+        spec.flow(run_dir=str(run_dir.resolve()))  # absolute: a Dask worker elsewhere reads the same paths
     except UserError:
         raise
     except Exception as e:

@@ -64,8 +64,9 @@ class TokenGrid:
     def __call__(self, x: torch.Tensor) -> tuple[int, int]:
         size = tuple(x.shape[-2:])
         if size not in self.sizes:
+            p = next(self.patch_embed.parameters())  # the probe where the embedding is (x may be a CPU probe)
             with torch.no_grad():
-                self.patch_embed(x.new_zeros(1, x.shape[1], *size))
+                self.patch_embed(torch.zeros(1, x.shape[1], *size, device=p.device, dtype=p.dtype))
         return self.sizes[size]
 
     @property

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from pipeline.parallel import Portable
 from pipeline.runtime import Runtime, launched_world
-from pipeline.training import StepIndexedDataset, train
+from pipeline.training import StepIndexedDataset, check_batch_split, train
 
 #: how long a torchrun follower waits for rank 0's next job (rank 0 runs the per-image stages meanwhile)
 FOLLOW_TIMEOUT = timedelta(days=7)
@@ -94,17 +94,12 @@ def _rank_main(rank: int, packed: Portable, world: int, port: int, runtime: Runt
 def run_training_job(job: TrainJob, runtime: Runtime, devices: int) -> dict:
     """Train ``job`` in ``devices`` processes (or, under torchrun, with the followers); returns the final losses."""
     if _CONTROL:  # under torchrun: lead the ranks
+        check_batch_split(job.cfg.batch_size, dist.get_world_size(), job.desc)  # here, not in every rank
         dist.broadcast_object_list([Portable(job)], src=0, group=_CONTROL["group"])
         return train_job(job, runtime.for_rank(dist.get_rank(), dist.get_world_size()))
     if devices <= 1:
         return train_job(job, runtime)
-    if job.cfg.batch_size % devices:
-        from pipeline.errors import UserError
-        raise UserError(f"batch_size={job.cfg.batch_size} of {job.desc} does not split over devices={devices} "
-                        "processes: use a batch size divisible by devices")
-    if runtime.on_gpu and torch.cuda.device_count() < devices:
-        from pipeline.errors import UserError
-        raise UserError(f"devices={devices} but this machine has {torch.cuda.device_count()} GPU(s)")
+    check_batch_split(job.cfg.batch_size, devices, job.desc)
     threads = job.cfg.threads or max(1, torch.get_num_threads() // devices)
     torch.multiprocessing.start_processes(_rank_main, args=(Portable(job), devices, _free_port(), runtime, threads),
                                           nprocs=devices, join=True, start_method="spawn")

@@ -40,6 +40,7 @@ class ImagePool:
     address: str | None = None  # dask scheduler; None: a local cluster
     processes: int = 1  # local pool size / local cluster size
     batch: int = 1  # ids per call of ``fn.batch`` where the function has one (a network's inference on a GPU)
+    start: str = "fork"  # how a local pool starts its processes: spawn where CUDA is in use (it does not survive fork)
 
     @classmethod
     def of(cls, workers: Any) -> "ImagePool":
@@ -47,9 +48,9 @@ class ImagePool:
         return cls(workers.executor, workers.address, workers.processes)
 
     def in_process(self) -> "ImagePool":
-        """This pool for work that must stay in this process when local (a network that uses every core or a GPU);
-        a Dask cluster keeps its workers."""
-        return self if self.executor == "dask" else replace(self, processes=1)
+        """This pool for work that stays in this process unless a remote cluster takes it (a network: it uses every
+        core or the GPU; a local Dask cluster's workers on this machine would each load it onto the same GPU)."""
+        return self if self.executor == "dask" and self.address else replace(self, executor="local", processes=1)
 
 
 class Portable:
@@ -95,6 +96,12 @@ def dask_client(address: str | None, processes: int):
                 from pipeline.errors import UserError
                 raise UserError(f"workers.address={address}: no Dask scheduler answers ({type(e).__name__}): start one "
                                 "(`dask scheduler`) or set workers.address=null for a local cluster") from None
+            threaded = [a for a, w in client.scheduler_info()["workers"].items() if w.get("nthreads", 1) > 1]
+            if threaded:  # a worker's tasks share its process's model (recorded attention) and caches: one at a time
+                client.close()
+                from pipeline.errors import UserError
+                raise UserError(f"workers.address={address}: worker {threaded[0]} runs several threads; start the "
+                                "workers with `dask worker ADDRESS --nthreads 1` (one process per core or GPU)")
         else:
             import dask
             # Dask's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers: glibc then hands every large
@@ -162,15 +169,16 @@ def map_images(fn: Callable[[str], Any], ids: list[str], pool: ImagePool, desc: 
                 yield fn(i)
                 advance()
             return
-        pool = mp.get_context("fork").Pool(min(workers, len(ids)), initializer=_init_worker)
+        procs = mp.get_context(pool.start).Pool(min(workers, len(ids)), initializer=_init_worker)
+        task = Portable(fn) if pool.start == "spawn" else fn  # a spawned process imports what a forked one inherits
         try:
-            for out in pool.imap_unordered(fn, ids, chunksize=max(1, min(16, len(ids) // (4 * workers)))):
+            for out in procs.imap_unordered(task, ids, chunksize=max(1, min(16, len(ids) // (4 * workers)))):
                 yield out
                 advance()
-            pool.close()
+            procs.close()
         finally:
-            pool.terminate() if pool._state != "CLOSE" else None
-            pool.join()
+            procs.terminate() if procs._state != "CLOSE" else None
+            procs.join()
 
 
 def sum_arrays(items: Iterable[Any]):

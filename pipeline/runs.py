@@ -52,8 +52,11 @@ class Run:
         d = Path(run_dir)
         if not (d / "config.yaml").is_file():
             raise UserError(f"{d} is not a run folder (no config.yaml): give the --run-dir of a run-flow call")
+        raw = yaml.safe_load((d / "config.yaml").read_text())
+        if isinstance(raw, dict) and "workers" in (raw.get("pseudo") or {}):  # before the workers section
+            raw.setdefault("workers", {})["processes"] = raw["pseudo"].pop("workers")
         try:
-            config = validate_config(yaml.safe_load((d / "config.yaml").read_text()))
+            config = validate_config(raw)
         except UserError as e:
             raise UserError(f"{d / 'config.yaml'}: {e} (a run folder of an older version or another project: "
                             "run the flow in a new --run-dir)") from None
@@ -66,7 +69,7 @@ class Run:
         if d.root is None:
             s = d.synthetic
             return embedded_dataset(s.train, s.val, s.seed, s.min_size, s.max_size, s.style)
-        return find_voc_root(Path(d.root))
+        return find_voc_root(Path(d.root).resolve())  # absolute: per-image workers may run in another directory
 
     def dataset(self, split: str) -> VOCDataset:
         return VOCDataset(self.voc_root, split, self.config.data.max_images)

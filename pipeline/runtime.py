@@ -74,16 +74,19 @@ class Runtime:
         return self.torch_device.type == "cuda"
 
     def for_rank(self, rank: int, world: int) -> "Runtime":
-        """This runtime in process ``rank`` of ``world``: on a GPU each process takes the GPU of its rank."""
-        dev = f"cuda:{rank}" if self.on_gpu and world > 1 else self.device
+        """This runtime in process ``rank`` of ``world``: on GPUs process r takes the r-th GPU from the chosen one
+        (``device: cuda:2``, ``devices: 2`` → cuda:2 and cuda:3)."""
+        dev = f"cuda:{(self.torch_device.index or 0) + rank}" if self.on_gpu and world > 1 else self.device
         return replace(self, device=dev, rank=rank, world=world)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for a forward pass (and its loss), or nothing when ``amp`` is off."""
         if self.amp == "off":
             return contextlib.nullcontext()
-        if self.amp == "bf16" and self.on_gpu and not torch.cuda.is_bf16_supported():
-            raise UserError(f"amp=bf16 but {torch.cuda.get_device_name(self.torch_device)} has no bf16: use --set amp=fp16")
+        if self.amp == "bf16" and self.on_gpu and torch.cuda.get_device_capability(self.torch_device)[0] < 8:
+            # before Ampere bf16 is only emulated (is_bf16_supported() says yes on a V100): refuse it
+            raise UserError(f"amp=bf16 but {torch.cuda.get_device_name(self.torch_device)} has no bf16 units: "
+                            "use --set amp=fp16")
         return torch.autocast(self.torch_device.type, dtype=AMP_DTYPES[self.amp])
 
     def grad_scaler(self) -> torch.amp.GradScaler:
@@ -107,8 +110,9 @@ def check_runtime(config: Any) -> Runtime:
     rt = Runtime.from_config(config)
     with rt.autocast():  # refuses bf16 on a GPU without it
         pass
-    if rt.on_gpu and config.devices > torch.cuda.device_count():
-        raise UserError(f"devices={config.devices} but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if rt.on_gpu and (rt.torch_device.index or 0) + config.devices > torch.cuda.device_count():
+        raise UserError(f"device={config.device} with devices={config.devices} needs GPUs this machine does not have "
+                        f"({torch.cuda.device_count()}: cuda:0..cuda:{torch.cuda.device_count() - 1})")
     return rt
 
 

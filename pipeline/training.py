@@ -89,6 +89,23 @@ def rank_samples(start: int, steps: int, batch_size: int, rank: int, world: int)
     return [s * batch_size + rank * per + j for s in range(start, steps) for j in range(per)]
 
 
+def first_of_global_batch(x: torch.Tensor) -> torch.Tensor:
+    """``x[:1]`` of the step's global batch: in DDP every process gets rank 0's first entry (its own first is
+    another sample's), alone it is ``x[:1]``. For what a step draws once for its whole batch (ACR's view)."""
+    first = x[:1].clone()
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(first, src=0)
+    return first
+
+
+def check_batch_split(batch_size: int, world: int, desc: str) -> None:
+    """Refuse a global batch that ``world`` processes cannot share equally (one line naming the stage)."""
+    if batch_size % world:
+        raise UserError(f"batch_size={batch_size} of {desc} does not split over devices={world} processes: "
+                        "use a batch size divisible by devices")
+
+
 def _mean_over_processes(sums: dict[str, torch.Tensor], n: int, world: int) -> dict[str, float]:
     """The logged losses: each summed over ``n`` steps (tensors on the training device, read once per log line,
     not once per step), averaged over the steps and over the ``world`` processes."""
@@ -132,9 +149,7 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
     """
     rank, world = runtime.rank, runtime.world
     lead = rank == 0
-    if cfg.batch_size % world:
-        raise UserError(f"batch_size={cfg.batch_size} of {desc} does not split over devices={world} processes: "
-                        "use a batch size divisible by devices")
+    check_batch_split(cfg.batch_size, world, desc)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -153,12 +168,15 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
     elif lead:  # keep the log lines up to the checkpoint (a line torn by a kill mid-write is dropped)
         lines = [ln for ln in log_path.read_text().splitlines() if _log_step(ln) <= start] if log_path.is_file() else []
         log_path.write_text("".join(ln + "\n" for ln in lines))
+    if world > 1:  # each process its own dropout masks (the same in every rank otherwise), reproducible on resume
+        torch.manual_seed(int(np.random.default_rng([dataset.seed, 3, rank, start]).integers(1 << 62)))
     model.train()
     step_fn: torch.nn.Module = LossStep(model, loss_fn)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         if runtime.on_gpu:  # batch statistics over the global batch, as in one process (SyncBatchNorm: CUDA only)
-            step_fn = torch.nn.SyncBatchNorm.convert_sync_batchnorm(step_fn)
+            from timm.layers import convert_sync_batchnorm  # keeps the activation of timm's BatchNormAct2d
+            step_fn = convert_sync_batchnorm(step_fn)
         # some losses leave heads unused for their first steps (AFA's warm-up): those stay without gradient
         step_fn = DistributedDataParallel(step_fn, device_ids=[runtime.torch_device.index] if runtime.on_gpu else None,
                                           find_unused_parameters=True)

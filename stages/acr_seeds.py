@@ -8,6 +8,7 @@ maps of the same pass also go to ``seeds_unrefined.zarr`` (ACR*, the labels of t
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def image_acr_seeds(model, image: np.ndarray, classes: list[int], scales: list[f
         empty = np.zeros((0, *image.shape[:2]), np.float32)
         return empty, empty
     idx = [c - 1 for c in classes]
-    with runtime.autocast():
+    # fp16 gradients without loss scaling can underflow: ACR's gradient seeds run in float32 then (bf16 keeps them)
+    with runtime.autocast() if runtime.amp != "fp16" else contextlib.nullcontext():
         both = multiscale_maps(lambda b: torch.cat(acr_seed_maps(model, b, idx, layers, aff_layers), 1),
                                runtime.to(normalise(image)), scales, flip)
     k = len(classes)

@@ -32,6 +32,9 @@ def run_training(ctx: StageContext, spec: ModelSpec, samples: Callable[[int, np.
     The spec goes into the weights' sidecar, so later stages rebuild the network with ``trained_model``.
     """
     seed = ctx.config.seed
+    _TRAINED.clear()  # an earlier stage's inference network leaves the GPU to the training
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     torch.manual_seed(seed)
     loss = make_loss(spec.build())
     job = TrainJob(spec.build, StepIndexedDataset(n_items, samples, seed), loss, tcfg, ctx.dir,
@@ -86,19 +89,19 @@ def labels_to_onehot_classes(label_vec: np.ndarray) -> list[int]:
     return [int(c) + 1 for c in np.nonzero(label_vec)[0]]
 
 
-def image_pool(ctx: StageContext, network: bool = False, torch_refine: bool = False) -> ImagePool:
+def image_pool(ctx: StageContext, network: bool = False) -> ImagePool:
     """Where the stage's per-image work runs (the ``workers`` section).
 
-    On a local pool, a ``network``'s inference stays in this process (it uses every core, or the GPU: there it takes
-    ``workers.gpu_batch`` images of one size per forward pass), and so
-    does ``torch_refine``-ment (PAR, random walk) when the device is a GPU (forked workers cannot share it);
-    other work goes to the pool's processes. A Dask cluster runs all of it on its workers.
+    A ``network``'s inference stays in this process unless a remote Dask cluster takes it (it uses every core, or
+    the GPU: there it takes ``workers.gpu_batch`` images of one size per forward pass). Other work (refinement,
+    scoring) goes to the pool's processes or the cluster; where the device is a GPU the local pool's processes
+    are spawned, not forked (CUDA, in use here, does not survive a fork), and run their torch refinement (PAR)
+    on the GPU while the dense CRF runs on their CPU cores.
     """
     pool = ImagePool.of(ctx.config.workers)
-    on_gpu = resolve_device(ctx.config.device).type != "cpu"
-    if network and on_gpu:  # a GPU takes several images per forward pass (workers that have a ``batch`` method)
-        pool = replace(pool, batch=ctx.config.workers.gpu_batch)
-    return pool.in_process() if network or (torch_refine and on_gpu) else pool
+    if resolve_device(ctx.config.device).type != "cpu":
+        pool = replace(pool, start="spawn", batch=ctx.config.workers.gpu_batch if network else 1)
+    return pool.in_process() if network else pool
 
 
 def same_size_groups(images: dict[str, np.ndarray]) -> list[list[str]]:

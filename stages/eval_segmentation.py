@@ -77,7 +77,8 @@ class PredictWorker:
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.dataset(cfg.segmentation.eval_split)
-    # inference uses torch's threads (or the GPU) in one process; CRF alone gains from a pool
+    # inference uses torch's threads (or the GPU) in one process; with the CRF, the pool's processes run the
+    # network (one torch thread each, or spawned beside the GPU) and the CRF
     store, _ = fill_store(ctx, PREDICTIONS, {"kind": "labels"}, ds.ids,
                           lambda out: PredictWorker(cfg, ctx.input("model"), ds.root, out),
                           image_pool(ctx, network=not cfg.segmentation.eval_crf))

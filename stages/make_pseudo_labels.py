@@ -217,7 +217,7 @@ def guarded_route(ctx, routes: list[Route], maps: LabelStore) -> tuple[Route, di
     ids = scored_ids(ds, maps, score_ids(ctx))
     if not ids:
         return routes[0], {"route": routes[0].name, "guard": "no scored image has a mask to compare routes on"}
-    conf = sum_arrays(map_images(RouteScores(ds.root, [r.labeler for r in routes]), ids, image_pool(ctx, torch_refine=True),
+    conf = sum_arrays(map_images(RouteScores(ds.root, [r.labeler for r in routes]), ids, image_pool(ctx),
                                  f"{ctx.stage.name} guard"))
     mious = [score_report(c)["miou"] for c in conf]
     mious = [None if m is None or np.isnan(m) else round(float(m), 5) for m in mious]
@@ -258,7 +258,7 @@ def write_route(ctx, route: Route, guard: dict, ids: list[str]) -> dict:
     guard's metrics); returns the stage's metrics."""
     store, done = fill_store(ctx, PSEUDO_LABELS, {"kind": "labels", "route": route.name, "refine": route.refine,
                                                   "threshold": route.threshold, "guard_metrics": guard, **route.attrs},
-                             ids, lambda out: WriteLabels(route.labeler, out), image_pool(ctx, torch_refine=True))
+                             ids, lambda out: WriteLabels(route.labeler, out), image_pool(ctx))
     return {"images": len(store), "resumed_from": done, "threshold": route.threshold,
             "threshold_from": route.threshold_from, **route.attrs, **guard}
 

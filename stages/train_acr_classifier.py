@@ -15,6 +15,7 @@ from models.token_views import sample_view
 from pipeline.checkpoint import MODEL_FILE
 from pipeline.errors import UserError
 from pipeline.stage import Stage
+from pipeline.training import first_of_global_batch
 from stages.common import check_layers, run_training
 from stages.train_classifier import CLASSIFIER_READS, classifier_samples
 
@@ -29,7 +30,9 @@ class ACRLoss:
     def __call__(self, model: torch.nn.Module, batch, step: int = 0) -> dict:
         images, labels, seeds = batch
         c = self.cfg
-        view = sample_view(view_seed(seeds), c.transforms, c.resize_range, self.crop_size, model.patch_size)
+        # one view for the step's global batch, whichever process holds which slice of it
+        view = sample_view(view_seed(first_of_global_batch(seeds)), c.transforms, c.resize_range, self.crop_size,
+                           model.patch_size)
         on = consistency_weight(step, c.start_step, c.ramp_steps)
         return acr_losses(model, images, labels, view, c.alpha * on, c.beta * on, c.layers)
 

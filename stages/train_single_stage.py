@@ -92,11 +92,13 @@ class AFALoss:
             train_seg = step >= c.aff_warmup_steps
             rgb = to_rgb(images)
             present = PresentClasses.from_labels(labels)
-            with torch.no_grad():
-                cams = present.gather(normalise_batch_cams(out.cam.detach()))
+            # the labels in float32 outside any autocast (amp), as at inference: the thresholds and the walk's
+            # matrix powers are not to be rounded to bf16/fp16
+            with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+                cams = present.gather(normalise_batch_cams(out.cam.detach().float()))
                 affinities: list[torch.Tensor | None] = [None]
                 if train_seg and c.affinity:
-                    affinities.append(torch.sigmoid(out.aff.detach()))
+                    affinities.append(torch.sigmoid(out.aff.detach().float()))
                 found = self.labels(rgb, cams, present, valid, affinities)
             cam_labels, seg_labels = found[0], found[-1]
             if c.affinity:

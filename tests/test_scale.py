@@ -280,3 +280,32 @@ def test_under_torchrun_rank_0_runs_the_flow_and_the_ranks_train_together(tmp_pa
     a, b = _losses(one), _losses(two)
     assert [x["step"] for x in a] == [x["step"] for x in b]
     assert np.allclose([x["loss"] for x in a], [x["loss"] for x in b], rtol=1e-4, atol=1e-5)
+
+
+def test_a_spawned_pool_writes_what_a_forked_one_does(tmp_path):
+    """On a GPU the local pool's processes are spawned (CUDA does not survive a fork): same labels."""
+    from pipeline.parallel import ImagePool, map_images
+    from pipeline.store import open_for_stage
+    from stages.make_pseudo_labels import WriteLabels
+    ids = [str(i) for i in range(6)]
+    for start in ("fork", "spawn"):
+        store = open_for_stage(tmp_path / f"{start}.zarr", "k", {})
+        list(map_images(WriteLabels(SlowLabel(), store.path), ids, ImagePool(processes=2, start=start), start))
+        assert sorted(store.ids(), key=int) == ids and all(int(store.read(i)[0, 0]) == int(i) for i in ids)
+
+
+def test_acr_under_ddp_draws_one_view_for_the_global_batch(tmp_path, synthetic_root):
+    """ACR's consistency view is drawn once per step from the global batch's first sample: 2 Gloo processes give
+    the 1-process losses (each process's own first sample would give each its own view)."""
+    from pipeline.runs import Run, run_stage
+    from workflows import get_flow
+    flow = get_flow("acr_voc")
+    stage = next(s for s in flow.stages if s.name == "train_classifier")
+    sets = ["train_classifier.steps=6", "train_classifier.log_every=1", "train_classifier.warmup_steps=1",
+            "acr.start_step=0", "acr.ramp_steps=1", "data.max_images=12"]
+    runs = [Run.create(tmp_path / f"d{n}", flow.resolve("smoke", [*sets, f"devices={n}"], str(synthetic_root)))
+            for n in (1, 2)]
+    for r in runs:
+        run_stage(r, stage)
+    a, b = (_losses(r.dir) for r in runs)
+    assert len(a) == 6 and np.allclose([x["loss"] for x in a], [x["loss"] for x in b], rtol=1e-4, atol=1e-5), (a, b)

@@ -1,8 +1,8 @@
 """The background threshold by rule: Otsu without masks, checked against a brute-force Otsu."""
 import numpy as np
 
-from pipeline.store import LabelStore
 from pipeline.parallel import ImagePool
+from pipeline.store import LabelStore
 from stages.evaluate import otsu_threshold
 
 
