@@ -111,3 +111,16 @@ def test_afa_profiles_and_table2_switches():
         theirs = afa(profile)
         assert mine.afa == theirs.afa and mine.pseudo == theirs.pseudo and mine.cam == theirs.cam
     assert multistage["default"].segmentation.train.steps == 600
+
+
+def test_a_run_folder_from_before_the_workers_section_still_opens(tmp_path):
+    """``pseudo.workers`` became ``workers.processes``: an older run folder opens (inspect, resume) with it moved."""
+    import yaml
+
+    from pipeline.runs import Run
+    from workflows import get_flow
+    cfg = get_flow("cam_voc").resolve("smoke").model_dump(mode="json")
+    cfg["pseudo"]["workers"] = 3
+    del cfg["workers"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert Run.open(tmp_path).config.workers.processes == 3
