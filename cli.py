@@ -113,7 +113,7 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
     check_executor(cfg.workers)
     from pipeline import distributed
     if distributed.join_launched_group(runtime) and distributed.launched_world()[0] > 0:
-        distributed.follow(runtime)  # under torchrun: rank 0 runs the flow, this rank trains its share
+        distributed.follow()  # under torchrun: rank 0 runs the flow, this rank trains its share
         return
     run_dir = Path(run_dir or f"runs/{name}-{profile}")
     run = Run.create(run_dir, cfg, command=shlex.join(["python", "cli.py", *sys.argv[1:]]))

@@ -32,7 +32,8 @@ from pipeline.training import StepIndexedDataset, check_batch_split, train
 
 #: how long a torchrun follower waits for rank 0's next job (rank 0 runs the per-image stages meanwhile)
 FOLLOW_TIMEOUT = timedelta(days=7)
-#: the torchrun ranks' group for the jobs (Gloo, CPU objects, FOLLOW_TIMEOUT); training uses the default group
+#: under torchrun: the ranks' group for the jobs (Gloo, CPU objects, FOLLOW_TIMEOUT; training uses the default
+#: group) and this rank's runtime (its local GPU)
 _CONTROL: dict[str, Any] = {}
 
 
@@ -96,7 +97,7 @@ def run_training_job(job: TrainJob, runtime: Runtime, devices: int) -> dict:
     if _CONTROL:  # under torchrun: lead the ranks
         check_batch_split(job.cfg.batch_size, dist.get_world_size(), job.desc)  # here, not in every rank
         dist.broadcast_object_list([Portable(job)], src=0, group=_CONTROL["group"])
-        return train_job(job, runtime.for_rank(dist.get_rank(), dist.get_world_size()))
+        return train_job(job, _CONTROL["runtime"])
     if devices <= 1:
         return train_job(job, runtime)
     check_batch_split(job.cfg.batch_size, devices, job.desc)
@@ -115,21 +116,18 @@ def join_launched_group(runtime: Runtime) -> bool:
     local = int(os.environ.get("LOCAL_RANK", rank))
     rt = Runtime(f"cuda:{local}" if runtime.on_gpu else runtime.device, runtime.amp, rank, world)
     _init_group(rt)
-    _CONTROL["group"] = dist.new_group(backend="gloo", timeout=FOLLOW_TIMEOUT)
+    _CONTROL.update(group=dist.new_group(backend="gloo", timeout=FOLLOW_TIMEOUT), runtime=rt)
     return True
 
 
-def follow(runtime: Runtime) -> None:
+def follow() -> None:
     """A torchrun rank > 0: train every job that rank 0 broadcasts, until it broadcasts the end (None)."""
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local = int(os.environ.get("LOCAL_RANK", rank))
-    rt = Runtime(f"cuda:{local}" if runtime.on_gpu else runtime.device, runtime.amp, rank, world)
     while True:
         box: list[Any] = [None]
         dist.broadcast_object_list(box, src=0, group=_CONTROL["group"])
         if box[0] is None:
             return
-        train_job(box[0].unpack(), rt)
+        train_job(box[0].unpack(), _CONTROL["runtime"])
 
 
 def end_followers() -> None:

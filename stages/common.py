@@ -36,7 +36,7 @@ def run_training(ctx: StageContext, spec: ModelSpec, samples: Callable[[int, np.
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     torch.manual_seed(seed)
-    loss = make_loss(spec.build())
+    loss = make_loss(spec.for_inference().build())  # checks the architecture; the job builds (and loads) the weights
     job = TrainJob(spec.build, StepIndexedDataset(n_items, samples, seed), loss, tcfg, ctx.dir,
                    {"key": ctx.key, "stage": ctx.stage.name, "model": spec.to_json()}, ctx.stage.name, seed,
                    ctx.config.workers.loader_workers)
