@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.apro import global_propagation, local_propagation  # noqa: E402
+from models.apro import global_propagation, local_propagation  # noqa: E402
 from stages.crf import dense_crf  # noqa: E402
 from stages.random_walk import propagate  # noqa: E402
 from stages.refine import par  # noqa: E402
@@ -45,8 +45,9 @@ def main() -> None:
         ("par (3 classes, 10 iter)", f"{h}x{w}", timeit(lambda: par(img_t, torch.from_numpy(probs)[None]))),
         ("dense_crf (3 classes, 10 iter)", f"{h}x{w}", timeit(lambda: dense_crf(img, probs))),
         ("random_walk.propagate (beta 2, log_t 3)", f"N={n}", timeit(lambda: propagate(torch.rand(3, n), torch.rand(n, n), 2.0, 3))),
-        ("apro.local_propagation (20 iter)", f"{h}x{w}", timeit(lambda: local_propagation(img / 255.0, probs), 1)),
-        ("apro.global_propagation", f"{h}x{w}", timeit(lambda: global_propagation(img / 255.0, probs, 0.3), 1)),
+        ("apro.local_propagation (3 classes, 20 iter)", f"{h}x{w}",
+         timeit(lambda: local_propagation(img_t / 255.0, torch.from_numpy(probs)[None]), 1)),
+        ("apro.global_propagation (3 classes)", f"{h}x{w}", timeit(lambda: global_propagation(img / 255.0, probs, 0.3), 1)),
     ]
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"{'primitive':42s} {'size':>12s} {'seconds':>9s}")

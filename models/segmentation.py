@@ -51,6 +51,13 @@ class SegmentationNet(nn.Module):
         logits = self.head(self.backbone(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits at the input's size (as ``forward``) and the backbone's deepest features (B×D×h×w), the
+        high-level features APro's GP propagates over."""
+        feats = self.backbone(x)
+        logits = F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, feats[-1]
+
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 

@@ -64,6 +64,15 @@ class SyntheticConfig(Section):
     max_size: int = 144
 
 
+class SparseConfig(Section):
+    """Points or scribbles (``pipeline/sparse.py``) for the flows that learn from them."""
+
+    kind: Literal["scribble", "point"] = "scribble"
+    # files or folders (ScribbleSup XML folder/zip, label-PNG folder; What's the Point JSONs); empty: the standard
+    # names in the VOC root (the synthetic data writes its own there)
+    paths: list[str] = []
+
+
 class DataConfig(Section):
     root: str | None = None  # None: the embedded synthetic dataset
     synthetic: SyntheticConfig = SyntheticConfig()
@@ -72,6 +81,7 @@ class DataConfig(Section):
     val_split: str = "val"
     score_split: str | None = None  # score seeds/pseudo labels only on this split's images (paper: train)
     max_images: int | None = None  # cap on every split (for quick looks at a large dataset)
+    sparse: SparseConfig = SparseConfig()
 
 
 class TrainConfig(Section):

@@ -23,7 +23,10 @@ at scales no class uses, 1–4 objects spanning about 15–70% of the image side
 and a 2-pixel void band.
 
 The result is written in VOC layout (JPEGImages, SegmentationClass palette PNGs, Annotations XML,
-ImageSets/Segmentation/{train,train_aug,val}.txt) and is deterministic given its parameters.
+ImageSets/Segmentation/{train,train_aug,val}.txt) and is deterministic given its parameters. The training
+images also get **sparse annotations** in the field's files (``sparse_annotations``): scribbles in
+``voc_scribbles.zip`` (ScribbleSup XML), clicks in ``voc_whats_the_point.json`` and background clicks in
+``voc_whats_the_point_bg_from_scribbles.json``, so the sparse flows run on it and read those formats every run.
 """
 from __future__ import annotations
 
@@ -32,11 +35,18 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy.ndimage import binary_erosion
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import dijkstra
+from skimage.measure import label as connected_components
+from skimage.morphology import disk, skeletonize
 
+from pipeline.sparse import STANDARD_FILES, Shape, scribble_xml
 from pipeline.voc import CLASS_NAMES, IGNORE_INDEX, save_label_png
 
 #: VOC class indices used by the synthetic data, with their shape and part colour.
@@ -51,6 +61,8 @@ BODY_COLOURS = np.array(
 GENERATOR_VERSION = 3
 #: style b's own version (style a's cache keys predate the styles and stay as they were)
 STYLE_B_VERSION = 2
+#: the sparse annotations' version (written beside the images; a change rewrites only them)
+SPARSE_VERSION = 2
 
 
 def _shape_mask(shape: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -268,6 +280,102 @@ def _annotation_xml(image_id: str, h: int, w: int, classes: list[int]) -> str:
             f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>{objs}</annotation>")
 
 
+def _longest_skeleton_path(region: np.ndarray) -> np.ndarray:
+    """The (y, x) pixels, in order, of the longest geodesic path along the skeleton of a boolean ``region``
+    (8-connected; two Dijkstra passes: the farthest pixel from any, then the farthest from that)."""
+    sk = skeletonize(region)
+    ys, xs = np.nonzero(sk)
+    if len(ys) < 2:
+        return np.stack([ys, xs], 1)
+    idx = -np.ones(region.shape, np.int64)
+    idx[ys, xs] = np.arange(len(ys))
+    src, dst, wts = [], [], []
+    h, w = region.shape
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        a = idx[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+        b = idx[max(0, dy):max(0, dy) + a.shape[0], max(0, dx):max(0, dx) + a.shape[1]]
+        ok = (a >= 0) & (b >= 0)
+        src.append(a[ok]), dst.append(b[ok]), wts.append(np.full(ok.sum(), np.hypot(dy, dx)))
+    graph = coo_matrix((np.concatenate(wts), (np.concatenate(src), np.concatenate(dst))), shape=(len(ys),) * 2).tocsr()
+    d0 = dijkstra(graph, directed=False, indices=0)
+    start = int(np.argmax(np.where(np.isfinite(d0), d0, -1)))
+    d1, pred = dijkstra(graph, directed=False, indices=start, return_predecessors=True)
+    node, path = int(np.argmax(np.where(np.isfinite(d1), d1, -1))), []
+    while node >= 0:
+        path.append(node)
+        node = int(pred[node])
+    return np.stack([ys[path], xs[path]], 1)
+
+
+def _polyline(path: np.ndarray, keep: float, step: int) -> list[tuple[float, float]]:
+    """The middle ``keep`` fraction of a pixel path, every ``step``-th pixel (ends kept), as (x, y) points."""
+    n = len(path)
+    cut = int(n * (1 - keep) / 2)
+    part = path[cut:n - cut] if n - 2 * cut >= 2 else path
+    picks = sorted(set(range(0, len(part), step)) | {len(part) - 1})
+    return [(float(part[i, 1]), float(part[i, 0])) for i in picks]
+
+
+def sparse_annotations(label: np.ndarray, rng: np.random.Generator) -> tuple[list[Shape], list[Shape], list[Shape]]:
+    """Scribbles, object clicks and background clicks for a ground-truth ``label``, as annotators draw them.
+
+    Each object (a connected region of one class, at least 40 pixels) gets a scribble along the middle 80% of
+    the longest path on the skeleton of its interior (eroded by a 5×5 square: the 3-pixel line and the dots PIL
+    draws at its points stay within 2 pixels of them, so every labelled pixel lies on the object) and
+    one click (a second with probability 0.3) at random interior pixels; the background gets a scribble through
+    each of its two largest interior regions, and one or two background clicks on those scribbles.
+    """
+    scribbles: list[Shape] = []
+    clicks: list[Shape] = []
+    for cls in [c for c in np.unique(label) if 0 < c < IGNORE_INDEX]:
+        comps = connected_components(label == cls, connectivity=1)
+        for k in range(1, comps.max() + 1):
+            inner = binary_erosion(comps == k, np.ones((5, 5), bool))
+            if (comps == k).sum() < 40 or not inner.any():
+                continue
+            path = _longest_skeleton_path(inner)
+            if len(path):
+                scribbles.append((int(cls), _polyline(path, 0.8, 3)))
+            ys, xs = np.nonzero(inner)
+            for j in rng.choice(len(ys), size=min(len(ys), 1 + int(rng.random() < 0.3)), replace=False):
+                clicks.append((int(cls), [(float(xs[j]), float(ys[j]))]))
+    bg = connected_components(binary_erosion(label == 0, disk(3).astype(bool)), connectivity=1)
+    sizes = np.bincount(bg.ravel())[1:]
+    bg_clicks: list[Shape] = []
+    for k in np.argsort(-sizes)[:2] + 1:
+        if sizes[k - 1] < 40:
+            continue
+        path = _longest_skeleton_path(bg == k)
+        if len(path) < 2:
+            continue
+        line = _polyline(path, 0.9, 3)
+        scribbles.insert(0, (0, line))
+        bg_clicks.append((0, [line[int(rng.integers(len(line)))]]))
+    return scribbles, clicks, bg_clicks
+
+
+def write_sparse(voc_root: Path, ids: list[str], seed: int) -> None:
+    """The sparse annotations of ``ids`` (``sparse_annotations`` of their masks, image i's drawn from
+    ``default_rng([seed, 7, i])``) into the VOC root's standard files, each written whole and renamed into place."""
+    root = Path(voc_root)
+    zip_name, (points_name, bg_name) = STANDARD_FILES["scribble"][1], STANDARD_FILES["point"]
+    points: dict[str, list] = {}
+    bg_points: dict[str, list] = {}
+    tmp_zip = root / f".{zip_name}.tmp"
+    with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
+        for i, image_id in enumerate(ids):
+            with Image.open(root / "SegmentationClass" / f"{image_id}.png") as im:
+                label = np.asarray(im)
+            scribbles, clicks, bg = sparse_annotations(label, np.random.default_rng([seed, 7, i]))
+            z.writestr(f"{image_id}.xml", scribble_xml(image_id, *label.shape, scribbles))
+            points[image_id] = [{"cls": c, "x": int(p[0][0]), "y": int(p[0][1]), "rank": 1} for c, p in clicks]
+            bg_points[image_id] = [{"cls": 0, "x": int(p[0][0]), "y": int(p[0][1]), "rank": 1} for _, p in bg]
+    for name, data in ((points_name, points), (bg_name, bg_points)):
+        (root / f".{name}.tmp").write_text(json.dumps(data))
+    for name in (zip_name, points_name, bg_name):
+        os.replace(root / f".{name}.tmp", root / name)
+
+
 def make_synthetic(out_dir: Path, n_train: int = 200, n_val: int = 60, seed: int = 0,
                    min_size: int = 96, max_size: int = 144, style: str = "a") -> Path:
     """Write the synthetic dataset of ``style`` (``a`` or ``b``, module docstring) in VOC layout under
@@ -285,8 +393,16 @@ def make_synthetic(out_dir: Path, n_train: int = 200, n_val: int = 60, seed: int
     if style != "a":  # style a's marker (and cache key) predate the styles
         params.update(style=style, style_version=STYLE_B_VERSION)
     marker = root / "synthetic.json"
-    if marker.is_file() and json.loads(marker.read_text()) == params:
-        return root
+    if marker.is_file():
+        have = json.loads(marker.read_text())
+        if have == {**params, "sparse": SPARSE_VERSION}:
+            return root
+        if {k: v for k, v in have.items() if k != "sparse"} == params:  # the images as they are; new sparse files
+            train = (root / "ImageSets/Segmentation/train.txt").read_text().split()
+            write_sparse(root, train, seed)
+            (root / ".synthetic.json.tmp").write_text(json.dumps({**params, "sparse": SPARSE_VERSION}))
+            os.replace(root / ".synthetic.json.tmp", marker)
+            return root
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=out_dir))
     vr = tmp / "VOC2012"
@@ -307,7 +423,8 @@ def make_synthetic(out_dir: Path, n_train: int = 200, n_val: int = 60, seed: int
     lists["train_aug"] = lists["train"]
     for split, ids in lists.items():
         (vr / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    (vr / "synthetic.json").write_text(json.dumps(params))
+    write_sparse(vr, lists["train"], seed)
+    (vr / "synthetic.json").write_text(json.dumps({**params, "sparse": SPARSE_VERSION}))
     if root.exists():
         shutil.rmtree(root)
     os.replace(vr, root)

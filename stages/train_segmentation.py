@@ -58,9 +58,12 @@ def run(ctx) -> dict:
     return {**metrics, "labels": source}
 
 
+#: what a segmentation network's training reads (its architecture, schedule and data)
+SEGMENTATION_READS = ("amp", "segmentation.backbone", "segmentation.channels", "segmentation.pretrained", "segmentation.weights",
+                      "segmentation.head", "segmentation.output_stride", "segmentation.train", "seed", "data.train_split",
+                      "data.max_images")
+
 TRAIN_SEGMENTATION = Stage(
-    "train_segmentation", run,
-    reads=("amp", "segmentation.backbone", "segmentation.channels", "segmentation.pretrained", "segmentation.weights", "segmentation.head",
-           "segmentation.output_stride", "segmentation.train", "seed", "data.train_split", "data.max_images"),
+    "train_segmentation", run, reads=SEGMENTATION_READS,
     writes=(MODEL_FILE,), optional=("labels",),
     description="segmentation network on stored labels (or, unwired, on ground-truth masks)")

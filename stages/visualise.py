@@ -13,6 +13,7 @@ from stages.eval_segmentation import PREDICTIONS
 from stages.labels import threshold_labels
 from stages.make_pseudo_labels import PSEUDO_LABELS
 from stages.make_seeds import SEEDS
+from stages.sparse_labels import SPARSE_LABELS
 
 
 def _seed_label(store: LabelStore, image_id: str, threshold: float) -> np.ndarray:
@@ -34,7 +35,9 @@ def draw_run(run, stage: str, out: Path, num: int) -> None:
     else:
         seeds = run.stage_dir("make_seeds") / SEEDS
         pseudo = run.stage_dir("make_pseudo_labels") / PSEUDO_LABELS
-        split, columns = cfg.data.label_split, [("seed", seeds), ("pseudo label", pseudo)]
+        sparse = run.stage_dir("sparse_labels") / SPARSE_LABELS
+        first = ("sparse label", sparse) if (sparse / "zarr.json").is_file() else ("seed", seeds)  # points/scribbles
+        split, columns = cfg.data.label_split, [first, ("pseudo label", pseudo)]
     columns = [(t, LabelStore(p)) for t, p in columns if (p / "zarr.json").is_file()]
     if not columns:
         raise UserError(f"stage {stage} has stored nothing yet in {run.dir}: run the flow first")

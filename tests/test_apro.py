@@ -2,7 +2,10 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
-from stages.apro import global_propagation, grid_edges, local_propagation
+import torch
+
+from models.apro import global_propagation, grid_edges, local_propagation, tree_propagation
+from tests.reference_apro import global_propagation_python
 
 
 def _minimax_brute(guide):
@@ -57,5 +60,115 @@ def test_local_propagation_brute_force():
                 ws = np.array(ws) / np.sum(ws)
                 new[:, i, j] = (ws[:, None] * np.array(vs)).sum(0)
         y = new
-    out = local_propagation(img, v, zeta=zeta, num_iter=2, kernel_size=k)
+    out = local_propagation(torch.tensor(img).permute(2, 0, 1)[None], torch.tensor(v)[None], zeta=zeta, num_iter=2, kernel_size=k)[0].numpy()
     np.testing.assert_allclose(out, y, atol=1e-5)
+
+
+def test_global_propagation_matches_the_python_union_find_within_1e9():
+    rng = np.random.default_rng(3)
+    g = rng.random((40, 33, 3))
+    v = rng.random((4, 40, 33))
+    np.testing.assert_allclose(global_propagation(g, v, 0.2), global_propagation_python(g, v, 0.2), rtol=0, atol=1e-9)
+
+
+def test_feature_pass_is_gp_over_the_image_tree_reweighted_by_the_features():
+    """GP on the features runs over the image's MST (not the features' own): brute-force minimax on that tree."""
+    rng = np.random.default_rng(4)
+    g, f = rng.random((5, 4, 3)), rng.random((5, 4, 2))
+    v = rng.random((2, 5, 4))
+    a, b, w = grid_edges(g)
+    _, tree = tree_propagation(a, b, w, v.reshape(2, -1).T, 0.3)
+    assert tree.sum() == 19  # a spanning tree of 20 pixels
+    fa, fb, fw = grid_edges(f)
+    n = 20
+    adj = {i: [] for i in range(n)}
+    for i, j, x in zip(fa[tree], fb[tree], fw[tree]):
+        adj[i].append((j, x))
+        adj[j].append((i, x))
+    C = np.zeros((n, n))
+    for s in range(n):
+        stack, seen = [(s, 0.0)], {s}
+        while stack:
+            u, m = stack.pop()
+            C[s, u] = m
+            for t_, x in adj[u]:
+                if t_ not in seen:
+                    seen.add(t_)
+                    stack.append((t_, max(m, x)))
+    first = global_propagation(g, v, 0.3).reshape(2, -1)
+    W = np.exp(-C / 0.7**2)
+    ref = (first @ W.T) / W.sum(1)
+    out = global_propagation(g, v, 0.3, features=f, zeta_f=0.7)
+    np.testing.assert_allclose(out.reshape(2, -1), ref, atol=1e-10)
+
+
+def _tiny_net_and_batch():
+    from models.segmentation import segmentation_net
+    torch.manual_seed(0)
+    net = segmentation_net(backbone="resnet18", channels=[8, 8, 8, 8], weights=None).eval()
+    images = torch.randn(2, 3, 24, 28)
+    labels = torch.full((2, 24, 28), 255, dtype=torch.long)
+    labels[0, 3:6, 4:9] = 12
+    labels[1, 10:12, :] = 0
+    return net, images, labels
+
+
+def _apro_cfg(**kw):
+    from models.apro import AProConfig
+    return AProConfig(**{"num_iter": 3, **kw})
+
+
+def test_apro_without_propagation_is_the_partial_cross_entropy_baseline():
+    from models.apro import AProLoss
+    from stages.train_segmentation import segmentation_loss
+    net, images, labels = _tiny_net_and_batch()
+    out = AProLoss(_apro_cfg(propagation="none"))(net, (images, labels))
+    torch.testing.assert_close(out["loss"], segmentation_loss(net, (images, labels))["loss"])
+    assert out["unary"].item() == 0.0
+
+
+def test_apro_unary_terms_are_l1_to_the_propagated_predictions():
+    """GP-LP-P: |P − GP(P)| + |P − LP(P)|; GP-LP-C: |P − LP(GP(P))|; LP-GP-C: |P − GP(LP(P))| (GP on image, then features)."""
+    from models.apro import AProLoss, rgb01
+    net, images, labels = _tiny_net_and_batch()
+    cfg = _apro_cfg()
+    with torch.no_grad():
+        logits, feats = net.logits_and_features(images)
+    p = logits.softmax(1).double()
+    rgb = rgb01(images)
+    f = torch.nn.functional.interpolate(feats, size=p.shape[-2:], mode="bilinear", align_corners=False)
+    fn = torch.nn.functional.normalize(f, dim=1)
+
+    def gp(v):
+        return torch.from_numpy(np.stack([global_propagation(rgb[i].permute(1, 2, 0).double().numpy(), v[i].numpy(), cfg.zeta_g,
+                                                             fn[i].permute(1, 2, 0).double().numpy(), cfg.zeta_f)
+                                          for i in range(len(v))]))
+
+    def lp(v):
+        return local_propagation(rgb, v, cfg.zeta_s, cfg.num_iter, cfg.kernel_size)
+
+    def l1(t):
+        return (p - t).abs().sum(1).mean().item()
+
+    expect = {"gp-lp-p": l1(gp(p)) + l1(lp(p)), "gp-lp-c": l1(lp(gp(p))), "lp-gp-c": l1(gp(lp(p))), "gp": l1(gp(p)),
+              "lp": l1(lp(p))}
+    for mode, value in expect.items():
+        out = AProLoss(_apro_cfg(propagation=mode))(net, (images, labels))
+        assert abs(out["unary"].item() - value) < 1e-5, (mode, out["unary"].item(), value)
+
+
+def test_apro_targets_carry_no_gradient():
+    """Y is a target: the loss's gradient equals that of CE + L1 with Y held fixed (a Y in the graph would add to it)."""
+    from models.apro import AProLoss
+    net, images, labels = _tiny_net_and_batch()
+    net.zero_grad()
+    AProLoss(_apro_cfg(propagation="lp"))(net, (images, labels))["loss"].backward()
+    g1 = net.head.branches[0].weight.grad.clone()
+    net.zero_grad()
+    logits, _ = net.logits_and_features(images)
+    p = logits.softmax(1)
+    from models.apro import rgb01
+    y = local_propagation(rgb01(images), p.detach(), 0.15, 3, 5)
+    loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255) + (p - y).abs().sum(1).mean()
+    loss.backward()
+    torch.testing.assert_close(net.head.branches[0].weight.grad, g1)

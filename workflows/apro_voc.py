@@ -1,0 +1,34 @@
+"""``apro_voc``: APro (Li et al., NeurIPS 2023) single stage on points or scribbles — the segmentation network
+trained with partial cross-entropy plus affinity propagation (GP over the image's minimum spanning tree, LP over
+windows), its GP+LP-refined predictions on ``data.label_split`` stored as pseudo labels and scored, then val.
+
+APro's parts: ``models/apro.py`` (GP, LP, the loss, the ``apro`` config section), ``stages/train_apro.py``,
+``stages/apro_pseudo_labels.py``; the sparse annotations: ``pipeline/sparse.py``, ``stages/sparse_labels.py``.
+"""
+from pipeline.checkpoint import MODEL_FILE
+from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
+from stages.eval_segmentation import EVAL_SEGMENTATION
+from stages.make_pseudo_labels import PSEUDO_LABELS
+from stages.apro_pseudo_labels import APRO_PSEUDO_LABELS
+from stages.sparse_labels import SPARSE_LABELS, SPARSE_LABELS_STAGE
+from stages.train_apro import TRAIN_APRO
+from workflows.partial_ce_voc import SPARSE_STAGES
+from workflows.registry import define_flow
+
+network = TRAIN_APRO.wire(labels=SPARSE_LABELS_STAGE.out(SPARSE_LABELS))
+PSEUDO = APRO_PSEUDO_LABELS.wire(model=network.out(MODEL_FILE))
+#: the stages up to the pseudo labels' score, shared with ``apro_voc_multistage``
+LABEL_STAGES = [*SPARSE_STAGES, network, PSEUDO, EVAL_PSEUDO_LABELS.wire(labels=PSEUDO.out(PSEUDO_LABELS))]
+OWN_BRANCH = EVAL_SEGMENTATION.wire(model=network.out(MODEL_FILE))
+PROFILE_DEFAULTS: dict[str, dict] = {
+    # the paper's WSSS setting: ResNet-101 (ImageNet), 512 crops, SGD lr 0.001 momentum 0.9 weight decay 1e-4, 80k
+    # iterations; propagation at 1/4 of the crop
+    "paper": {"segmentation": {"train": {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range": [0.5, 2.0],
+                                         "optimizer": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 1e-4,
+                                         "head_lr_mult": 10.0, "warmup_steps": 0}},
+              "apro": {"stride": 4}},
+}
+
+SPEC = define_flow("apro_voc", [*LABEL_STAGES, OWN_BRANCH],
+                   "APro on points/scribbles: segmentation + global (MST) and local affinity propagation → pseudo labels, val mIoU",
+                   {}, PROFILE_DEFAULTS)
