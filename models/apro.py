@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.segmentation import partial_cross_entropy
 from pipeline.config import Section, config_section
 from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.voc import IGNORE_INDEX
 
 Propagation = Literal["gp-lp-p", "gp-lp-c", "lp-gp-c", "gp", "lp", "none"]
 
@@ -39,8 +39,12 @@ class AProConfig(Section):
     """APro's knobs (the network and its schedule are the ``segmentation`` section's)."""
 
     propagation: Propagation = "gp-lp-p"  # Table 4 / Table 7; none: partial cross-entropy alone
-    zeta_g: float = 0.15  # GP on the image (RGB in [0, 1])
-    zeta_f: float | None = 0.5  # GP on the high-level features (L2-normalised); None: image GP only
+    # GP on the image. relative: the edge weights in units of the image's median neighbour distance (README, APro:
+    # a fixed ζ_g on RGB in [0, 1] smoothed style a into one class at 0.02 and did nothing on style b at 0.01);
+    # absolute: RGB in [0, 1] as the paper's formula has it
+    zeta_g: float = 0.4
+    gp_edges: Literal["relative", "absolute"] = "relative"
+    zeta_f: float | None = None  # GP on the high-level features (L2-normalised) after the image's; None: image GP only
     zeta_s: float = 0.15  # LP
     kernel_size: int = 5  # LP window
     num_iter: int = 20  # LP rounds
@@ -166,6 +170,19 @@ def global_propagation(guide: np.ndarray, values: np.ndarray, zeta: float, featu
     return y.T.reshape(k, h, w)
 
 
+def median_scaled(guide: np.ndarray) -> np.ndarray:
+    """``guide`` divided by √(median of its non-zero 4-neighbour edge weights), so that its edge weights are in
+    units of the image's typical neighbour distance (1 where the image has no non-zero edge). A ζ_g then means the
+    same on a noisy photograph and on a flat rendering.
+
+    >>> median_scaled(np.array([[[0.], [2.], [4.], [7.]]])).ravel().tolist()  # edge weights 4, 4, 9: median 4
+    [0.0, 1.0, 2.0, 3.5]
+    """
+    w = grid_edges(guide)[2]
+    w = w[w > 0]
+    return guide / np.sqrt(np.median(w)) if w.size else guide
+
+
 _THREADS: ThreadPoolExecutor | None = None
 
 
@@ -229,6 +246,8 @@ def soft_pseudo_labels(probs: torch.Tensor, rgb: torch.Tensor, features: torch.T
     ``gp``: [GP(P)]; ``lp``: [LP(P)]; ``gp-lp-p``: [GP(P), LP(P)]; ``gp-lp-c``: [LP(GP(P))]; ``lp-gp-c``: [GP(LP(P))]."""
     def gp(p: torch.Tensor) -> torch.Tensor:
         g = rgb.permute(0, 2, 3, 1).cpu().double().numpy()
+        if cfg.gp_edges == "relative":
+            g = np.stack([median_scaled(x) for x in g])
         f = None
         if features is not None and cfg.zeta_f is not None:
             f = F.normalize(features.float(), dim=1).permute(0, 2, 3, 1).cpu().double().numpy()
@@ -271,9 +290,7 @@ class AProLoss:
     def __call__(self, model: torch.nn.Module, batch, step: int = 0) -> dict:
         images, labels = batch
         logits, feats = model.logits_and_features(images)
-        partial = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
-        if labels.ne(IGNORE_INDEX).sum() == 0:
-            partial = logits.sum() * 0  # a batch without a labelled pixel still takes a step (of zero)
+        partial = partial_cross_entropy(logits, labels)
         probs = logits.float().softmax(1)
         rgb = rgb01(images)
         if self.cfg.stride > 1:
@@ -289,8 +306,8 @@ class AProLoss:
 
 def refine_predictions(image: np.ndarray, probs: np.ndarray, cfg: AProConfig) -> np.ndarray:
     """A stored pseudo label's refinement: the K×H×W probabilities of an H×W×3 uint8 image through GP on the image
-    (Eq. 3–4) then LP (Eq. 5–6); returns K×H×W float32."""
+    (Eq. 3–4, edges as ``gp_edges`` says) then LP (Eq. 5–6); returns K×H×W float32."""
     rgb = image.astype(np.float64) / 255.0
-    y = global_propagation(rgb, probs.astype(np.float64), cfg.zeta_g)
+    y = global_propagation(median_scaled(rgb) if cfg.gp_edges == "relative" else rgb, probs.astype(np.float64), cfg.zeta_g)
     t = torch.from_numpy(rgb.transpose(2, 0, 1)).float()[None]
     return local_propagation(t, torch.from_numpy(y).float()[None], cfg.zeta_s, cfg.num_iter, cfg.kernel_size)[0].numpy()

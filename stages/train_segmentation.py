@@ -10,15 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from models.segmentation import segmentation_spec
+from models.segmentation import partial_cross_entropy, segmentation_spec
 from pipeline.checkpoint import MODEL_FILE
 from pipeline.config import TrainConfig
 from pipeline.stage import Stage
 from pipeline.store import LabelStore
 from pipeline.transforms import train_transform
-from pipeline.voc import IGNORE_INDEX, VOCFolder
+from pipeline.voc import VOCFolder
 from stages.common import run_training
 
 
@@ -39,9 +38,9 @@ class SegmentationSamples:
 
 
 def segmentation_loss(model: torch.nn.Module, batch, step: int = 0) -> dict:
-    """Pixel-wise cross-entropy, ignoring 255."""
+    """Pixel-wise cross-entropy, ignoring 255 (``partial_cross_entropy``)."""
     images, labels = batch
-    return {"loss": F.cross_entropy(model(images), labels, ignore_index=IGNORE_INDEX)}
+    return {"loss": partial_cross_entropy(model(images), labels)}
 
 
 def run(ctx) -> dict:

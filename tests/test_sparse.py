@@ -113,3 +113,17 @@ def test_synthetic_sparse_annotations_lie_on_their_objects(synthetic_root):
             objects = set(np.unique(gt)) - {0, 255}
             if kind == "scribble":  # every class of the image has a scribble, and the background too
                 assert objects | {0} <= set(np.unique(lab[on])) | {c for c in objects if (gt == c).sum() < 60}, i
+
+
+def test_an_older_synthetic_folder_gets_its_annotations_without_new_images(tmp_path):
+    from pipeline.synthetic import make_synthetic
+    root = make_synthetic(tmp_path, n_train=3, n_val=1, seed=5, min_size=64, max_size=80)
+    marker = json.loads((root / "synthetic.json").read_text())
+    marker.pop("sparse")
+    (root / "synthetic.json").write_text(json.dumps(marker))  # as a folder written before the annotations existed
+    for name in ("voc_scribbles.zip", "voc_whats_the_point.json", "voc_whats_the_point_bg_from_scribbles.json"):
+        (root / name).unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "JPEGImages").iterdir()}
+    assert make_synthetic(tmp_path, n_train=3, n_val=1, seed=5, min_size=64, max_size=80) == root
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "JPEGImages").iterdir()} == before
+    assert read_sparse([root / "voc_scribbles.zip"], "scribble").ids() == [f"synth_train_{i:05d}" for i in range(3)]

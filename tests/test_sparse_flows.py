@@ -5,7 +5,6 @@ import subprocess
 import sys
 import zipfile
 
-import numpy as np
 import pytest
 
 from pipeline.sparse import rasterise, scribble_xml
