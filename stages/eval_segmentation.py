@@ -4,6 +4,7 @@ Predictions are stored in ``predictions.zarr`` (so ``cli.py show`` can draw them
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +50,26 @@ def multiscale_probs(model: torch.nn.Module, image: np.ndarray, scales: list[flo
 
 
 @dataclass
+class CRFRefinement:
+    """The dense CRF (``pseudo.crf``) of an image's probabilities, as a ``PredictWorker`` refinement."""
+
+    crf: ConfigView
+
+    def __call__(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        c = self.crf
+        return dense_crf(image, probs, c.n_iter, c.pos_xy_std, c.pos_w, c.bi_xy_std, c.bi_rgb_std, c.bi_w)
+
+
+@dataclass
 class PredictWorker:
+    """A segmenter's arg-max labels of images (multi-scale + flip: ``segmentation.eval_scales`` / ``eval_flip``)
+    into a label store, its probabilities first passed through ``refine`` (picklable) when given."""
+
     config: ConfigView
     model: Path  # any segmenter's weights (models.protocols.Segmenter)
     root: Path
     out: Path
+    refine: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # (uint8 image, K×H×W probs) -> probs
 
     def __call__(self, image_id: str) -> None:
         self.batch([image_id])
@@ -67,9 +83,8 @@ class PredictWorker:
         images = {i: folder.image(i) for i in image_ids}
         for group in same_size_groups(images):
             for i, probs in zip(group, batch_probs(model, [images[i] for i in group], s.eval_scales, s.eval_flip, rt)):
-                if s.eval_crf:
-                    c = self.config.pseudo.crf
-                    probs = dense_crf(images[i], probs, c.n_iter, c.pos_xy_std, c.pos_w, c.bi_xy_std, c.bi_rgb_std, c.bi_w)
+                if self.refine is not None:
+                    probs = self.refine(images[i], probs)
                 LabelStore(self.out).write(i, probs.argmax(0).astype(np.uint8))
         return [None] * len(image_ids)
 
@@ -79,9 +94,10 @@ def run(ctx) -> dict:
     ds = ctx.dataset(cfg.segmentation.eval_split)
     # inference uses torch's threads (or the GPU) in one process; with the CRF, the pool's processes run the
     # network (one torch thread each, or spawned beside the GPU) and the CRF
+    refine = CRFRefinement(cfg.pseudo.crf) if cfg.segmentation.eval_crf else None
     store, _ = fill_store(ctx, PREDICTIONS, {"kind": "labels"}, ds.ids,
-                          lambda out: PredictWorker(cfg, ctx.input("model"), ds.root, out),
-                          image_pool(ctx, network=not cfg.segmentation.eval_crf))
+                          lambda out: PredictWorker(cfg, ctx.input("model"), ds.root, out, refine),
+                          image_pool(ctx, network=refine is None))
     out = evaluate_labels(ds, store, image_pool(ctx), ctx.stage.name)
     out.pop("coverage", None)
     return out

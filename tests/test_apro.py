@@ -8,14 +8,12 @@ from models.apro import global_propagation, grid_edges, local_propagation, tree_
 from tests.reference_apro import global_propagation_python
 
 
-def _minimax_brute(guide):
-    a, b, w = grid_edges(guide)
-    n = guide.shape[0] * guide.shape[1]
-    mst = minimum_spanning_tree(coo_matrix((w + 1e-12, (a, b)), shape=(n, n))).tocoo()
+def _minimax_over(a, b, w, n):
+    """C[s, u]: the largest edge weight on the path s–u of the tree (a, b, w), by a walk from every node."""
     adj = {i: [] for i in range(n)}
-    for i, j, x in zip(mst.row, mst.col, mst.data):
-        adj[i].append((j, x - 1e-12))
-        adj[j].append((i, x - 1e-12))
+    for i, j, x in zip(a, b, w):
+        adj[i].append((j, x))
+        adj[j].append((i, x))
     C = np.zeros((n, n))
     for s in range(n):
         stack, seen = [(s, 0.0)], {s}
@@ -27,6 +25,13 @@ def _minimax_brute(guide):
                     seen.add(v)
                     stack.append((v, max(m, x)))
     return C
+
+
+def _minimax_brute(guide):
+    a, b, w = grid_edges(guide)
+    n = guide.shape[0] * guide.shape[1]
+    mst = minimum_spanning_tree(coo_matrix((w + 1e-12, (a, b)), shape=(n, n))).tocoo()
+    return _minimax_over(mst.row, mst.col, mst.data - 1e-12, n)
 
 
 def test_global_propagation_equals_brute_force_minimax():
@@ -80,21 +85,7 @@ def test_feature_pass_is_gp_over_the_image_tree_reweighted_by_the_features():
     _, tree = tree_propagation(a, b, w, v.reshape(2, -1).T, 0.3)
     assert tree.sum() == 19  # a spanning tree of 20 pixels
     fa, fb, fw = grid_edges(f)
-    n = 20
-    adj = {i: [] for i in range(n)}
-    for i, j, x in zip(fa[tree], fb[tree], fw[tree]):
-        adj[i].append((j, x))
-        adj[j].append((i, x))
-    C = np.zeros((n, n))
-    for s in range(n):
-        stack, seen = [(s, 0.0)], {s}
-        while stack:
-            u, m = stack.pop()
-            C[s, u] = m
-            for t_, x in adj[u]:
-                if t_ not in seen:
-                    seen.add(t_)
-                    stack.append((t_, max(m, x)))
+    C = _minimax_over(fa[tree], fb[tree], fw[tree], 20)
     first = global_propagation(g, v, 0.3).reshape(2, -1)
     W = np.exp(-C / 0.7**2)
     ref = (first @ W.T) / W.sum(1)
