@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from models.segmentation import partial_cross_entropy
 from pipeline.config import Section, config_section
 from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.voc import IGNORE_INDEX
 
 Propagation = Literal["gp-lp-p", "gp-lp-c", "lp-gp-c", "gp", "lp", "none"]
 
@@ -269,21 +270,28 @@ def soft_pseudo_labels(probs: torch.Tensor, rgb: torch.Tensor, features: torch.T
     return [lp(gp(probs))] if mode == "gp-lp-c" else [gp(lp(probs))]
 
 
-def unary_l1(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def unary_l1(probs: torch.Tensor, target: torch.Tensor, region: torch.Tensor | None = None) -> torch.Tensor:
     """L_u for one target: the L1 distance between prediction and soft pseudo label, summed over classes and
-    averaged over pixels, mean_i Σ_c |P_ic − Y_ic|.
+    averaged over the pixels of ``region`` (B×H×W bool; None: every pixel), mean_{i∈R} Σ_c |P_ic − Y_ic|.
 
-    >>> unary_l1(torch.tensor([[[[1.]], [[0.]]]]), torch.tensor([[[[0.5]], [[0.5]]]])).item()
+    >>> unary_l1(torch.tensor([[[[1., 0.]], [[0., 1.]]]]), torch.tensor([[[[0.5, 0.]], [[0.5, 1.]]]])).item()
+    0.5
+    >>> unary_l1(torch.tensor([[[[1., 0.]], [[0., 1.]]]]), torch.tensor([[[[0.5, 0.]], [[0.5, 1.]]]]), torch.tensor([[[True, False]]])).item()
     1.0
     """
-    return (probs - target).abs().sum(1).mean()
+    dist = (probs - target).abs().sum(1)
+    if region is None:
+        return dist.mean()
+    return (dist * region).sum() / region.sum().clamp(min=1)
 
 
 @dataclass
 class AProLoss:
     """One APro training step: L = L_g + w·L_u (w = ``unary_weight``), L_g the partial cross-entropy on the
-    labelled pixels (255 elsewhere), L_u = Σ over the targets of ``soft_pseudo_labels`` of ``unary_l1``, the targets
-    made at 1/``stride`` of the crop from the detached prediction (and the network's last features for GP)."""
+    labelled pixels (255 elsewhere), L_u = Σ over the targets of ``soft_pseudo_labels`` of ``unary_l1`` over the
+    unlabelled pixels (as the reference code of APro's sparse-label setting and of TEL apply it: the labelled ones
+    have L_g), the targets made at 1/``stride`` of the crop from the detached prediction (and the network's last
+    features for GP)."""
 
     cfg: AProConfig
 
@@ -298,9 +306,10 @@ class AProLoss:
             probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
             rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
         feats = F.interpolate(feats.detach().float(), size=probs.shape[-2:], mode="bilinear", align_corners=False)
+        unlabelled = F.interpolate(labels.eq(IGNORE_INDEX)[:, None].float(), size=probs.shape[-2:], mode="nearest")[:, 0] > 0
         with torch.no_grad():
             targets = soft_pseudo_labels(probs.detach(), rgb, feats, self.cfg)
-        unary = sum((unary_l1(probs, t) for t in targets), probs.new_zeros(()))
+        unary = sum((unary_l1(probs, t, unlabelled) for t in targets), probs.new_zeros(()))
         return {"loss": partial + self.cfg.unary_weight * unary, "partial_ce": partial.detach(), "unary": unary.detach()}
 
 

@@ -119,7 +119,8 @@ def test_apro_without_propagation_is_the_partial_cross_entropy_baseline():
 
 
 def test_apro_unary_terms_are_l1_to_the_propagated_predictions():
-    """GP-LP-P: |P − GP(P)| + |P − LP(P)|; GP-LP-C: |P − LP(GP(P))|; LP-GP-C: |P − GP(LP(P))| (GP on image, then features)."""
+    """GP-LP-P: |P − GP(P)| + |P − LP(P)|; GP-LP-C: |P − LP(GP(P))|; LP-GP-C: |P − GP(LP(P))| (GP on image, then
+    features), over the unlabelled pixels."""
     from models.apro import AProLoss, median_scaled, rgb01
     net, images, labels = _tiny_net_and_batch()
     cfg = _apro_cfg(zeta_f=0.5)
@@ -138,8 +139,10 @@ def test_apro_unary_terms_are_l1_to_the_propagated_predictions():
     def lp(v):
         return local_propagation(rgb, v, cfg.zeta_s, cfg.num_iter, cfg.kernel_size)
 
-    def l1(t):
-        return (p - t).abs().sum(1).mean().item()
+    unlabelled = labels == 255
+
+    def l1(t):  # over the unlabelled pixels
+        return ((p - t).abs().sum(1) * unlabelled).sum().item() / unlabelled.sum().item()
 
     expect = {"gp-lp-p": l1(gp(p)) + l1(lp(p)), "gp-lp-c": l1(lp(gp(p))), "lp-gp-c": l1(gp(lp(p))), "gp": l1(gp(p)),
               "lp": l1(lp(p))}
@@ -160,6 +163,18 @@ def test_apro_targets_carry_no_gradient():
     p = logits.softmax(1)
     from models.apro import rgb01
     y = local_propagation(rgb01(images), p.detach(), 0.15, 3, 5)
-    loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255) + (p - y).abs().sum(1).mean()
+    u = labels == 255
+    loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255) + ((p - y).abs().sum(1) * u).sum() / u.sum()
     loss.backward()
     torch.testing.assert_close(net.head.branches[0].weight.grad, g1)
+
+
+def test_apro_loss_under_bf16_autocast_is_finite_and_close():
+    """The CPU path of mixed precision: the loss in bf16 autocast stays within bf16's precision of float32's."""
+    from models.apro import AProLoss
+    net, images, labels = _tiny_net_and_batch()
+    loss = AProLoss(_apro_cfg())
+    ref = loss(net, (images, labels))["loss"].item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss(net, (images, labels))["loss"].float().item()
+    assert np.isfinite(got) and abs(got - ref) < 0.05 * abs(ref), (got, ref)
