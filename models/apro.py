@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from models.segmentation import partial_cross_entropy
+from pydantic import Field
+
 from pipeline.config import Section, config_section
 from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.voc import IGNORE_INDEX
@@ -51,6 +53,8 @@ class AProConfig(Section):
     num_iter: int = 20  # LP rounds
     stride: int = 1  # propagate at 1/stride of the crop (the paper's 512 crops: at 1/4)
     unary_weight: float = 1.0  # weight of L_u
+    # L_u joins after this fraction of the training steps (partial cross-entropy alone before); 0: from the first step
+    unary_from: float = Field(0.0, ge=0.0, le=1.0)
     refine_labels: bool = True  # stored pseudo labels: the predictions refined by GP (image) then LP
 
 
@@ -294,11 +298,15 @@ class AProLoss:
     features for GP)."""
 
     cfg: AProConfig
+    steps: int = 0  # the schedule's length (``unary_from`` is a fraction of it)
 
     def __call__(self, model: torch.nn.Module, batch, step: int = 0) -> dict:
         images, labels = batch
         logits, feats = model.logits_and_features(images)
         partial = partial_cross_entropy(logits, labels)
+        if step < self.cfg.unary_from * self.steps:
+            zero = partial.detach() * 0
+            return {"loss": partial, "partial_ce": partial.detach(), "unary": zero}
         probs = logits.float().softmax(1)
         rgb = rgb01(images)
         if self.cfg.stride > 1:

@@ -17,7 +17,7 @@ def run(ctx) -> dict:
     cfg = ctx.config
     store = LabelStore(ctx.input("labels"))
     ids, tcfg = store.ids(), cfg.segmentation.train
-    loss = AProLoss(cfg.apro)
+    loss = AProLoss(cfg.apro, tcfg.steps)
     metrics = run_training(ctx, segmentation_spec(cfg.segmentation), SegmentationSamples(ctx.run.voc_root, ids, store.path, tcfg),
                            len(ids), lambda model: loss, tcfg)
     return {**metrics, "labels": ctx.input_stage("labels"), "propagation": cfg.apro.propagation}
