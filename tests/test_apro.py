@@ -178,3 +178,13 @@ def test_apro_loss_under_bf16_autocast_is_finite_and_close():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = loss(net, (images, labels))["loss"].float().item()
     assert np.isfinite(got) and abs(got - ref) < 0.05 * abs(ref), (got, ref)
+
+
+def test_unary_term_joins_after_its_fraction_of_the_schedule():
+    from models.apro import AProLoss
+    from stages.train_segmentation import segmentation_loss
+    net, images, labels = _tiny_net_and_batch()
+    loss = AProLoss(_apro_cfg(unary_from=0.5), steps=10)
+    early, late = loss(net, (images, labels), step=4), loss(net, (images, labels), step=5)
+    torch.testing.assert_close(early["loss"], segmentation_loss(net, (images, labels))["loss"])
+    assert early["unary"].item() == 0 and late["unary"].item() > 0
