@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numba
 import numpy as np
@@ -28,11 +28,17 @@ import torch
 import torch.nn.functional as F
 
 from models.segmentation import partial_cross_entropy
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from pipeline.config import Section, config_section
 from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.voc import IGNORE_INDEX
+
+def _odd(k: int) -> int:
+    if k < 1 or k % 2 == 0:
+        raise ValueError("must be an odd window size (1, 3, 5, ...)")
+    return k
+
 
 Propagation = Literal["gp-lp-p", "gp-lp-c", "lp-gp-c", "gp", "lp", "none"]
 
@@ -46,14 +52,14 @@ class AProConfig(Section):
     # a fixed ζ_g on RGB in [0, 1] smoothed style a into one class at 0.02 and did nothing on style b at 0.01);
     # absolute: RGB in [0, 1] as the paper's formula has it. 0.2: the largest relative ζ_g whose GP in training
     # did not lower val mIoU on style a (0.3 and 0.4 did: README, APro)
-    zeta_g: float = 0.2
+    zeta_g: float = Field(0.2, gt=0)
     gp_edges: Literal["relative", "absolute"] = "relative"
-    zeta_f: float | None = None  # GP on the high-level features (L2-normalised) after the image's; None: image GP only
-    zeta_s: float = 0.15  # LP
-    kernel_size: int = 5  # LP window
-    num_iter: int = 20  # LP rounds
-    stride: int = 1  # propagate at 1/stride of the crop (the paper's 512 crops: at 1/4)
-    unary_weight: float = 1.0  # weight of L_u
+    zeta_f: float | None = Field(None, gt=0)  # GP on the high-level features (L2-normalised) after the image's; None: image GP only
+    zeta_s: float = Field(0.15, gt=0)  # LP
+    kernel_size: Annotated[int, AfterValidator(_odd)] = 5  # LP window
+    num_iter: int = Field(20, ge=0)  # LP rounds
+    stride: int = Field(1, ge=1)  # propagate at 1/stride of the crop (the paper's 512 crops: at 1/4)
+    unary_weight: float = Field(1.0, ge=0)  # weight of L_u
     # L_u joins after this fraction of the training steps (partial cross-entropy alone before); 0: from the first step
     unary_from: float = Field(0.0, ge=0.0, le=1.0)
     refine_labels: bool = True  # stored pseudo labels: the predictions refined by GP (image) then LP
