@@ -23,9 +23,7 @@ from pipeline.store import LabelStore, open_for_stage
 from pipeline.transforms import normalise
 from pipeline.voc import VOCFolder
 from stages.common import check_layers, fill_store, image_pool, labels_to_onehot_classes, trained_model
-from stages.make_seeds import SEED_READS, SEEDS, image_cams
-
-SEEDS_UNREFINED = "seeds_unrefined.zarr"
+from stages.make_seeds import SEED_READS, SEEDS, SEEDS_UNREFINED, image_cams
 
 
 def image_acr_seeds(model, image: np.ndarray, classes: list[int], scales: list[float], flip: bool,

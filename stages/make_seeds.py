@@ -23,6 +23,8 @@ from pipeline.voc import VOCFolder
 from stages.common import fill_store, image_pool, labels_to_onehot_classes, same_size_groups, trained_model
 
 SEEDS = "seeds.zarr"
+#: maps of the same pass before a method's own refinement (ACR*: grad before affinity; SWTformer V2: the CAM before R-CAM)
+SEEDS_UNREFINED = "seeds_unrefined.zarr"
 #: what every seed stage reads
 SEED_READS = ("amp", "cam.scales", "cam.flip", "data.label_split", "data.max_images")
 

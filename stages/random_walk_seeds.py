@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from models.cam_classifier import normalise_cams
 from models.protocols import AttentionModel
+from pipeline.errors import UserError
 from pipeline.runtime import Runtime
 from pipeline.stage import ConfigView, Stage
 from pipeline.store import LabelStore
@@ -81,7 +82,11 @@ def run(ctx) -> dict:
     model = ctx.input("affinity" if cfg.affinity.source == "network" else "attention")
     if cfg.affinity.source == "attention":
         # the worker runs in this process and reuses the model loaded here
-        check_layers(cfg.affinity.attention_layers, trained_model(model).num_layers, "affinity.attention_layers")
+        net = trained_model(model)
+        if not isinstance(net, AttentionModel):
+            raise UserError(f"affinity.source=attention: this flow's classifier ({type(net).__name__}) has no patch-to-patch "
+                            "attention to walk on; set affinity.source=network")
+        check_layers(cfg.affinity.attention_layers, net.num_layers, "affinity.attention_layers")
     store, done = fill_store(ctx, RW_SEEDS, {"kind": "cam_scores", "source": cfg.affinity.source}, seeds.ids(),
                              lambda out: RandomWalkWorker(cfg, ds.root, seeds.path, model, out), image_pool(ctx, network=True))
     return {"images": len(store), "resumed_from": done, "source": cfg.affinity.source}

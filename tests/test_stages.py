@@ -158,7 +158,8 @@ def test_imports_run_one_way():
 #: a method's modules; shared stages are written against models.protocols and know none of them
 METHOD_MODULES = ("models.acr", "models.afa", "models.token_views", "models.mix_transformer", "stages.acr_seeds",
                   "stages.afa_labels", "stages.afa_pseudo_labels", "stages.train_acr_classifier", "stages.train_single_stage",
-                  "models.apro", "stages.train_apro", "stages.apro_pseudo_labels")
+                  "models.apro", "stages.train_apro", "stages.apro_pseudo_labels", "models.swtformer", "stages.train_swtformer",
+                  "stages.swtformer_seeds")
 SHARED_STAGES = ("make_seeds", "make_pseudo_labels", "eval_seeds", "eval_pseudo_labels", "eval_segmentation",
                  "train_segmentation", "common", "evaluate", "labels", "random_walk_seeds", "train_affinity",
                  "sparse_labels", "eval_sparse_labels", "predict_pseudo_labels")
@@ -168,5 +169,5 @@ SHARED_STAGES = ("make_seeds", "make_pseudo_labels", "eval_seeds", "eval_pseudo_
 def test_shared_stages_know_no_method(module):
     text = (ROOT / "stages" / f"{module}.py").read_text()
     assert not [m for m in _imports(ROOT / "stages" / f"{module}.py") if m in METHOD_MODULES]
-    for word in ("vit_acr", "afa_mit", '"acr"', '"afa"', '"apro"', "apro."):
+    for word in ("vit_acr", "afa_mit", '"acr"', '"afa"', '"apro"', "apro.", "swtformer"):
         assert word not in text, (module, word)

@@ -5,13 +5,13 @@ ACR's parts: ``models/acr.py`` (network, losses, seeds, the ``acr`` config secti
 (``models/affinity_net.py``, ``stages/train_affinity.py``, ``stages/random_walk_seeds.py``).
 """
 from pipeline.checkpoint import MODEL_FILE
-from stages.acr_seeds import MAKE_ACR_SEEDS, SEEDS_UNREFINED
+from stages.acr_seeds import MAKE_ACR_SEEDS
 from stages.eval_classifier import EVAL_CLASSIFIER
 from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
 from stages.eval_seeds import EVAL_SEEDS, THRESHOLD
 from stages.eval_segmentation import EVAL_SEGMENTATION
 from stages.make_pseudo_labels import MAKE_PSEUDO_LABELS, PSEUDO_LABELS
-from stages.make_seeds import SEEDS
+from stages.make_seeds import SEEDS, SEEDS_UNREFINED
 from stages.random_walk_seeds import RANDOM_WALK, RW_SEEDS
 from stages.train_acr_classifier import TRAIN_ACR_CLASSIFIER
 from stages.train_affinity import TRAIN_AFFINITY

@@ -1,0 +1,329 @@
+"""SWTformer (Ahmadi and Kasaei, "Leveraging Swin Transformer for Local-to-Global Weakly Supervised Semantic
+Segmentation") — CAM seeds from a Swin Transformer (V1), refined by hierarchical feature fusion and
+background-aware prototypes (V2).
+
+- **V1**: the last Swin stage's tokens T_out → F_out = Conv1×1(T_out) (C maps, no bias); class scores are the
+  global average of F_out (Eq. 2, multi-label soft-margin loss; ``swtformer.pooling``); the CAM is C_out = Norm(ReLU(F_out)) (Eq. 1),
+  ``Norm`` dividing each map by its maximum.
+- **V2** adds, after SIPE (Chen et al., CVPR 2022, whose public code is the reference for the two borrowed
+  modules):
+  - ``HierarchicalFeatureFusion``: the four stages' features fused into F_hie (Fig. 3);
+  - the background map M_B = 1 − max_c M_c (Eq. 3) before the C foreground CAMs;
+  - structure-aware seed locating with the token affinity S = |cos(T_out, T_out)| (Eq. 4, SIPE's ReLU replaced
+    by the absolute value): each token takes the class whose map overlaps its affinity row best (IoU-style,
+    background's overlap weighted by ``bkg_weight``), masked by the image labels (``locate_seeds``);
+  - background-aware prototypes: per image and class the mean of F_hie over that class's seeds, and
+    R-CAM = ReLU(cos(F_hie, prototype)) (``class_prototypes``, ``reactivate``);
+  - L_GSC (Eq. 5) and L_CCL (Eq. 6); L = L_CLS + L_GSC + L_CCL (Eq. 7), each term switchable (Table 3).
+  V2's seeds are the R-CAM; V1's the CAM.
+
+The token grid: Swin's stride is ``patch_size`` × 8. The paper runs patch 4 (1/32) on 224 crops of ~500-pixel
+images (a 7×7 training grid, ~16×16 at inference); the images here are 96–144 pixels, so the ``default`` profile
+uses patch 2 (1/16: 6×6 training grid, 6–9 cells at inference), see README "SWTformer".
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.backbones import load_local_weights
+from models.cam_classifier import pool_scores
+from models.registry import ModelSpec, register_model
+from pipeline.config import Section, config_section
+from pipeline.errors import UserError
+
+
+@config_section("swtformer", profiles={
+    "smoke": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "hff_dim": 16},
+    # Swin-T (ImageNet weights through timm), patch 4, window 7; SIPE's side widths
+    "paper": {"pretrained": True, "weights": None, "patch_size": None, "embed_dim": None, "depths": None, "num_heads": None,
+              "window_size": None, "hff_dim": 128, "pooling": "gap"},
+})
+class SWTformerConfig(Section):
+    """SWTformer: a Swin Transformer CAM classifier (V1) with hierarchical feature fusion and prototypes (V2)."""
+
+    version: Literal[1, 2] = 2  # 1: Swin patch-token CAM; 2: + HFF, background map, seed locating, prototypes, L_GSC, L_CCL
+    backbone: str = "swin_tiny_patch4_window7_224"  # a timm Swin Transformer (the paper's Swin-T)
+    pretrained: bool = False  # ImageNet weights through timm (needs the hub)
+    # a local .safetensors / .pth file of backbone weights; null: from scratch (the `swin` stand-in did not learn
+    # its corpus in 1000 steps, so it is not shipped: README, Pretrained stand-ins)
+    weights: str | None = None
+    patch_size: int | None = 2  # overrides of timm's Swin (None keeps timm's): the stride is patch_size × 8
+    embed_dim: int | None = 32
+    depths: list[int] | None = [1, 1, 2, 1]
+    num_heads: list[int] | None = [1, 2, 4, 8]
+    window_size: int | None = 6
+    hff_dim: int = 64  # channels of each stage's side projection in the HFF (F_hie has 4×)
+    hff_detach: bool = True  # the HFF reads the stages without gradient into the backbone (SIPE's side branches)
+    bkg_weight: float = 0.5  # weight of the background's overlap when locating seeds (SIPE: 0.5)
+    # class scores from F_out (Eq. 2: gap). Top-k here: from scratch, the small parts that tell the synthetic
+    # classes vanish in a global average (README, SWTformer)
+    pooling: Literal["gap", "gmp", "topk"] = "topk"
+    topk: float = 0.1  # fraction of locations averaged by top-k pooling
+    gsc: bool = True  # L_GSC (Eq. 5; Table 3), V2 only
+    ccl: bool = True  # L_CCL (Eq. 6; Table 3), V2 only
+
+    def swin(self) -> dict:
+        """The ``create_swin`` arguments of this Swin."""
+        return dict(name=self.backbone, pretrained=self.pretrained, weights=self.weights, patch_size=self.patch_size,
+                    embed_dim=self.embed_dim, depths=self.depths, num_heads=self.num_heads, window_size=self.window_size)
+
+
+def create_swin(name: str, pretrained: bool = False, weights: str | None = None, patch_size: int | None = None,
+                embed_dim: int | None = None, depths: list[int] | None = None, num_heads: list[int] | None = None,
+                window_size: int | None = None) -> nn.Module:
+    """A timm Swin Transformer without its classifier, for any input size whose sides are multiples of its stride."""
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(
+        patch_size=patch_size, embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size).items()
+        if v is not None}
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, strict_img_size=False, **kwargs)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"Swin backbone {name!r} could not be created ({str(e).splitlines()[0]}): use a timm swin_* name") from None
+    if not hasattr(model, "layers") or not hasattr(model, "patch_embed"):
+        raise UserError(f"backbone {name!r} is not a Swin Transformer: set swtformer.backbone to e.g. swin_tiny_patch4_window7_224")
+    if weights:
+        from timm.models.swin_transformer import checkpoint_filter_fn
+        load_local_weights(model, weights, checkpoint_filter_fn)
+    return model
+
+
+class HierarchicalFeatureFusion(nn.Module):
+    """HFF (Fig. 3): the four Swin stages' features → F_hie at stage 3's resolution, in two concatenation steps.
+
+    The wiring chosen here (the figure's, with SIPE's normalised side projections):
+
+    - sides: s_i = P_i / ‖P_i‖ with P_i = Conv1×1(stage_i) (``dim`` channels each; L2 norm over channels);
+    - step 1: F_12 = [Down₁(s_1) ; s_2] at stage 2's resolution, F_34 = [s_3 ; Up(s_4)] at stage 3's;
+    - step 2: F_hie = [Down₂(F_12) ; F_34] at stage 3's resolution, 4·``dim`` channels,
+
+    where Down is a 3×3 convolution of stride 2 (padding 1) and Up bilinear interpolation.
+    """
+
+    def __init__(self, channels: list[int], dim: int = 64) -> None:
+        super().__init__()
+        self.sides = nn.ModuleList(nn.Conv2d(c, dim, 1, bias=False) for c in channels)
+        self.down1 = nn.Conv2d(dim, dim, 3, stride=2, padding=1)
+        self.down2 = nn.Conv2d(2 * dim, 2 * dim, 3, stride=2, padding=1)
+        self.out_channels = 4 * dim
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        s1, s2, s3, s4 = (F.normalize(side(f), dim=1, eps=1e-5) for side, f in zip(self.sides, feats))
+        f12 = torch.cat([_resize(self.down1(s1), s2.shape[-2:]), s2], 1)
+        f34 = torch.cat([s3, F.interpolate(s4, size=s3.shape[-2:], mode="bilinear", align_corners=False)], 1)
+        return torch.cat([_resize(self.down2(f12), s3.shape[-2:]), f34], 1)
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    """``x`` at ``size`` (a strided convolution of an odd side gives one more row than the next stage has)."""
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def max_normalise(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Norm of Eq. 1: each map (B×K×h×w) divided by its spatial maximum."""
+    return maps / (maps.flatten(2).amax(-1)[..., None, None] + eps)
+
+
+def class_activation_maps(f_out: torch.Tensor) -> torch.Tensor:
+    """Eq. 1: C_out = Norm(ReLU(F_out)), B×C×h×w in [0, 1]."""
+    return max_normalise(F.relu(f_out))
+
+
+def with_background(cams: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: [M_B ; M] with M_B = 1 − max_c M_c, B×(C+1)×h×w (background first).
+
+    >>> with_background(torch.tensor([[[[0.2]], [[0.7]]]])).flatten().tolist()
+    [0.30000001192092896, 0.20000000298023224, 0.699999988079071]
+    """
+    return torch.cat([1 - cams.amax(1, keepdim=True), cams], 1)
+
+
+def structure_affinity(tokens: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: S = |cos(T_out, T_out)| between every two tokens of a B×D×h×w map: B×N×N (N = h·w)."""
+    t = F.normalize(tokens.flatten(2), dim=1, eps=1e-5)
+    return (t.transpose(1, 2) @ t).abs()
+
+
+def seed_overlap(cams: torch.Tensor, affinity: torch.Tensor, bkg_weight: float = 0.5) -> torch.Tensor:
+    """SIPE's IoU-style overlap of each token's affinity row with each map: B×K×N.
+
+    For token i and map c (``cams`` B×K×h×w, background first): overlap_ic = Σ_j S_ij M_c(j) /
+    (Σ_j S_ij + Σ_j M_c(j) − Σ_j S_ij M_c(j)), the background's (c = 0) multiplied by ``bkg_weight``.
+    """
+    m = cams.flatten(2)  # B×K×N
+    inter = m @ affinity.transpose(1, 2)  # [b, c, i] = Σ_j S_ij M_c(j)
+    union = affinity.sum(-1)[:, None, :] + m.sum(-1, keepdim=True) - inter
+    overlap = inter / union.clamp_min(1e-5)
+    return torch.cat([overlap[:, :1] * bkg_weight, overlap[:, 1:]], 1)
+
+
+def locate_seeds(cams: torch.Tensor, affinity: torch.Tensor, valid: torch.Tensor, bkg_weight: float = 0.5) -> torch.Tensor:
+    """Structure-aware seed locating (SIPE's module with Eq. 4's affinity): one-hot seeds B×(C+1)×h×w.
+
+    Each token's seed is the map it overlaps best (``seed_overlap``; ``cams`` background first, absent classes
+    already zero), kept where ``valid`` (B×(C+1), 1 for the background and the image's classes).
+    """
+    b, k, h, w = cams.shape
+    seeds = F.one_hot(seed_overlap(cams, affinity, bkg_weight).argmax(1), k).transpose(1, 2).to(cams.dtype)
+    return seeds.reshape(b, k, h, w) * valid[..., None, None].to(cams.dtype)
+
+
+def class_prototypes(seeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Background-aware prototypes: per image and map, the mean of ``features`` (B×D×h×w) over its seeds
+    (B×K×h'×w', resized to the features by nearest neighbour): B×K×D, zero where a map has no seed."""
+    s = F.interpolate(seeds, size=features.shape[-2:], mode="nearest").flatten(2)  # B×K×N
+    total = s @ features.flatten(2).transpose(1, 2)  # B×K×D
+    return total / s.sum(-1, keepdim=True).clamp_min(1)
+
+
+def reactivate(prototypes: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """R-CAM = ReLU(cos(F_hie, prototype_k)) for each prototype: B×K×h×w."""
+    p = F.normalize(prototypes, dim=-1, eps=1e-5)
+    f = F.normalize(features, dim=1, eps=1e-5)
+    return F.relu(torch.einsum("bkd,bdhw->bkhw", p, f))
+
+
+def background_aware_scores(rcams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """V2's seed scores from the R-CAMs [R_B ; R_1..R_K] (K+1 maps, each max-normalised): s_k = R_k / (R_k + R_B).
+
+    At a pixel R_B is common to all classes, so argmax_k s_k = argmax_k R_k, and max_k s_k > ½ exactly where
+    max_k R_k > R_B: thresholding the scores at ½ is SIPE's argmax over the C+1 R-CAMs (the background prototype's
+    map decides the background); ``eval_seeds``' sweep then chooses the threshold like every seed's.
+
+    >>> [round(v, 4) for v in background_aware_scores(torch.tensor([[[0.2]], [[0.6]], [[0.1]]])).flatten().tolist()]
+    [0.75, 0.3333]
+    """
+    return rcams[1:] / (rcams[1:] + rcams[:1]).clamp_min(eps)
+
+
+def gsc_loss(cams: torch.Tensor, rcams: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: L_GSC = ‖CAM − R-CAM‖₁ / (C+1), the R-CAM max-normalised first (SIPE), averaged over the pixels and the batch."""
+    return (cams - max_normalise(rcams)).abs().mean()
+
+
+def ccl_loss(cams: torch.Tensor, rcams: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Eq. 6 as printed: ½[(⅔·cos(CAM_k, R-CAM_k))² + (1 − cos(CAM_k, R-CAM_k))²] per map k, averaged over the
+    maps of ``valid`` (the background and the image's classes; an absent class has no R-CAM to compare).
+
+    As printed the term is smallest at cos = 9/13 (not 1): it pulls each CAM towards its R-CAM's direction
+    without asking them to coincide.
+    """
+    cos = F.cosine_similarity(cams.flatten(2), rcams.flatten(2), dim=-1, eps=1e-5)  # B×K
+    per_map = 0.5 * ((2 / 3 * cos) ** 2 + (1 - cos) ** 2)
+    v = valid.to(per_map.dtype)
+    return (per_map * v).sum() / v.sum().clamp_min(1)
+
+
+def valid_maps(labels: torch.Tensor) -> torch.Tensor:
+    """B×C multi-hot image labels → B×(C+1) with the background (always present) first."""
+    return torch.cat([torch.ones_like(labels[:, :1]), labels], 1)
+
+
+class SWTformer(nn.Module):
+    """A Swin Transformer → F_out = Conv1×1(T_out) (V1); V2 adds the HFF and the prototype re-activation."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int = 20, version: int = 2, hff_dim: int = 64,
+                 hff_detach: bool = True, bkg_weight: float = 0.5, pooling: str = "gap", topk: float = 0.1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.version, self.hff_detach, self.bkg_weight = version, hff_detach, bkg_weight
+        self.pooling, self.topk = pooling, topk
+        channels = [info["num_chs"] for info in backbone.feature_info]
+        self.classifier = nn.Conv2d(channels[-1], num_classes, 1, bias=False)
+        self.hff = HierarchicalFeatureFusion(channels, hff_dim) if version == 2 else None
+        patch = backbone.patch_embed.patch_size
+        self.stride = patch[0] * 2 ** (len(backbone.layers) - 1)
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded (bottom, right, zeros: the mean colour after normalisation) to multiples of the stride."""
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.stride, -w % self.stride
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    def _cells(self, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """The cells of a grid map that cover the (unpadded) image."""
+        r = self._padded(x).shape[-1] // maps.shape[-1]  # pixels per cell of this map
+        return maps[..., :-(-x.shape[-2] // r), :-(-x.shape[-1] // r)]
+
+    def stages(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The four stages' outputs (B×C_i×h_i×w_i) and T_out, the last stage after the final norm (B×D×h×w)."""
+        t = self.backbone.patch_embed(self._padded(x))
+        feats = []
+        for layer in self.backbone.layers:
+            t = layer(t)
+            feats.append(t.permute(0, 3, 1, 2))
+        return feats, self.backbone.norm(t).permute(0, 3, 1, 2)
+
+    def class_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """F_out = Conv1×1(T_out) on the cells covering the image: B×C×h×w."""
+        return self._cells(x, self.classifier(self.stages(x)[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eq. 2's class scores: F_out pooled (the paper: global average pooling)."""
+        return pool_scores(self.class_maps(x), self.pooling, self.topk)
+
+    def class_scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
+
+    def outputs(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One forward pass with the image labels (B×C multi-hot): scores; for V2 also the CAMs with the background
+        (B×(C+1)×h×w at F_hie's resolution, absent classes zeroed), the seeds and the R-CAMs (same shape)."""
+        feats, t_out = self.stages(x)
+        f_out = self.classifier(t_out)
+        out = {"scores": pool_scores(self._cells(x, f_out), self.pooling, self.topk), "f_out": f_out}
+        if self.hff is None:
+            return out
+        valid = valid_maps(labels)
+        cams = with_background(class_activation_maps(f_out)) * valid[..., None, None]
+        seeds = locate_seeds(cams.detach(), structure_affinity(t_out.detach()), valid, self.bkg_weight)
+        hie = self.hff([f.detach() for f in feats] if self.hff_detach else feats)
+        rcams = reactivate(class_prototypes(seeds, hie), hie)
+        out.update(cams=F.interpolate(cams, size=hie.shape[-2:], mode="bilinear", align_corners=False), seeds=seeds, rcams=rcams)
+        return out
+
+    def seed_maps(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CAM (ReLU(F_out), B×C×H×W) and, for V2, the R-CAM with its background map first (B×(C+1)×H×W), at
+        the input's size (V1: the CAM twice)."""
+        out = self.outputs(x, labels)
+        cam = self._to_input(x, F.relu(out["f_out"]))
+        if self.hff is None:
+            return cam, cam
+        return cam, self._to_input(x, out["rcams"])
+
+    def _to_input(self, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """Grid maps of the padded input, upsampled to it and cropped to the input."""
+        p = self._padded(x)
+        return F.interpolate(maps, size=p.shape[-2:], mode="bilinear", align_corners=False)[..., :x.shape[-2], :x.shape[-1]]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.classifier.parameters()) + (list(self.hff.parameters()) if self.hff is not None else [])
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+
+@register_model
+def swtformer(backbone: dict, num_classes: int = 20, version: int = 2, hff_dim: int = 64, hff_detach: bool = True,
+              bkg_weight: float = 0.5, pooling: str = "gap", topk: float = 0.1) -> SWTformer:
+    return SWTformer(create_swin(**backbone), num_classes, version, hff_dim, hff_detach, bkg_weight, pooling, topk)
+
+
+def swtformer_spec(c: SWTformerConfig) -> ModelSpec:
+    """The SWTformer network of a ``swtformer`` section."""
+    return ModelSpec("swtformer", dict(backbone=c.swin(), num_classes=20, version=c.version, hff_dim=c.hff_dim,
+                                       hff_detach=c.hff_detach, bkg_weight=c.bkg_weight, pooling=c.pooling, topk=c.topk))
+
+
+def swtformer_losses(model: SWTformer, images: torch.Tensor, labels: torch.Tensor, gsc: bool = True,
+                     ccl: bool = True) -> dict:
+    """Eq. 7: L = L_CLS + L_GSC + L_CCL (V1, or both terms off: L_CLS, Eq. 2's multi-label soft-margin loss)."""
+    out = model.outputs(images, labels)
+    l_cls = F.multilabel_soft_margin_loss(out["scores"], labels)
+    zero = torch.zeros((), device=images.device)
+    l_gsc = gsc_loss(out["cams"], out["rcams"]) if gsc and "rcams" in out else zero
+    l_ccl = ccl_loss(out["cams"], out["rcams"], valid_maps(labels)) if ccl and "rcams" in out else zero
+    return {"loss": l_cls + l_gsc + l_ccl, "cls": l_cls, "gsc": l_gsc, "ccl": l_ccl}

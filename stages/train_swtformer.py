@@ -1,0 +1,40 @@
+"""Stage ``train_classifier`` of SWTformer: the Swin Transformer CAM classifier (V1), or with HFF, seed locating,
+background-aware prototypes and L_GSC + L_CCL (V2), on the image-level labels.
+
+``models.swtformer.swtformer_losses`` gives L = L_CLS (+ L_GSC + L_CCL for V2, each switched by
+``swtformer.gsc`` / ``swtformer.ccl``: Table 3); the schedule is the ``train_classifier`` section's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from models.swtformer import swtformer_losses, swtformer_spec
+from pipeline.checkpoint import MODEL_FILE
+from pipeline.stage import Stage
+from stages.common import run_training
+from stages.train_classifier import classifier_samples
+
+
+@dataclass
+class SWTformerLoss:
+    gsc: bool
+    ccl: bool
+
+    def __call__(self, model: torch.nn.Module, batch, step: int = 0) -> dict:
+        images, labels, _ = batch
+        return swtformer_losses(model, images, labels, self.gsc, self.ccl)
+
+
+def run(ctx) -> dict:
+    cfg = ctx.config
+    samples, n = classifier_samples(ctx)
+    return run_training(ctx, swtformer_spec(cfg.swtformer), samples, n,
+                        lambda model: SWTformerLoss(cfg.swtformer.gsc, cfg.swtformer.ccl), cfg.train_classifier)
+
+
+TRAIN_SWTFORMER = Stage(
+    "train_classifier", run,
+    reads=("swtformer", "train_classifier", "seed", "amp", "data.train_split", "data.max_images"),
+    writes=(MODEL_FILE,), description="SWTformer's Swin Transformer classifier (V1 CAM; V2 + HFF, prototypes, L_GSC, L_CCL)")
