@@ -21,7 +21,7 @@ from pipeline.runs import Run, summarise  # noqa: E402
 from workflows import get_flow  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOWS = ["cam_voc", "acr_voc", "afa_voc", "afa_voc_multistage", "supervised_voc", "partial_ce_voc", "apro_voc"]
+FLOWS = ["cam_voc", "acr_voc", "afa_voc", "afa_voc_multistage", "swtformer_voc", "supervised_voc", "partial_ce_voc", "apro_voc"]
 
 
 def _f(v, digits=3):

@@ -15,6 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.apro import global_propagation, local_propagation  # noqa: E402
+from models.swtformer import class_prototypes, locate_seeds, reactivate, structure_affinity  # noqa: E402
 from stages.crf import dense_crf  # noqa: E402
 from stages.random_walk import propagate  # noqa: E402
 from stages.refine import par  # noqa: E402
@@ -28,6 +29,14 @@ def timeit(fn, repeat: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def _swtformer_refinement(b: int, grid: int, hie: int) -> torch.Tensor:
+    """Eq. 4's affinity, seed locating, prototypes and R-CAM for a batch (random inputs of Swin-T's sizes)."""
+    tokens, cams = torch.randn(b, 768, grid, grid), torch.rand(b, 21, grid, grid)
+    feats, valid = torch.randn(b, 512, hie, hie), torch.ones(b, 21)
+    seeds = locate_seeds(cams, structure_affinity(tokens), valid)
+    return reactivate(class_prototypes(seeds, feats), feats)
 
 
 def main() -> None:
@@ -48,6 +57,8 @@ def main() -> None:
         ("apro.local_propagation (3 classes, 20 iter)", f"{h}x{w}",
          timeit(lambda: local_propagation(img_t / 255.0, torch.from_numpy(probs)[None]), 1)),
         ("apro.global_propagation (3 classes)", f"{h}x{w}", timeit(lambda: global_propagation(img / 255.0, probs, 0.3), 1)),
+        # SWTformer V2 per training batch of 16 at 224 crops on Swin-T: T_out 7×7×768, F_hie 14×14×512, 21 maps
+        ("swtformer seeds + prototypes + R-CAM (B=16)", "7x7 / 14x14", timeit(lambda: _swtformer_refinement(16, 7, 14))),
     ]
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"{'primitive':42s} {'size':>12s} {'seconds':>9s}")

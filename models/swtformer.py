@@ -60,12 +60,15 @@ class SWTformerConfig(Section):
     hff_dim: int = 64  # channels of each stage's side projection in the HFF (F_hie has 4×)
     hff_detach: bool = True  # the HFF reads the stages without gradient into the backbone (SIPE's side branches)
     bkg_weight: float = 0.5  # weight of the background's overlap when locating seeds (SIPE: 0.5)
-    # class scores from F_out (Eq. 2: gap). Top-k here: from scratch, the small parts that tell the synthetic
-    # classes vanish in a global average (README, SWTformer)
-    pooling: Literal["gap", "gmp", "topk"] = "topk"
+    # class scores from F_out (Eq. 2: gap). From scratch, GAP left the classifier at the class priors in every run
+    # and max pooling (AFA's) let V2 leave them soonest (README, SWTformer)
+    pooling: Literal["gap", "gmp", "topk"] = "gmp"
     topk: float = 0.1  # fraction of locations averaged by top-k pooling
     gsc: bool = True  # L_GSC (Eq. 5; Table 3), V2 only
     ccl: bool = True  # L_CCL (Eq. 6; Table 3), V2 only
+    # L_GSC and L_CCL join at this step (paper: 0, from ImageNet weights). From scratch the CAM is noise at first,
+    # and pulling it towards its own R-CAM kept the classifier at the class priors (README, SWTformer)
+    start_step: int = 0
 
     def swin(self) -> dict:
         """The ``create_swin`` arguments of this Swin."""

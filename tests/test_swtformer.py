@@ -161,3 +161,14 @@ def test_hff_detach_keeps_gsc_out_of_the_early_stages(detach):
 
 def test_valid_maps_put_the_background_first():
     assert valid_maps(torch.tensor([[0.0, 1.0]])).tolist() == [[1.0, 0.0, 1.0]]
+
+
+def test_gsc_and_ccl_join_at_start_step():
+    from stages.train_swtformer import SWTformerLoss
+    model, labels = net(2), torch.zeros(2, 20)
+    labels[:, 5] = 1
+    batch = (torch.randn(2, 3, 64, 64), labels, None)
+    loss = SWTformerLoss(gsc=True, ccl=True, start_step=10)
+    before, after = loss(model, batch, step=9), loss(model, batch, step=10)
+    assert before["gsc"] == 0 and before["ccl"] == 0 and torch.equal(before["loss"], before["cls"])
+    assert after["gsc"] > 0 and after["ccl"] > 0
