@@ -67,7 +67,7 @@ def test_average_precision_refuses_what_it_cannot_rank():
         average_precision([0.1, 0.2], [2, 0])
 
 
-@pytest.mark.parametrize("name", ["vit_cam_classifier", "vit_acr_classifier", "afa_mit"])
+@pytest.mark.parametrize("name", ["vit_cam_classifier", "vit_acr_classifier", "afa_mit", "swtformer"])
 def test_class_scores_of_the_classifier_of_every_flow(name):
     """cam_voc and acr_voc: ``class_scores`` is ``model(x)``; afa_voc(_multistage): ``forward`` segments, and the
     scores are those of its training pass."""
@@ -114,7 +114,7 @@ def test_every_flow_has_cls_map_in_its_summary(tmp_path):
         run = Run.create(tmp_path / name, spec.resolve("smoke"))
         assert summarise(run, spec.stages)["summary"]["cls_map"] is None, name
         fills = [s.name for s in spec.stages if "cls_map" in s.summary]
-        want = ["eval_classifier"] if name in ("cam_voc", "acr_voc", "afa_voc", "afa_voc_multistage") else []
+        want = ["eval_classifier"] if name in ("cam_voc", "acr_voc", "afa_voc", "afa_voc_multistage", "swtformer_voc") else []
         assert fills == want, name
 
 

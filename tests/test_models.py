@@ -68,6 +68,9 @@ def _tiny_specs():
                                              num_heads=[1, 1, 2, 2], output_stride=8, decoder_dim=8)),
         "segmentation_net": ModelSpec("segmentation_net", dict(backbone="resnet18")),
         "standin_classifier": ModelSpec("standin_classifier", dict(standin="resnet", img_size=64, num_classes=32)),
+        "swtformer": ModelSpec("swtformer", dict(backbone=dict(name="swin_tiny_patch4_window7_224", patch_size=2, embed_dim=8,
+                                                               depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4),
+                                                 hff_dim=4)),
     }
 
 
@@ -77,7 +80,8 @@ PROVIDES = {"vit_cam_classifier": ("Trainable", "ClassMapModel"),
             "affinity_net": ("Trainable", "AffinityModel"),
             "afa_mit": ("Trainable", "ClassMapModel", "AffinityModel", "Segmenter"),
             "segmentation_net": ("Trainable", "Segmenter"),
-            "standin_classifier": ("Trainable",)}
+            "standin_classifier": ("Trainable",),
+            "swtformer": ("Trainable", "ClassMapModel")}
 
 
 def test_every_registered_model_provides_its_protocols():
