@@ -13,7 +13,8 @@ from tests.test_flows import _run_and_kill_when, make_foreign_voc
 STAGES = ["train_classifier", "eval_classifier", "make_seeds", "eval_seeds", "eval_unrefined_seeds", "train_affinity",
           "random_walk", "eval_random_walk", "make_pseudo_labels", "eval_pseudo_labels", "train_segmentation",
           "eval_segmentation"]
-FAST = ["--set", "segmentation.train.steps=20", "--set", "segmentation.train.checkpoint_every=10"]
+FAST = ["--set", "segmentation.train.steps=20", "--set", "segmentation.train.checkpoint_every=10", "--set", "train_classifier.steps=30",
+        "--set", "train_classifier.checkpoint_every=10", "--set", "affinity.train.steps=20"]
 
 
 def _cmd(run_dir, *extra):
