@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -110,8 +111,14 @@ run_stage(Run.open({run!r}), next(s for s in get_flow({flow!r}).stages if s.name
 def _run_stage_in_new_process(run, flow: str, stage: str) -> None:
     """Run one stage of ``run`` as a user's ``run-flow`` would: in a new process (DDP ranks spawned from the
     long-lived pytest process have aborted now and then, SIGABRT in a rank, never from a fresh one)."""
-    r = subprocess.run([sys.executable, "-c", _STAGE_SCRIPT.format(root=str(ROOT), run=str(run.dir), flow=flow, stage=stage)],
-                       capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-c", _STAGE_SCRIPT.format(root=str(ROOT), run=str(run.dir), flow=flow, stage=stage)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if r.returncode and "terminate called without an active exception" in r.stderr:
+        # the unexplained rank abort (SIGABRT after the first steps, about one CI run in three, also from a fresh
+        # process; README "Running on VOC with GPUs"): retried once from a clean stage folder, so that what the test
+        # checks is the training's numbers, not this abort
+        shutil.rmtree(run.dir / "stages" / stage, ignore_errors=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
 
 
