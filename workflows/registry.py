@@ -69,3 +69,35 @@ def get_flow(name: str) -> FlowSpec:
     if name not in FLOWS:
         raise UserError(f"unknown flow {name!r}: `python cli.py list-flows` lists {', '.join(sorted(FLOWS))}")
     return FLOWS[name]
+
+
+def offline_affinity_stages(classifier: Stage, seeds: Stage) -> list[Stage]:
+    """The stages of a flow that refines a classifier's seeds offline (ACR's shape, shared by SWTformer), wired:
+
+    classifier → eval_classifier → seeds → eval_seeds → eval_unrefined_seeds (the seed stage's maps before the
+    method's own refinement) → train_affinity → random_walk → eval_random_walk → make_pseudo_labels (the walk's maps,
+    the guard comparing them with the seeds and the unrefined maps, each at its own threshold) → eval_pseudo_labels
+    → train_segmentation → eval_segmentation.
+    """
+    from pipeline.checkpoint import MODEL_FILE
+    from stages.eval_classifier import EVAL_CLASSIFIER
+    from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
+    from stages.eval_seeds import EVAL_SEEDS, THRESHOLD
+    from stages.eval_segmentation import EVAL_SEGMENTATION
+    from stages.make_pseudo_labels import MAKE_PSEUDO_LABELS, PSEUDO_LABELS
+    from stages.make_seeds import SEEDS, SEEDS_UNREFINED
+    from stages.random_walk_seeds import RANDOM_WALK, RW_SEEDS
+    from stages.train_affinity import TRAIN_AFFINITY
+    from stages.train_segmentation import TRAIN_SEGMENTATION
+    affinity = TRAIN_AFFINITY.wire(seeds=seeds.out(SEEDS), unrefined_seeds=seeds.out(SEEDS_UNREFINED))
+    seed_scores = EVAL_SEEDS.wire(seeds=seeds.out(SEEDS))
+    unrefined_scores = EVAL_SEEDS.named("eval_unrefined_seeds", summary={}).wire(seeds=seeds.out(SEEDS_UNREFINED))
+    walk = RANDOM_WALK.wire(seeds=seeds.out(SEEDS), affinity=affinity.out(MODEL_FILE), attention=classifier.out(MODEL_FILE))
+    walk_scores = EVAL_SEEDS.named("eval_random_walk", summary={}).wire(seeds=walk.out(RW_SEEDS))
+    pseudo = MAKE_PSEUDO_LABELS.wire(scores=walk.out(RW_SEEDS), threshold=walk_scores.out(THRESHOLD),
+                                     seeds=seeds.out(SEEDS), seed_threshold=seed_scores.out(THRESHOLD),
+                                     unrefined_seeds=seeds.out(SEEDS_UNREFINED), unrefined_threshold=unrefined_scores.out(THRESHOLD))
+    segmentation = TRAIN_SEGMENTATION.wire(labels=pseudo.out(PSEUDO_LABELS))
+    return [classifier, EVAL_CLASSIFIER.wire(model=classifier.out(MODEL_FILE)), seeds, seed_scores, unrefined_scores, affinity,
+            walk, walk_scores, pseudo, EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS), seed_sweep=seed_scores.out(THRESHOLD)),
+            segmentation, EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))]
