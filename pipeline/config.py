@@ -91,6 +91,7 @@ class TrainConfig(Section):
     scale_range: tuple[float, float] = (0.7, 1.3)  # random rescale before the crop
     hflip: bool = True
     color_jitter: float = 0.3  # brightness/contrast/saturation strength; 0 switches it off
+    brightness_shift: float = Field(0.0, ge=0, le=255)  # add one value in [−s, s] grey levels to every pixel (SASFormer: 10)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3
     head_lr_mult: float = 10.0  # heads learn 10x faster, as in the papers

@@ -36,8 +36,24 @@ if TYPE_CHECKING:  # pragma: no cover
 DATA_KEYS = ("data.root", "data.synthetic")
 #: knobs of how a stage runs, not of what it computes: any stage may read them and they stay out of keys
 EXECUTION_KEYS = ("device", "devices", "workers")
-#: keys added after runs existed, left out of a key at this value, so those runs' stages stay cached
-LATER_KEYS = {"amp": "off"}
+#: keys added after runs existed, left out of a key at this value, so those runs' stages stay cached (a key
+#: ending a dotted path, as ``train.brightness_shift`` ends ``segmentation.train.brightness_shift``)
+LATER_KEYS = {"amp": "off", "train.brightness_shift": 0.0}
+
+
+def _is_later_default(path: str, value: Any) -> bool:
+    return any((path == k or path.endswith("." + k)) and value == v for k, v in LATER_KEYS.items())
+
+
+def keyed_value(path: str, value: Any) -> Any:
+    """A read config value as it enters a stage key: without the later keys at their old value, at any depth.
+
+    >>> keyed_value("segmentation.train", {"steps": 5, "brightness_shift": 0.0})
+    {'steps': 5}
+    """
+    if isinstance(value, dict):
+        return {k: keyed_value(f"{path}.{k}", v) for k, v in value.items() if not _is_later_default(f"{path}.{k}", v)}
+    return value
 
 
 def _covered(path: str, keys: tuple[str, ...]) -> bool:
@@ -196,7 +212,7 @@ def stage_key(stage: Stage, config: Mapping, data_id: str | None) -> str:
     """
     payload = {"stage": stage.name, "version": stage.version, "data": data_id if stage.reads_data else None,
                "dataset": {k: lookup(config, k) for k in DATA_KEYS} if stage.reads_data else {},
-               "config": {k: lookup(config, k) for k in stage.reads if LATER_KEYS.get(k, ...) != lookup(config, k)},
+               "config": {k: keyed_value(k, lookup(config, k)) for k in stage.reads if not _is_later_default(k, lookup(config, k))},
                "inputs": {role: [o.stage.name, o.name, stage_key(o.stage, config, data_id)]
                           for role, o in stage.used_sources(config).items()}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

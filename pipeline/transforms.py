@@ -42,6 +42,16 @@ def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -
     return np.asarray(im)
 
 
+def brightness_shift(image: np.ndarray, shift: float, rng: np.random.Generator) -> np.ndarray:
+    """Every pixel plus one value drawn from [−shift, shift] grey levels, clipped to 0–255 (SASFormer's ±10).
+
+    >>> brightness_shift(np.full((1, 2, 3), 250, np.uint8), 10, np.random.default_rng(0)).dtype
+    dtype('uint8')
+    """
+    d = rng.uniform(-shift, shift)
+    return np.clip(image.astype(np.float32) + d, 0, 255).round().astype(np.uint8)
+
+
 def random_crop(image: np.ndarray, mask: np.ndarray | None, size: int, rng: np.random.Generator,
                 ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Crop ``size``×``size``; smaller images are padded (image with the mean colour, mask with ignore).
@@ -66,12 +76,16 @@ def random_crop(image: np.ndarray, mask: np.ndarray | None, size: int, rng: np.r
 
 
 def train_transform(image: np.ndarray, mask: np.ndarray | None, crop_size: int, scale_range: tuple[float, float],
-                    hflip: bool, jitter: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    hflip: bool, jitter: float, rng: np.random.Generator,
+                    brightness: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rescale, flip, colour jitter, brightness shift (``brightness`` > 0), crop; the image normalised."""
     image, mask = random_rescale(image, mask, scale_range, rng)
     if hflip and rng.random() < 0.5:
         image = image[:, ::-1]
         mask = mask[:, ::-1] if mask is not None else None
     if jitter > 0:
         image = color_jitter(np.ascontiguousarray(image), jitter, rng)
+    if brightness > 0:
+        image = brightness_shift(np.ascontiguousarray(image), brightness, rng)
     image, mask, _ = random_crop(np.ascontiguousarray(image), None if mask is None else np.ascontiguousarray(mask), crop_size, rng)
     return normalise(image), (torch.from_numpy(mask.astype(np.int64)) if mask is not None else None)

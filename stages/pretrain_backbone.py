@@ -45,7 +45,7 @@ class CorpusSamples:
 
     def __call__(self, i: int, rng: np.random.Generator):
         img, k = corpus_image(self.seed, "train", i, self.cfg.crop_size)
-        x, _ = train_transform(img, None, self.cfg.crop_size, self.cfg.scale_range, self.cfg.hflip, self.cfg.color_jitter, rng)
+        x, _ = train_transform(img, None, self.cfg.crop_size, self.cfg.scale_range, self.cfg.hflip, self.cfg.color_jitter, rng, self.cfg.brightness_shift)
         return x, k
 
 

@@ -59,7 +59,7 @@ class AffinitySamples:
     def __call__(self, i: int, rng: np.random.Generator):
         image_id = self.ids[i]
         img, lab = train_transform(VOCFolder(self.root).image(image_id), LabelStore(self.labels).read(image_id),
-                                   self.cfg.crop_size, self.cfg.scale_range, self.cfg.hflip, self.cfg.color_jitter, rng)
+                                   self.cfg.crop_size, self.cfg.scale_range, self.cfg.hflip, self.cfg.color_jitter, rng, self.cfg.brightness_shift)
         return img, lab
 
 

@@ -36,7 +36,7 @@ class ClassificationSamples:
     def __call__(self, i: int, rng: np.random.Generator):
         ds = VOCFolder(self.root)
         img, _ = train_transform(ds.image(self.ids[i]), None, self.cfg.crop_size, self.cfg.scale_range,
-                                 self.cfg.hflip, self.cfg.color_jitter, rng)
+                                 self.cfg.hflip, self.cfg.color_jitter, rng, self.cfg.brightness_shift)
         # the last entry seeds the batch's random view (ACR); the same step always gets the same view
         return img, torch.from_numpy(self.labels[i]), int(rng.integers(1 << 62))
 

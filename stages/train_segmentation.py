@@ -33,7 +33,7 @@ class SegmentationSamples:
         image_id = self.ids[i]
         label = LabelStore(self.labels).read(image_id) if self.labels else ds.mask(image_id)
         img, lab = train_transform(ds.image(image_id), label, self.cfg.crop_size, self.cfg.scale_range,
-                                   self.cfg.hflip, self.cfg.color_jitter, rng)
+                                   self.cfg.hflip, self.cfg.color_jitter, rng, self.cfg.brightness_shift)
         return img, lab
 
 

@@ -45,7 +45,7 @@ class SingleStageSamples:
         image = VOCFolder(self.root).image(self.ids[i])
         # a mask of ones comes back as 1 on image pixels and 255 on the crop's padding
         img, inside = train_transform(image, np.ones(image.shape[:2], np.uint8), self.cfg.crop_size, self.cfg.scale_range,
-                                      self.cfg.hflip, self.cfg.color_jitter, rng)
+                                      self.cfg.hflip, self.cfg.color_jitter, rng, self.cfg.brightness_shift)
         return img, torch.from_numpy(self.labels[i]), inside == 1
 
 

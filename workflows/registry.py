@@ -101,3 +101,17 @@ def offline_affinity_stages(classifier: Stage, seeds: Stage) -> list[Stage]:
     return [classifier, EVAL_CLASSIFIER.wire(model=classifier.out(MODEL_FILE)), seeds, seed_scores, unrefined_scores, affinity,
             walk, walk_scores, pseudo, EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS), seed_sweep=seed_scores.out(THRESHOLD)),
             segmentation, EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))]
+
+
+def retrain_on_pseudo_labels(label_stages: list[Stage], own_branch: Stage, pseudo: Stage) -> list[Stage]:
+    """The stages of a single-stage method's multi-stage variant (AFA's, APro's, SASFormer's shape), wired: the
+    method's ``label_stages`` (up to its pseudo labels' score), its own network's val score renamed
+    ``eval_single_stage_segmentation`` (beside the multi-stage one in ``inspect``), then ``train_segmentation`` on
+    ``pseudo``'s stored labels and ``eval_segmentation``."""
+    from pipeline.checkpoint import MODEL_FILE
+    from stages.eval_segmentation import EVAL_SEGMENTATION
+    from stages.make_pseudo_labels import PSEUDO_LABELS
+    from stages.train_segmentation import TRAIN_SEGMENTATION
+    segmentation = TRAIN_SEGMENTATION.wire(labels=pseudo.out(PSEUDO_LABELS))
+    return [*label_stages, own_branch.named("eval_single_stage_segmentation", summary={}), segmentation,
+            EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))]
