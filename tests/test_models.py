@@ -67,6 +67,8 @@ def _tiny_specs():
         "afa_mit": ModelSpec("afa_mit", dict(backbone="pvt_v2_b0", embed_dims=[8, 16, 16, 24], depths=[1, 1, 1, 1],
                                              num_heads=[1, 1, 2, 2], output_stride=8, decoder_dim=8)),
         "segmentation_net": ModelSpec("segmentation_net", dict(backbone="resnet18")),
+        "sasformer": ModelSpec("sasformer", dict(backbone="pvt_v2_b0", embed_dims=[8, 16, 16, 24], depths=[1, 1, 1, 1],
+                                                 num_heads=[1, 1, 2, 2], decoder_dim=8)),
         "standin_classifier": ModelSpec("standin_classifier", dict(standin="resnet", img_size=64, num_classes=32)),
         "swtformer": ModelSpec("swtformer", dict(backbone=dict(name="swin_tiny_patch4_window7_224", patch_size=2, embed_dim=8,
                                                                depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4),
@@ -80,6 +82,7 @@ PROVIDES = {"vit_cam_classifier": ("Trainable", "ClassMapModel"),
             "affinity_net": ("Trainable", "AffinityModel"),
             "afa_mit": ("Trainable", "ClassMapModel", "AffinityModel", "Segmenter"),
             "segmentation_net": ("Trainable", "Segmenter"),
+            "sasformer": ("Trainable", "Segmenter"),
             "standin_classifier": ("Trainable",),
             "swtformer": ("Trainable", "ClassMapModel")}
 

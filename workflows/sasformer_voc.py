@@ -20,6 +20,11 @@ PSEUDO = PREDICTED_PSEUDO_LABELS.wire(model=network.out(MODEL_FILE))
 #: the stages up to the pseudo labels' score, shared with ``sasformer_voc_multistage``
 LABEL_STAGES = [*SPARSE_STAGES, network, PSEUDO, EVAL_PSEUDO_LABELS.wire(labels=PSEUDO.out(PSEUDO_LABELS))]
 OWN_BRANCH = EVAL_SEGMENTATION.wire(model=network.out(MODEL_FILE))
+PROFILE_DEFAULTS: dict[str, dict] = {
+    # the reference code's multi-scale test (scales 0.5–2.0, flip), no CRF
+    "paper": {"segmentation": {"eval_scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0], "eval_flip": True, "eval_crf": False}},
+}
 
 SPEC = define_flow("sasformer_voc", [*LABEL_STAGES, OWN_BRANCH],
-                   "SASFormer on points/scribbles: SegFormer + hierarchical attention affinity loss → pseudo labels, val mIoU")
+                   "SASFormer on points/scribbles: SegFormer + hierarchical attention affinity loss → pseudo labels, val mIoU",
+                   {}, PROFILE_DEFAULTS)
