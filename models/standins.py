@@ -42,7 +42,7 @@ STANDINS: dict[str, StandIn] = {s.name: s for s in (  # cheapest first: the pret
     StandIn("resnet", "resnet18", dict(channels=[32, 64, 128, 192]),
             "the segmentation network and the AffinityNet (segmentation.weights, affinity.weights)"),
     StandIn("mit", "pvt_v2_b1", dict(embed_dims=[32, 64, 128, 160], depths=[1, 1, 2, 2], num_heads=[1, 2, 4, 4]),
-            "afa_voc's Mix Transformer on request (afa.weights=standin:mit; its default is from scratch)"),
+            "SASFormer's SegFormer encoder (sasformer.weights); afa_voc's Mix Transformer on request (afa.weights=standin:mit)"),
     StandIn("swin", "swin_tiny_patch4_window7_224", dict(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=6),
             "the Swin Transformer family (SWTformer)"),
     StandIn("vit_hybrid", "vit_tiny_r_s16_p8_224", dict(patch_size=2, embed_dim=128, depth=4, num_heads=4),

@@ -83,15 +83,16 @@ def _build(section):
     from models.afa import afa_spec
     from models.affinity_net import affinity_spec
     from models.cam_classifier import cam_classifier_spec
+    from models.sasformer import sasformer_spec
     from models.segmentation import segmentation_spec
     return {"cam": lambda c: cam_classifier_spec(c.model, 96), "acr": lambda c: acr_classifier_spec(c.model, 96),
             "affinity": lambda c: affinity_spec(c.affinity), "afa": lambda c: afa_spec(c.afa),
-            "segmentation": lambda c: segmentation_spec(c.segmentation)}[section]
+            "segmentation": lambda c: segmentation_spec(c.segmentation), "sasformer": lambda c: sasformer_spec(c.sasformer)}[section]
 
 
 @pytest.mark.parametrize("flow,network,key,standin", [
     ("cam_voc", "cam", "model", "vit_hybrid"), ("acr_voc", "acr", "model", "vit_hybrid"), ("acr_voc", "affinity", "affinity", "resnet"),
-    ("supervised_voc", "segmentation", "segmentation", "resnet"),
+    ("supervised_voc", "segmentation", "segmentation", "resnet"), ("sasformer_voc", "sasformer", "sasformer", "mit"),
 ])
 def test_default_profiles_start_from_the_standins_and_set_returns_to_scratch(flow, network, key, standin):
     spec, make = get_flow(flow), _build(network)
