@@ -171,3 +171,17 @@ def test_shared_stages_know_no_method(module):
     assert not [m for m in _imports(ROOT / "stages" / f"{module}.py") if m in METHOD_MODULES]
     for word in ("vit_acr", "afa_mit", '"acr"', '"afa"', '"apro"', "apro.", "swtformer"):
         assert word not in text, (module, word)
+
+
+def test_a_later_key_at_its_old_value_keeps_old_keys():
+    """``train.brightness_shift`` came after runs existed: at 0 a stage key is the one a config without it gives (those
+    runs stay cached); any other value moves it."""
+    spec = get_flow("supervised_voc")
+    base = spec.resolve("smoke").model_dump(mode="json")
+    seg = spec.stages[0]
+    old = copy.deepcopy(base)
+    del old["segmentation"]["train"]["brightness_shift"]
+    assert base["segmentation"]["train"]["brightness_shift"] == 0.0
+    assert stage_key(seg, base, "f") == stage_key(seg, old, "f")
+    base["segmentation"]["train"]["brightness_shift"] = 10.0
+    assert stage_key(seg, base, "f") != stage_key(seg, old, "f")

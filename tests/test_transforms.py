@@ -27,3 +27,16 @@ def test_train_transform_shapes_and_determinism():
 def test_normalise_roundtrip():
     img = np.random.default_rng(2).integers(0, 255, (9, 11, 3), dtype=np.uint8)
     assert np.abs(denormalise(normalise(img)).astype(int) - img).max() <= 1
+
+
+def test_brightness_shift_adds_one_value_to_every_pixel():
+    img = np.random.default_rng(3).integers(20, 230, (16, 16, 3), dtype=np.uint8)
+    shifts = []
+    for seed in range(8):
+        out = train_transform(img, None, 16, (1.0, 1.0), False, 0.0, np.random.default_rng(seed), brightness=10.0)[0]
+        delta = denormalise(out).astype(int) - img
+        assert delta.max() - delta.min() <= 1 and abs(delta.mean()) <= 10.5  # one shift (±1 rounding), at most 10
+        shifts.append(delta.mean())
+    assert np.std(shifts) > 2  # a new value per sample
+    same = train_transform(img, None, 16, (1.0, 1.0), False, 0.0, np.random.default_rng(4))[0]
+    assert (denormalise(same).astype(int) == img).all()  # 0: no shift
