@@ -33,4 +33,4 @@ def cam_run(tmp_path_factory, env):
     r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", run_dir, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     seconds = time.time() - t0
-    return run_dir, seconds, inspect_json(run_dir, env)  # the summary before later tests change this run
+    return run_dir, seconds, inspect_json(run_dir, env, in_process=False)  # the summary before later tests change this run

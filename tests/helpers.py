@@ -20,9 +20,19 @@ def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
                           env=env or cli_env(), timeout=timeout, cwd=ROOT)
 
 
-def inspect_json(run_dir, env=None) -> dict:
-    r = cli("inspect", run_dir, "--json", env=env)
-    assert r.returncode == 0, r.stderr
+def inspect_json(run_dir, env=None, in_process: bool = True) -> dict:
+    """``cli.py inspect RUN_DIR --json``, parsed. In this process by default (click's runner calls the same command
+    as the console does, without the seconds of a fresh interpreter's imports); ``in_process=False`` runs the real
+    ``cli.py`` (the session's first run does, so the console path is exercised too)."""
+    if not in_process:
+        r = cli("inspect", run_dir, "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+    from click.testing import CliRunner
+
+    import cli as cli_module
+    r = CliRunner().invoke(cli_module.main, ["inspect", str(run_dir), "--json"], env=env, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
     return json.loads(r.stdout)
 
 
