@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -69,27 +70,6 @@ def list_flows() -> None:
         click.echo(f"{spec.name:18s} {spec.description}")
 
 
-def _validate_data(run) -> None:
-    """Fail early, with one line, on a missing folder, split, image or an unreadable image."""
-    from PIL import Image
-    cfg = run.config
-    splits = {cfg.data.train_split, cfg.data.label_split, cfg.segmentation.eval_split}
-    if cfg.data.score_split:
-        splits.add(cfg.data.score_split)
-    for split in sorted(splits):
-        ds = run.dataset(split)
-        ds.check_images()
-        for i in ds.ids:
-            p = ds.image_path(i)
-            try:
-                with Image.open(p) as im:
-                    im.size
-            except OSError as e:
-                raise UserError(f"image {p} cannot be read ({type(e).__name__}): replace it or remove {i!r} from {split}.txt") from None
-        if split == cfg.data.train_split:
-            _ = ds.label_matrix  # every training image needs image-level labels
-
-
 @main.command("run-flow", context_settings={"show_default": True})
 @click.argument("name")
 @click.option("--data-root", type=click.Path(), default=None, help="VOC2012 folder (default: the embedded synthetic data).")
@@ -106,7 +86,7 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
     if show_config:
         click.echo(cfg.to_yaml(), nl=False)
         return
-    from pipeline.runs import Run
+    from pipeline.runs import Run, RunLock, validate_data
     from pipeline.runtime import check_runtime
     runtime = check_runtime(cfg)  # before anything is written
     from pipeline.parallel import check_executor
@@ -116,9 +96,19 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
         distributed.follow()  # under torchrun: rank 0 runs the flow, this rank trains its share
         return
     run_dir = Path(run_dir or f"runs/{name}-{profile}")
-    run = Run.create(run_dir, cfg, command=shlex.join(["python", "cli.py", *sys.argv[1:]]))
-    if any(st.reads_data for st in spec.stages):
-        _validate_data(run)
+    run = Run(run_dir, cfg)
+    run.check_folder()  # a foreign folder or another flow's run: refused before anything is written
+    new_folder = not run_dir.exists()
+    lock = RunLock(run_dir)  # held until this process ends: a second run-flow here is refused
+    try:
+        if any(st.reads_data for st in spec.stages):
+            validate_data(run, spec.stages)
+    except BaseException:
+        lock.release()
+        if new_folder:
+            shutil.rmtree(run_dir, ignore_errors=True)  # only the lock file this call made
+        raise
+    run.write_description(command=shlex.join(["python", "cli.py", *sys.argv[1:]]))
     if not click.get_current_context().find_root().params.get("debug"):
         _quiet_prefect_tracebacks()
     try:

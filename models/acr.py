@@ -25,7 +25,7 @@ from models.backbones import AttentionRecorder, TokenGrid, create_vit
 from models.cam_classifier import ClassifierConfig
 from models.registry import ModelSpec, register_model
 from models.token_views import View, invert_class_attention, invert_patch_attention
-from pipeline.config import Section, config_section
+from pipeline.config import LayerIndex, NonNegInt, NonNegative, ScaleRange, Section, config_section
 from pipeline.errors import UserError
 
 
@@ -33,18 +33,18 @@ from pipeline.errors import UserError
 class ACRConfig(Section):
     """ACR: all-pairs consistency of the classifier's attention across two views, and its seeds."""
 
-    alpha: float = 1.0  # weight of L_act (class-to-patch attention consistency); 0 switches it off
-    beta: float = 1.0  # weight of L_aff (patch-to-patch attention consistency); 0 switches it off
-    layers: list[int] | None = None  # blocks whose attention is regularised (None: all; negatives count from the end)
+    alpha: NonNegative = 1.0  # weight of L_act (class-to-patch attention consistency); 0 switches it off
+    beta: NonNegative = 1.0  # weight of L_aff (patch-to-patch attention consistency); 0 switches it off
+    layers: list[LayerIndex] | None = None  # blocks whose attention is regularised (None: all; negatives count from the end)
     transforms: list[Literal["resize", "hflip", "vflip", "rot90"]] = ["resize", "hflip", "vflip", "rot90"]
-    resize_range: tuple[float, float] = (0.5, 1.5)  # scale of the resized view (rounded to whole patches)
-    start_step: int = 0  # classification only before this step (from scratch: let attention become informative first)
-    ramp_steps: int = 0  # then α, β ramp up linearly over this many steps
+    resize_range: ScaleRange = (0.5, 1.5)  # scale of the resized view (rounded to whole patches)
+    start_step: NonNegInt = 0  # classification only before this step (from scratch: let attention become informative first)
+    ramp_steps: NonNegInt = 0  # then α, β ramp up linearly over this many steps
     # seeds (Table 5): cam — the head applied to the patch tokens; grad — gradient class localisation on the
     # class-to-patch attention; grad_aff — grad refined with the patch-to-patch attention
     seed_mode: Literal["cam", "grad", "grad_aff"] = "grad_aff"
-    seed_layers: list[int] | None = None  # blocks for grad / grad_aff (None: all; Fig. 8's layer range)
-    seed_aff_layers: list[int] | None = None  # blocks whose patch attention refines grad_aff (None: as ``seed_layers``)
+    seed_layers: list[LayerIndex] | None = None  # blocks for grad / grad_aff (None: all; Fig. 8's layer range)
+    seed_aff_layers: list[LayerIndex] | None = None  # blocks whose patch attention refines grad_aff (None: as ``seed_layers``)
 
 
 class ACRClassifier(nn.Module):

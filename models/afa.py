@@ -14,18 +14,20 @@ background score, propagated over the learned affinity).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 
 from models.cam_classifier import pool_scores
 from models.mix_transformer import MixTransformer
 from models.pairs import pair_labels, radius_mask
 from models.registry import ModelSpec, register_model
 from models.segmentation import MLPHead
-from pipeline.config import SMOKE_TRAIN, BkgBand, Section, TrainConfig, config_section
+
+from pipeline.config import BkgBand, Count, NonNegInt, NonNegative, Positive, SMOKE_TRAIN, Section, TrainConfig, config_section
 from pipeline.voc import IGNORE_INDEX
 
 
@@ -41,13 +43,13 @@ class AFAConfig(Section):
     # a local .safetensors / .pth file of encoder weights, or standin:NAME (models/standins.py); null: from scratch.
     # From scratch by default: from the `mit` stand-in the seeds fell from 0.348 to 0.145 on style a (README, AFA)
     weights: str | None = None
-    embed_dims: list[int] | None = [32, 64, 128, 160]  # from-scratch overrides (None keeps timm's)
-    depths: list[int] | None = [1, 1, 2, 2]
-    num_heads: list[int] | None = [1, 2, 4, 4]
+    embed_dims: list[Count] | None = [32, 64, 128, 160]  # from-scratch overrides (None keeps timm's)
+    depths: list[Count] | None = [1, 1, 2, 2]
+    num_heads: list[Count] | None = [1, 2, 4, 4]
     output_stride: Literal[8, 16] = 8  # 16: last patch merging at stride 1 (paper); 8: the last two (small images)
     pooling: Literal["gmp", "gap", "topk"] = "gmp"  # of the last stage's features (paper: global max pooling)
-    topk: float = 0.1  # fraction of locations averaged by top-k pooling
-    decoder_dim: int = 128  # SegFormer MLP decoder width (paper: 256)
+    topk: Annotated[float, Field(gt=0, le=1)] = 0.1  # fraction of locations averaged by top-k pooling
+    decoder_dim: Count = 128  # SegFormer MLP decoder width (paper: 256)
     # the AFA module reads N·S instead of the attention S (uniform → 1): from scratch, with S ≈ 1/N, the MLP
     # cannot reach discriminative logits in a short schedule (paper: false, the raw attention)
     attention_per_token: bool = True
@@ -56,20 +58,20 @@ class AFAConfig(Section):
     par: bool = True  # PAR on the training labels (Table 2); its parameters are ``pseudo.par``
     reg: bool = True  # L_reg, local consistency of the segmentation (Table 2)
     bkg_band: BkgBand = (0.05, 0.15)  # (β_l, β_h): background scores of the reliable labels (paper: 0.35, 0.55)
-    radius: int = 2  # affinity pairs within this many feature pixels (paper: 8 on a 32×32 grid; here grids are ~12-18)
-    beta: float = 2.0  # the random walk's power: T = D⁻¹A^β (the paper's α)
-    log_t: int = 0  # random walk steps: T^(2^log_t) (reference code: 0)
-    par_downscale: int = 2  # PAR on the training labels runs on images downscaled by this factor (as the reference code)
-    cls_weight: float = 1.0
-    seg_weight: float = 0.1  # λ₁
-    aff_weight: float = 0.1  # λ₂
-    reg_weight: float = 0.01  # λ₃
-    reg_kernel: int = 5  # L_reg window
-    reg_sigma_rgb: float = 15.0
-    reg_sigma_xy: float = 6.0
-    reg_scale: float = 0.5  # L_reg on predictions and images resized by this factor
-    cls_warmup_steps: int = 200  # classification only before this step (paper: 2k of 20k)
-    aff_warmup_steps: int = 400  # + affinity before this step, then segmentation too (paper: 4k)
+    radius: Count = 2  # affinity pairs within this many feature pixels (paper: 8 on a 32×32 grid; here grids are ~12-18)
+    beta: Positive = 2.0  # the random walk's power: T = D⁻¹A^β (the paper's α)
+    log_t: NonNegInt = 0  # random walk steps: T^(2^log_t) (reference code: 0)
+    par_downscale: Count = 2  # PAR on the training labels runs on images downscaled by this factor (as the reference code)
+    cls_weight: NonNegative = 1.0
+    seg_weight: NonNegative = 0.1  # λ₁
+    aff_weight: NonNegative = 0.1  # λ₂
+    reg_weight: NonNegative = 0.01  # λ₃
+    reg_kernel: Count = 5  # L_reg window
+    reg_sigma_rgb: Positive = 15.0
+    reg_sigma_xy: Positive = 6.0
+    reg_scale: Positive = 0.5  # L_reg on predictions and images resized by this factor
+    cls_warmup_steps: NonNegInt = 200  # classification only before this step (paper: 2k of 20k)
+    aff_warmup_steps: NonNegInt = 400  # + affinity before this step, then segmentation too (paper: 4k)
     train: TrainConfig = TrainConfig(steps=1000, batch_size=8, crop_size=96, lr=1e-3, head_lr_mult=10.0, warmup_steps=50,
                                      poly_power=1.0)
 

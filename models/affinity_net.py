@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from models.backbones import create_feature_backbone
 from models.pairs import pair_labels, radius_mask
 from models.registry import ModelSpec, register_model
-from pipeline.config import SMOKE_TRAIN, BkgBand, Section, TrainConfig, config_section
+from pipeline.config import BkgBand, Count, LayerIndex, NonNegInt, Positive, SMOKE_TRAIN, Section, TrainConfig, config_section
 from pipeline.voc import IGNORE_INDEX
 
 
@@ -28,18 +28,18 @@ class AffinityConfig(Section):
 
     source: Literal["network", "attention"] = "network"  # a trained AffinityNet, or the ViT's own patch attention
     backbone: str = "resnet18"  # timm CNN with features_only (paper: ResNet-38 / ResNet-50)
-    channels: list[int] | None = [32, 64, 128, 192]  # a timm ResNet's stage widths (None: the model's own)
+    channels: list[Count] | None = [32, 64, 128, 192]  # a timm ResNet's stage widths (None: the model's own)
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     weights: str | None = "standin:resnet"  # a local file, or standin:NAME (models/standins.py); null: from scratch
-    dims: tuple[int, int, int] = (32, 64, 128)  # embedding channels from the last three feature levels
-    radius: int = 5  # pairs within this radius (feature pixels, PSA's ‖Δ‖ < r) are trained and propagated over
+    dims: tuple[Count, Count, Count] = (32, 64, 128)  # embedding channels from the last three feature levels
+    radius: Count = 5  # pairs within this radius (feature pixels, PSA's ‖Δ‖ < r) are trained and propagated over
     label_seeds: Literal["unrefined", "refined"] = "unrefined"  # ACR*: seeds without affinity refinement
     bkg_band: BkgBand = (0.05, 0.3)  # (low, high) background scores of the confident labels: fg above high, bg below low
     label_refine: list[Literal["par", "crf"]] = ["par"]
     train: TrainConfig = TrainConfig(steps=400, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=10.0)
-    beta: float = 8.0  # random walk: A^β
-    log_t: int = 5  # random walk: T^(2^log_t)
-    attention_layers: list[int] | None = None  # source=attention: blocks averaged (None: all)
+    beta: Positive = 8.0  # random walk: A^β
+    log_t: NonNegInt = 5  # random walk: T^(2^log_t)
+    attention_layers: list[LayerIndex] | None = None  # source=attention: blocks averaged (None: all)
 
 
 class AffinityNet(nn.Module):

@@ -5,15 +5,17 @@ Its config is the ``model`` section (the ViT, shared with ACR's class-token clas
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 
 from models.backbones import AttentionRecorder, TokenGrid, create_vit
 from models.registry import ModelSpec, register_model
-from pipeline.config import SMOKE_TRAIN, Section, TrainConfig, config_section, register_section
+
+from pipeline.config import Count, SMOKE_TRAIN, Section, TrainConfig, config_section, register_section
 
 
 @config_section("model", profiles={
@@ -29,12 +31,12 @@ class ClassifierConfig(Section):
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file of backbone weights, or standin:NAME (models/standins.py); null: from scratch
     weights: str | None = "standin:vit_hybrid"
-    patch_size: int | None = 2  # overrides of timm's ViT (None keeps timm's); a hybrid's patch is on its stem's features
-    embed_dim: int | None = 128
-    depth: int | None = 4
-    num_heads: int | None = 4
+    patch_size: Count | None = 2  # overrides of timm's ViT (None keeps timm's); a hybrid's patch is on its stem's features
+    embed_dim: Count | None = 128
+    depth: Count | None = 4
+    num_heads: Count | None = 4
     pooling: Literal["gap", "gmp", "topk"] = "topk"  # of the patch-token class maps (the CAM classifier)
-    topk: float = 0.1  # fraction of locations averaged by top-k pooling
+    topk: Annotated[float, Field(gt=0, le=1)] = 0.1  # fraction of locations averaged by top-k pooling
 
     def vit(self) -> dict:
         """The ``create_vit`` arguments of this ViT."""

@@ -14,14 +14,17 @@ same network (the loader refuses a stand-in that does not fit, naming the archit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import timm
 import torch
 import torch.nn as nn
+from pydantic import Field
 
 from models.backbones import create_vit
 from models.registry import register_model
-from pipeline.config import Section, TrainConfig, config_section
+
+from pipeline.config import Count, Section, Seed, TrainConfig, config_section
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,10 @@ VIT_FAMILY = ("vit", "vit_hybrid")
 class PretrainConfig(Section):
     """The ``pretrain`` flow: every stand-in trained on the procedural corpus, then scored on its val split."""
 
-    corpus_seed: int = 0  # the corpus is a function of this seed (pipeline/corpus.py)
-    train_images: int = 100_000  # corpus train indices drawn from (each step takes the next batch of a permutation)
-    val_images: int = 2_000
-    label_smoothing: float = 0.1
+    corpus_seed: Seed = 0  # the corpus is a function of this seed (pipeline/corpus.py)
+    train_images: Count = 100_000  # corpus train indices drawn from (each step takes the next batch of a permutation)
+    val_images: Count = 2_000
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
     train: TrainConfig = TrainConfig(steps=1000, batch_size=64, crop_size=96, scale_range=(0.8, 1.2), hflip=True,
                                      color_jitter=0.2, lr=1e-3, head_lr_mult=1.0, weight_decay=0.05, warmup_steps=60,
                                      poly_power=1.0, checkpoint_every=100, log_every=20)

@@ -23,17 +23,19 @@ uses patch 2 (1/16: 6×6 training grid, 6–9 cells at inference), see README "S
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field
 
 from models.backbones import load_local_weights
 from models.cam_classifier import pool_scores
 from models.registry import ModelSpec, register_model
-from pipeline.config import Section, config_section
+
+from pipeline.config import Count, NonNegInt, NonNegative, Section, config_section
 from pipeline.errors import UserError
 
 
@@ -52,23 +54,23 @@ class SWTformerConfig(Section):
     # a local .safetensors / .pth file of backbone weights; null: from scratch (the `swin` stand-in did not learn
     # its corpus in 1000 steps, so it is not shipped: README, Pretrained stand-ins)
     weights: str | None = None
-    patch_size: int | None = 2  # overrides of timm's Swin (None keeps timm's): the stride is patch_size × 8
-    embed_dim: int | None = 32
-    depths: list[int] | None = [1, 1, 2, 1]
-    num_heads: list[int] | None = [1, 2, 4, 8]
-    window_size: int | None = 6
-    hff_dim: int = 64  # channels of each stage's side projection in the HFF (F_hie has 4×)
+    patch_size: Count | None = 2  # overrides of timm's Swin (None keeps timm's): the stride is patch_size × 8
+    embed_dim: Count | None = 32
+    depths: list[Count] | None = [1, 1, 2, 1]
+    num_heads: list[Count] | None = [1, 2, 4, 8]
+    window_size: Count | None = 6
+    hff_dim: Count = 64  # channels of each stage's side projection in the HFF (F_hie has 4×)
     hff_detach: bool = True  # the HFF reads the stages without gradient into the backbone (SIPE's side branches)
-    bkg_weight: float = 0.5  # weight of the background's overlap when locating seeds (SIPE: 0.5)
+    bkg_weight: NonNegative = 0.5  # weight of the background's overlap when locating seeds (SIPE: 0.5)
     # class scores from F_out (Eq. 2: gap). From scratch, GAP left the classifier at the class priors in every run
     # and max pooling (AFA's) let V2 leave them soonest (README, SWTformer)
     pooling: Literal["gap", "gmp", "topk"] = "gmp"
-    topk: float = 0.1  # fraction of locations averaged by top-k pooling
+    topk: Annotated[float, Field(gt=0, le=1)] = 0.1  # fraction of locations averaged by top-k pooling
     gsc: bool = True  # L_GSC (Eq. 5; Table 3), V2 only
     ccl: bool = True  # L_CCL (Eq. 6; Table 3), V2 only
     # L_GSC and L_CCL join at this step (paper: 0, from ImageNet weights). From scratch the CAM is noise at first,
     # and pulling it towards its own R-CAM kept the classifier at the class priors (README, SWTformer)
-    start_step: int = 0
+    start_step: NonNegInt = 0
 
     def swin(self) -> dict:
         """The ``create_swin`` arguments of this Swin."""

@@ -1,5 +1,10 @@
 """Checkpoints as safetensors with a JSON sidecar; never pickles.
 
+A checkpoint is one file: its metadata (config, step, optimiser scalars, …) lives in the safetensors header
+beside the tensors it describes, so weights and step can never come from two different saves. The ``.json``
+sidecar beside it is a readable copy for people and other tools; it is read only for files written before the
+header held the metadata (the committed stand-ins).
+
 ``save_weights``/``load_weights`` hold a model's weights; ``save_train_state``/``load_train_state``
 hold everything a training stage needs to continue exactly: model, optimiser state, step and
 the torch RNG state (the learning-rate schedule is a function of the step).
@@ -11,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pipeline.fsutil import atomic_write_text
+from pipeline.fsutil import atomic_write_text, commit_file, temp_sibling
 
 #: the trained weights every training stage leaves in its folder (its sidecar holds the model spec)
 MODEL_FILE = "model.safetensors"
@@ -24,22 +30,38 @@ def _sidecar(path: Path) -> Path:
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write ``path`` (.safetensors) and its sidecar ``.json`` (config, step, metrics), each atomically.
+    """Write ``path`` (.safetensors, ``meta`` in its header) atomically and durably, then the readable sidecar.
 
-    The sidecar is written last: a checkpoint counts only when its sidecar names it.
+    The file is written under a unique temporary name, fsynced and renamed (the folder fsynced too): a crash leaves
+    the previous checkpoint whole, and the step in the header always belongs to the weights beside it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
+    text = json.dumps(meta)
+    tmp = temp_sibling(path)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata={META_KEY: text})
+    commit_file(tmp, path)
     atomic_write_text(_sidecar(path), json.dumps(meta, indent=1))
 
 
-def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+#: the safetensors header entry holding a checkpoint's metadata (JSON)
+META_KEY = "wsss_meta"
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The metadata of the checkpoint ``path``: its header's, or (a file from before) its sidecar's."""
     path = Path(path)
-    meta = json.loads(_sidecar(path).read_text()) if _sidecar(path).is_file() else {}
-    return load_file(str(path)), meta
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+    if META_KEY in header:
+        return json.loads(header[META_KEY])
+    return json.loads(_sidecar(path).read_text()) if _sidecar(path).is_file() else {}
+
+
+def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors of ``path`` and their metadata (``read_meta``)."""
+    path = Path(path)
+    return load_file(str(path)), read_meta(path)
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

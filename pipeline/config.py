@@ -42,6 +42,36 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# The ranges of the knobs: every number a config holds has one (tests/test_config.py walks every section).
+#: a count of things that must exist: steps, images, sizes, iterations, channels
+Count = Annotated[int, Field(ge=1)]
+#: a count that may be zero (warm-up steps, extra workers, a step to start from)
+NonNegInt = Annotated[int, Field(ge=0)]
+#: a seed of a random generator
+Seed = Annotated[int, Field(ge=0)]
+#: a strictly positive real (a learning rate, a scale, a standard deviation, a temperature)
+Positive = Annotated[float, Field(gt=0)]
+#: a weight or a strength that 0 switches off
+NonNegative = Annotated[float, Field(ge=0)]
+#: a fraction or a probability in [0, 1]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+#: a transformer block's index, negatives counting from the end (checked against the depth when the model is built)
+LayerIndex = Annotated[int, Field(ge=-64, le=63)]
+#: image scales of multi-scale inference: at least one, each positive
+Scales = Annotated[list[Positive], Field(min_length=1)]
+
+
+def _ordered_range(band: tuple[float, float]) -> tuple[float, float]:
+    low, high = band
+    if not 0 < low <= high:
+        raise ValueError(f"must be (low, high) with 0 < low <= high, got {list(band)}")
+    return band
+
+
+#: a (low, high) range of positive factors, as a random rescale's
+ScaleRange = Annotated[tuple[float, float], AfterValidator(_ordered_range)]
+
+
 def _ordered_band(band: tuple[float, float]) -> tuple[float, float]:
     low, high = band
     if not 0 <= low <= high:
@@ -57,11 +87,11 @@ BkgBand = Annotated[tuple[float, float], AfterValidator(_ordered_band)]
 
 class SyntheticConfig(Section):
     style: Literal["a", "b"] = "a"  # the generator (pipeline/synthetic.py): b is held out to check that defaults transfer
-    train: int = 200
-    val: int = 60
-    seed: int = 0
-    min_size: int = 96
-    max_size: int = 144
+    train: Count = 200
+    val: Count = 60
+    seed: Seed = 0
+    min_size: Annotated[int, Field(ge=32)] = 96
+    max_size: Annotated[int, Field(ge=32)] = 144
 
 
 class SparseConfig(Section):
@@ -80,62 +110,67 @@ class DataConfig(Section):
     label_split: str = "train"  # images that get seeds and pseudo labels, scored against their masks
     val_split: str = "val"
     score_split: str | None = None  # score seeds/pseudo labels only on this split's images (paper: train)
-    max_images: int | None = None  # cap on every split (for quick looks at a large dataset)
+    max_images: Count | None = None  # cap on every split (for quick looks at a large dataset)
     sparse: SparseConfig = SparseConfig()
+    # pixels above which an image is refused before any stage (8000² would need ~100 GiB through CAM and PAR)
+    max_pixels: Count = 4096 * 4096
+    # what the stage keys know of each split image, mask and annotation: size and modification time (stat), or a
+    # digest of the bytes (content: reads every file at each run, and recomputes the stages once when switched)
+    fingerprint: Literal["stat", "content"] = "stat"
 
 
 class TrainConfig(Section):
-    steps: int = 600
-    batch_size: int = 8
-    crop_size: int = 96
-    scale_range: tuple[float, float] = (0.7, 1.3)  # random rescale before the crop
+    steps: Count = 600
+    batch_size: Count = 8
+    crop_size: Annotated[int, Field(ge=16)] = 96
+    scale_range: ScaleRange = (0.7, 1.3)  # random rescale before the crop
     hflip: bool = True
-    color_jitter: float = 0.3  # brightness/contrast/saturation strength; 0 switches it off
+    color_jitter: Fraction = 0.3  # brightness/contrast/saturation strength; 0 switches it off
     brightness_shift: float = Field(0.0, ge=0, le=255)  # add one value in [−s, s] grey levels to every pixel (SASFormer: 10)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3
-    head_lr_mult: float = 10.0  # heads learn 10x faster, as in the papers
-    weight_decay: float = 0.01
-    momentum: float = 0.9
-    warmup_steps: int = 50
-    poly_power: float = 0.9
-    checkpoint_every: int = 100
-    log_every: int = 10
-    threads: int = 0  # torch threads; 0 = all cores
+    lr: Positive = 1e-3
+    head_lr_mult: Positive = 10.0  # heads learn 10x faster, as in the papers
+    weight_decay: NonNegative = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    warmup_steps: NonNegInt = 50
+    poly_power: NonNegative = 0.9
+    checkpoint_every: Count = 100
+    log_every: Count = 10
+    threads: NonNegInt = 0  # torch threads; 0 = all cores
 
 
 class CamConfig(Section):
     """Inference of localisation maps (every seed stage) and the threshold sweep that scores them."""
 
-    scales: list[float] = [1.0, 0.5, 1.5]
+    scales: Scales = [1.0, 0.5, 1.5]
     flip: bool = True
     # background thresholds tried by eval_seeds
-    sweep: list[float] = [0.01, 0.02, 0.03, 0.05, 0.075] + [round(0.05 * i, 2) for i in range(2, 20)]
+    sweep: Annotated[list[Fraction], Field(min_length=1)] = [0.01, 0.02, 0.03, 0.05, 0.075] + [round(0.05 * i, 2) for i in range(2, 20)]
     # when the best of the sweep lies at its edge, go on past it by halving (stages/eval_seeds.py, widen_sweep)
     sweep_widen: bool = True
 
 
 class ParConfig(Section):
-    dilations: list[int] = [1, 2, 4, 8, 12, 24]
-    num_iter: int = 10
-    w_rgb: float = 0.3
-    w_pos: float = 0.3
-    w_mix: float = 0.01
+    dilations: Annotated[list[Count], Field(min_length=1)] = [1, 2, 4, 8, 12, 24]
+    num_iter: NonNegInt = 10
+    w_rgb: Positive = 0.3
+    w_pos: Positive = 0.3
+    w_mix: NonNegative = 0.01
 
 
 class CrfConfig(Section):
-    n_iter: int = 10
-    pos_xy_std: float = 3
-    pos_w: float = 3
-    bi_xy_std: float = 80
-    bi_rgb_std: float = 13
-    bi_w: float = 10
+    n_iter: NonNegInt = 10
+    pos_xy_std: Positive = 3
+    pos_w: NonNegative = 3
+    bi_xy_std: Positive = 80
+    bi_rgb_std: Positive = 13
+    bi_w: NonNegative = 10
 
 
 class PseudoConfig(Section):
     # background score appended to the max-normalised maps: a number, or auto — the threshold that the stage
     # scoring the maps chose (best of cam.sweep on the masks of data.score_split; Otsu without masks)
-    bkg_threshold: float | Literal["auto"] = "auto"
+    bkg_threshold: Fraction | Literal["auto"] = "auto"
     bkg_band: BkgBand | None = None  # (low, high): reliable labels, 255 where only the low score says foreground
     refine: list[Literal["par", "crf"]] = ["par"]
     # label by the route (refined or not; the random walk's maps or the seeds before it) that scores best on the
@@ -157,14 +192,14 @@ class WorkersConfig(Section):
 
 class SegmentationConfig(Section):
     backbone: str = "resnet18"  # timm model with features_only
-    channels: list[int] | None = [32, 64, 128, 192]  # a timm ResNet's stage widths (None: the model's own)
+    channels: list[Count] | None = [32, 64, 128, 192]  # a timm ResNet's stage widths (None: the model's own)
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file, or standin:NAME (models/standins.py); null trains from scratch
     weights: str | None = "standin:resnet"
     head: Literal["aspp", "mlp"] = "aspp"
-    output_stride: int = 8
+    output_stride: Literal[8, 16, 32] = 8
     train: TrainConfig = TrainConfig(steps=1200, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=1.0)
-    eval_scales: list[float] = [1.0, 0.75, 1.25]
+    eval_scales: Scales = [1.0, 0.75, 1.25]
     eval_flip: bool = True
     eval_crf: bool = False
     eval_split: str = "val"
@@ -175,7 +210,7 @@ class RunConfigBase(Section):
 
     flow: str = "cam_voc"
     profile: Literal["smoke", "default", "paper"] = "default"
-    seed: int = 0
+    seed: Seed = 0
     # the scale knobs (pipeline/runtime.py): where networks run, in which precision, in how many processes
     device: Annotated[str, AfterValidator(_device_name)] = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision of every network's training and inference

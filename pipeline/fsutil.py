@@ -1,4 +1,4 @@
-"""Atomic file and directory replacement."""
+"""Atomic, durable file and directory replacement: write aside under a unique name, fsync, rename, fsync the folder."""
 from __future__ import annotations
 
 import ctypes
@@ -14,16 +14,52 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 
 
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush every file and folder under ``path`` (and ``path``) to disk, deepest first."""
+    for root, _dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            fsync_file(Path(root) / name)
+        fsync_dir(Path(root))
+
+
+def temp_sibling(path: Path) -> Path:
+    """A unique hidden name beside ``path``: two writers of one file never share a temporary."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def commit_file(tmp: Path, path: Path) -> None:
+    """Make the written file ``tmp`` durable and rename it over ``path`` (atomic), then flush the folder."""
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, fsync, then rename over ``path``."""
+    """Write ``data`` to a unique temporary sibling, fsync, rename over ``path``, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = temp_sibling(path)
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    commit_file(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

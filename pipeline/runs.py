@@ -1,16 +1,25 @@
 """Run folders, stage records and caching.
 
-A run folder holds ``config.yaml`` (the resolved config), ``run.json`` (flow, profile) and one
-folder per stage, ``stages/<name>/``, with the stage's outputs and its ``record.json``:
-status, key, seconds, metrics. A stage's *key* digests its config sections, the keys of the
-stages it reads and the data's fingerprint; a stage whose record is complete with the same key
-is not run again (status ``cached``). A record becomes ``completed`` only after the stage's
-outputs are fully written, and every record is written atomically.
+A run folder holds ``config.yaml`` (the resolved config), ``run.json`` (flow, profile, command, schema) and one
+folder per stage, ``stages/<name>/``, with the stage's outputs and its ``record.json``: status, key, seconds,
+metrics, and what its outputs were when it completed. A stage's *key* digests its code, the config keys it reads,
+the keys of the stages it reads and the fingerprint of the data it reads (every split image's, mask's and
+annotation's size and modification time, or their contents with ``data.fingerprint=content``; the sparse
+annotation files for the stages that read them). A stage whose record is complete with the same key, and whose
+outputs are still as the record lists them, is not run again (status ``cached``); one whose outputs lost an entry or
+a file is run again, and a per-image stage then redoes only the missing images. A record becomes ``completed``
+only after the stage's outputs are fully written, and every record is written atomically.
+
+One flow at a time writes a run folder: ``RunLock`` holds an OS lock on ``<run>/.lock`` for the flow's life (the
+OS releases it when the process dies), and a second ``run-flow`` on the folder is refused, naming the holder.
+A folder that is not empty and holds no ``run.json`` is not a run folder and is never written into.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 import traceback
@@ -23,11 +32,59 @@ import yaml
 from pipeline.config import RunConfigBase, validate_config
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_text
+from pipeline.sparse import sparse_sources
 from pipeline.stage import Stage, StageContext, stage_key
+from pipeline.store import LabelStore
 from pipeline.synthetic import embedded_dataset
-from pipeline.voc import VOCDataset, find_voc_root
+from pipeline.voc import VOCDataset, VOCFolder, find_voc_root
 
+log = logging.getLogger(__name__)
 STATUSES = ("completed", "cached", "failed", "pending")
+#: the layout version of ``run.json`` and of stage records; a file of a newer version is refused
+RUN_SCHEMA = 1
+RECORD_SCHEMA = 1
+LOCK_FILE = ".lock"
+
+
+def read_json_file(path: Path, what: str) -> dict:
+    """A JSON object from ``path``, or one line naming the file (``UserError``) when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable {what} ({type(e).__name__}: {e}): move it aside to start it anew") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a {what} (a JSON object was expected): move it aside to start it anew")
+    schema = data.get("schema", 0)
+    newest = RUN_SCHEMA if what == "run description" else RECORD_SCHEMA
+    if not isinstance(schema, int) or schema > newest:
+        raise UserError(f"{path} was written by a newer version of this project (schema {schema!r}, this one reads "
+                        f"up to {newest}): update the project or use another --run-dir")
+    return data
+
+
+class RunLock:
+    """An exclusive OS lock on a run folder (``fcntl.flock`` on ``<run>/.lock``), held until ``release`` or the
+    process's end; the file names the holder's pid. Refused with one line when another process holds it."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            raise UserError(f"run folder {self.path.parent} is in use by another run-flow (pid {holder}): wait for it "
+                            "to finish or give this run another --run-dir") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 class Run:
@@ -39,20 +96,46 @@ class Run:
 
     @classmethod
     def create(cls, run_dir: str | Path, config: RunConfigBase, command: str | None = None) -> "Run":
-        """Write the folder's config and ``run.json`` (flow, profile, the command line that made it)."""
+        """Check the folder (``check_folder``), then write its config and ``run.json``."""
         run = cls(run_dir, config)
-        run.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.dir / "config.yaml", config.to_yaml())
-        atomic_write_text(run.dir / "run.json", json.dumps({"flow": config.flow, "profile": config.profile,
-                                                           "command": command, "updated": time.time()}))
+        run.check_folder()
+        run.write_description(command)
         return run
+
+    def check_folder(self) -> None:
+        """Refuse, writing nothing, a folder this run must not write: one that is not empty and holds no
+        ``run.json`` (not a run folder), or a run of another flow or of a newer version."""
+        d = self.dir
+        if d.exists() and not d.is_dir():
+            raise UserError(f"--run-dir {d} is a file: give a folder")
+        if not d.is_dir() or not any(p.name != LOCK_FILE for p in d.iterdir()):
+            return
+        if not (d / "run.json").is_file():
+            raise UserError(f"{d} is not empty and is not a run folder (no run.json): give --run-dir a new or empty "
+                            "folder, or the folder of an earlier run-flow")
+        flow = read_json_file(d / "run.json", "run description").get("flow")
+        if flow != self.config.flow:
+            raise UserError(f"{d} holds a run of flow {flow!r}, not {self.config.flow!r}: give this flow its own --run-dir")
+
+    def write_description(self, command: str | None = None) -> None:
+        """Write ``config.yaml`` and ``run.json`` (flow, profile, the command line that made it, schema)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.dir / "config.yaml", self.config.to_yaml())
+        atomic_write_text(self.dir / "run.json", json.dumps({
+            "schema": RUN_SCHEMA, "flow": self.config.flow, "profile": self.config.profile, "command": command,
+            "updated": time.time()}))
 
     @classmethod
     def open(cls, run_dir: str | Path) -> "Run":
         d = Path(run_dir)
         if not (d / "config.yaml").is_file():
             raise UserError(f"{d} is not a run folder (no config.yaml): give the --run-dir of a run-flow call")
-        raw = yaml.safe_load((d / "config.yaml").read_text())
+        if (d / "run.json").is_file():
+            read_json_file(d / "run.json", "run description")  # refuses a newer layout or a corrupt file
+        try:
+            raw = yaml.safe_load((d / "config.yaml").read_text())
+        except yaml.YAMLError as e:
+            raise UserError(f"{d / 'config.yaml'} is not valid YAML ({type(e).__name__}): run the flow in a new --run-dir") from None
         if isinstance(raw, dict) and "workers" in (raw.get("pseudo") or {}):  # before the workers section
             raw.setdefault("workers", {})["processes"] = raw["pseudo"].pop("workers")
         try:
@@ -74,19 +157,43 @@ class Run:
     def dataset(self, split: str) -> VOCDataset:
         return VOCDataset(self.voc_root, split, self.config.data.max_images)
 
+    def splits(self) -> list[str]:
+        """Every split the run's stages may read."""
+        d = self.config.data
+        return sorted({d.train_split, d.label_split, d.val_split, d.score_split or d.label_split,
+                       self.config.segmentation.eval_split})
+
     @cached_property
     def data_fingerprint(self) -> str:
+        """The identity of the data every data-reading stage's key includes: the VOC folder, its split lists, and
+        each listed image's image, masks and annotation (size and modification time, or contents with
+        ``data.fingerprint=content``)."""
         h = hashlib.sha256(str(self.voc_root.resolve()).encode())
         lists = self.voc_root / "ImageSets" / "Segmentation"
-        d = self.config.data
-        for split in sorted({d.train_split, d.label_split, d.val_split, d.score_split or d.label_split,
-                             self.config.segmentation.eval_split}):
+        ids: set[str] = set()
+        for split in self.splits():
             p = lists / f"{split}.txt"
-            h.update(p.read_bytes() if p.is_file() else b"")
+            text = p.read_bytes() if p.is_file() else b""
+            h.update(text)
+            ids.update(ln.split()[0] for ln in text.decode(errors="replace").splitlines() if ln.strip())
         marker = self.voc_root / "synthetic.json"
         if marker.is_file():
             h.update(marker.read_bytes())
+        folder = VOCFolder(self.voc_root)
+        files = [f for i in sorted(ids) for f in folder.files_of(i)]
+        h.update(files_fingerprint(files, self.config.data.fingerprint).encode())
         return h.hexdigest()[:16]
+
+    @cached_property
+    def sparse_fingerprint(self) -> str:
+        """The identity of the sparse annotation files (``data.sparse``), for the stages that read them."""
+        s = self.config.data.sparse
+        try:
+            paths = sparse_sources(s.paths, s.kind, self.config.data.root, self.voc_root)
+        except UserError:
+            return "none"  # the stage that reads them says what is missing
+        files = [f for p in paths for f in (sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])]
+        return files_fingerprint(files, self.config.data.fingerprint)
 
     # stages -------------------------------------------------------------------------------------
     def stage_dir(self, name: str) -> Path:
@@ -94,20 +201,125 @@ class Run:
 
     def read_record(self, name: str) -> dict | None:
         p = self.stage_dir(name) / "record.json"
-        return json.loads(p.read_text()) if p.is_file() else None
+        return read_json_file(p, "stage record") if p.is_file() else None
 
     def write_record(self, name: str, record: dict) -> None:
-        atomic_write_text(self.stage_dir(name) / "record.json", json.dumps(record, indent=1))
+        atomic_write_text(self.stage_dir(name) / "record.json", json.dumps({"schema": RECORD_SCHEMA, **record}, indent=1))
 
     def flow_name(self) -> str:
         p = self.dir / "run.json"
-        return json.loads(p.read_text())["flow"] if p.is_file() else self.config.flow
+        return read_json_file(p, "run description").get("flow", self.config.flow) if p.is_file() else self.config.flow
+
+
+VALIDATED_FILE = "validated.json"
+
+
+def validate_data(run: Run, stages: list[Stage]) -> None:
+    """Check, before any stage, every image and mask the run's splits list (``UserError``: one line naming the
+    file and the fix): each image decodes whole, is 8-bit and within ``data.max_pixels``; each mask has its image's
+    size and only VOC label values; the training split has image-level labels; the splits that stages score on
+    (``segmentation.eval_split``, ``data.score_split``) have masks. A run folder remembers the data it checked
+    (``validated.json``: the data's fingerprint and the cap), so a resumed run checks again only what changed."""
+    cfg = run.config
+    stamp = {"data": run.data_fingerprint, "max_pixels": cfg.data.max_pixels}
+    done = run.dir / VALIDATED_FILE
+    if done.is_file():
+        try:
+            if json.loads(done.read_text()) == stamp:
+                return
+        except ValueError:
+            pass
+    datasets = {split: run.dataset(split) for split in run.splits()}
+    folder = VOCFolder(run.voc_root)
+    ids = sorted({i for ds in datasets.values() for i in ds.ids})
+
+    def check(image_id: str) -> bool:
+        return folder.check_mask(image_id, folder.check_image(image_id, cfg.data.max_pixels))
+
+    from concurrent.futures import ThreadPoolExecutor  # PIL decodes without the GIL
+    with ThreadPoolExecutor(max(1, cfg.workers.processes)) as pool:
+        has_mask = dict(zip(ids, pool.map(check, ids)))
+    _ = datasets[cfg.data.train_split].label_matrix  # every training image needs image-level labels
+    reads = {k for st in stages for k in st.reads}
+    scored = {"segmentation.eval_split": cfg.segmentation.eval_split, "data.score_split": cfg.data.score_split}
+    for key, split in scored.items():
+        if split is not None and key in reads and not any(has_mask[i] for i in datasets[split].ids):
+            raise UserError(f"split {split!r} ({key}) has no image with a mask in SegmentationClass/ or "
+                            f"SegmentationClassAug/, so nothing can be scored on it: add its masks or choose "
+                            f"another split with --set {key}=NAME")
+    atomic_write_text(done, json.dumps(stamp))
+
+
+def files_fingerprint(files: list[Path], mode: str = "stat") -> str:
+    """A digest of ``files`` (in order): each one's name with its size and modification time (``stat``) or its
+    bytes (``content``); a missing file counts as missing.
+
+    >>> import tempfile, pathlib; p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"; _ = p.write_text("x")
+    >>> files_fingerprint([p], "content") == files_fingerprint([p], "content"), len(files_fingerprint([p]))
+    (True, 16)
+    """
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f).encode() + b"\0")
+        try:
+            if mode == "content":
+                with open(f, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+            else:
+                st = os.stat(f)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        except FileNotFoundError:
+            h.update(b"missing")
+    return h.hexdigest()[:16]
+
+
+def _reads_sparse(stage: Stage) -> bool:
+    return any(k in ("data", "data.sparse") or k.startswith("data.sparse.") for k in stage.reads)
 
 
 def key_of(run: Run, stage: Stage) -> str:
-    """``stage``'s cache key in this run (``pipeline.stage.stage_key``)."""
-    needs_data = any(s.reads_data for s in [stage, *stage.upstream()])
-    return stage_key(stage, run.config.model_dump(mode="json"), run.data_fingerprint if needs_data else None)
+    """``stage``'s cache key in this run (``pipeline.stage.stage_key``): the data's fingerprint for a stage that
+    reads the data (or follows one that does), with the sparse files' for one that reads ``data.sparse``."""
+    chain = [stage, *stage.upstream()]
+    data_id = None
+    if any(s.reads_data for s in chain):
+        data_id = run.data_fingerprint
+        if any(_reads_sparse(s) for s in chain):
+            data_id += ":" + run.sparse_fingerprint
+    return stage_key(stage, run.config.model_dump(mode="json"), data_id)
+
+
+def outputs_of(run: Run, stage: Stage) -> dict[str, dict]:
+    """What ``stage``'s declared outputs hold now: a label store's complete entries (count and digest of the ids),
+    a file's size. The record keeps this; a cache hit compares it with the disk (``outputs_changed``)."""
+    out = {}
+    for name in stage.writes:
+        p = run.stage_dir(stage.name) / name
+        if (p / "zarr.json").is_file():
+            ids = LabelStore(p).complete_ids()
+            out[name] = {"entries": len(ids), "ids": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
+        elif p.is_file():
+            out[name] = {"bytes": p.stat().st_size}
+    return out
+
+
+def outputs_changed(run: Run, stage: Stage, record: dict) -> str | None:
+    """Why the outputs on disk differ from those ``record`` lists (None: they do not): a deleted file, a store
+    that lost an entry or a chunk."""
+    listed = record.get("outputs")
+    if listed is None:
+        return None  # a record from before outputs were listed
+    now = outputs_of(run, stage)
+    for name, want in listed.items():
+        have = now.get(name)
+        if have is None:
+            return f"{name} is missing"
+        if have != want:
+            if "entries" in want:
+                return f"{name} holds {have.get('entries')} complete entries, {want['entries']} when it completed"
+            return f"{name} changed size"
+    return None
 
 
 def run_stage(run: Run, stage: Stage) -> dict:
@@ -123,9 +335,12 @@ def run_stage(run: Run, stage: Stage) -> dict:
     key = key_of(run, stage)
     rec = run.read_record(stage.name)
     if rec and rec.get("status") in ("completed", "cached") and rec.get("key") == key:
-        rec = {**rec, "status": "cached"}
-        run.write_record(stage.name, rec)
-        return rec
+        changed = outputs_changed(run, stage, rec)
+        if changed is None:
+            rec = {**rec, "status": "cached"}
+            run.write_record(stage.name, rec)
+            return rec
+        log.warning("stage %s: %s; running it again (what is stored under this key is kept)", stage.name, changed)
     run.stage_dir(stage.name).mkdir(parents=True, exist_ok=True)
     started = time.time()
     base = {"name": stage.name, "key": key, "started": started, "pid": os.getpid()}
@@ -137,7 +352,8 @@ def run_stage(run: Run, stage: Stage) -> dict:
                                       "metrics": {}, "error": f"{type(e).__name__}: {e}",
                                       "traceback": traceback.format_exc(limit=20)})
         raise
-    rec = {**base, "status": "completed", "seconds": round(time.time() - started, 3), "metrics": metrics}
+    rec = {**base, "status": "completed", "seconds": round(time.time() - started, 3), "metrics": metrics,
+           "outputs": outputs_of(run, stage)}
     run.write_record(stage.name, rec)
     return rec
 

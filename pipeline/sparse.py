@@ -261,6 +261,22 @@ def standard_paths(roots: list[Path], kind: str) -> list[Path]:
     return found[:1] if kind == "scribble" else found
 
 
+def sparse_sources(paths: list[str], kind: str, data_root: str | None, voc_root: Path) -> list[Path]:
+    """The annotation files of ``kind`` a run reads: ``paths`` (``data.sparse.paths``), else the standard names
+    (``standard_paths``) in the VOC root or a folder above it up to ``data_root``."""
+    if paths:
+        return [Path(p).expanduser().resolve() for p in paths]
+    roots = [Path(voc_root)]
+    if data_root is not None:
+        top = Path(data_root).resolve()
+        roots += [p for p in Path(voc_root).parents if p == top or top in p.parents]
+    found = standard_paths(roots, kind)
+    if not found:
+        raise UserError(f"no {kind} annotations in {voc_root}: put the field's files there "
+                        f"({', '.join(STANDARD_FILES[kind])}) or give --set data.sparse.paths=[FILE, ...]")
+    return found
+
+
 def scribble_xml(image_id: str, height: int, width: int, shapes: list[Shape]) -> str:
     """A ScribbleSup XML file of ``shapes`` (``parse_scribble_xml`` reads it back).
 

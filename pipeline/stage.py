@@ -10,9 +10,9 @@ A ``Stage`` is a function ``fn(ctx) -> metrics`` with
   and ``uses(config)`` names the bound roles that a config makes it read (default: all);
 - ``summary``: which of its metrics fill which key of ``inspect``'s summary.
 
-The key of a stage digests its name and version, the data's identity, the values of the keys it
-reads and the keys of the stages its inputs come from (``stage_key``): so it changes when, and only
-when, something it depends on changes.
+The key of a stage digests its name and version, its code (``pipeline.codeversion.source_digest`` of its
+module), the data's identity, the values of the keys it reads and the keys of the stages its inputs come from
+(``stage_key``): so it changes when, and only when, something it depends on changes.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from pipeline.codeversion import source_digest
 from pipeline.config import RunConfigBase, parse_config_json
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -210,7 +211,7 @@ def stage_key(stage: Stage, config: Mapping, data_id: str | None) -> str:
 
     A stage that does not read the data (``reads_data=False``) keys on neither ``data_id`` nor the data keys.
     """
-    payload = {"stage": stage.name, "version": stage.version, "data": data_id if stage.reads_data else None,
+    payload = {"stage": stage.name, "version": stage.version, "code": source_digest(stage.fn.__module__), "data": data_id if stage.reads_data else None,
                "dataset": {k: lookup(config, k) for k in DATA_KEYS} if stage.reads_data else {},
                "config": {k: keyed_value(k, lookup(config, k)) for k in stage.reads if not _is_later_default(k, lookup(config, k))},
                "inputs": {role: [o.stage.name, o.name, stage_key(o.stage, config, data_id)]

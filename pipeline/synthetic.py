@@ -46,6 +46,7 @@ from scipy.sparse.csgraph import dijkstra
 from skimage.measure import label as connected_components
 from skimage.morphology import disk, skeletonize
 
+from pipeline.errors import UserError
 from pipeline.sparse import STANDARD_FILES, Shape, scribble_xml
 from pipeline.voc import CLASS_NAMES, IGNORE_INDEX, save_label_png
 
@@ -393,8 +394,8 @@ def make_synthetic(out_dir: Path, n_train: int = 200, n_val: int = 60, seed: int
     if style != "a":  # style a's marker (and cache key) predate the styles
         params.update(style=style, style_version=STYLE_B_VERSION)
     marker = root / "synthetic.json"
-    if marker.is_file():
-        have = json.loads(marker.read_text())
+    have = _own_marker(root)
+    if have is not None:
         if have == {**params, "sparse": SPARSE_VERSION}:
             return root
         if {k: v for k, v in have.items() if k != "sparse"} == params:  # the images as they are; new sparse files
@@ -430,6 +431,21 @@ def make_synthetic(out_dir: Path, n_train: int = 200, n_val: int = 60, seed: int
     os.replace(vr, root)
     shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _own_marker(root: Path) -> dict | None:
+    """The generator's marker in ``root`` (None: no folder yet); ``UserError`` when ``root`` exists without one:
+    a folder this generator did not write is never replaced."""
+    if not root.exists():
+        return None
+    try:
+        have = json.loads((root / "synthetic.json").read_text())
+    except (OSError, ValueError):
+        have = None
+    if not isinstance(have, dict) or not {"n_train", "n_val", "seed", "version"} <= have.keys():
+        raise UserError(f"{root} exists and was not written by make-synthetic (no synthetic.json of its own): "
+                        "it is left as it is; give make-synthetic another OUT_DIR")
+    return have
 
 
 def default_cache_dir() -> Path:

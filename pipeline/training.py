@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.checkpoint import MODEL_FILE, load_train_state, save_train_state, save_weights
+from pipeline.checkpoint import MODEL_FILE, load_train_state, read_meta, save_train_state, save_weights
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.progress import progress_bar
@@ -159,10 +159,8 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
     opt = make_optimizer(model, cfg)
     scaler = runtime.grad_scaler()
     start = 0
-    if ckpt.is_file() and (out_dir / "checkpoint.json").is_file():
-        side = json.loads((out_dir / "checkpoint.json").read_text())
-        if side.get("key") == meta.get("key"):
-            start = load_train_state(ckpt, model, opt, scaler)["step"]
+    if ckpt.is_file() and read_meta(ckpt).get("key") == meta.get("key"):  # the header's step belongs to its weights
+        start = load_train_state(ckpt, model, opt, scaler)["step"]
     if lead and start == 0:
         log_path.unlink(missing_ok=True)
     elif lead:  # keep the log lines up to the checkpoint (a line torn by a kill mid-write is dropped)

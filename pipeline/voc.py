@@ -10,6 +10,10 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import UserError
+from pipeline.store import image_id_problem
+
+#: PIL modes of 8-bit images (what the networks' RGB pipeline reads faithfully)
+EIGHT_BIT_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1")
 
 @lru_cache(maxsize=16)
 def decoded_rgb(path: str, mtime_ns: int, size: int) -> np.ndarray:
@@ -79,6 +83,47 @@ class VOCFolder:
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def files_of(self, image_id: str) -> list[Path]:
+        """Every file a stage may read for ``image_id`` (present or not): image, masks, annotation."""
+        return [self.image_path(image_id), self.root / "SegmentationClassAug" / f"{image_id}.png",
+                self.root / "SegmentationClass" / f"{image_id}.png", self.root / "Annotations" / f"{image_id}.xml"]
+
+    def check_image(self, image_id: str, max_pixels: int) -> tuple[int, int]:
+        """Decode the whole image (a truncated file fails here, not in a stage) and return its (height, width);
+        ``UserError`` naming the file when it is missing, unreadable, not 8-bit, or over ``max_pixels`` pixels."""
+        p = self.image_path(image_id)
+        try:
+            with Image.open(p) as im:
+                w, h = im.size
+                if w * h > max_pixels:
+                    raise UserError(f"image {p} has {w}×{h} = {w * h:,} pixels, over data.max_pixels={max_pixels:,}: "
+                                    f"downscale it, or raise the cap with --set data.max_pixels={w * h}")
+                if im.mode not in EIGHT_BIT_MODES:
+                    raise UserError(f"image {p} is not an 8-bit image (PIL mode {im.mode}): save it as 8-bit RGB")
+                im.load()
+        except FileNotFoundError:
+            raise UserError(f"image {p} is missing: remove {image_id!r} from its split list or add the image") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise UserError(f"image {p} cannot be decoded ({type(e).__name__}: {e}): replace it or remove "
+                            f"{image_id!r} from its split list") from None
+        return h, w
+
+    def check_mask(self, image_id: str, size: tuple[int, int]) -> bool:
+        """Whether ``image_id`` has a mask, after checking it: ``UserError`` naming the file when its size is not
+        the image's ``size`` (height, width) or it holds values other than 0–20 and 255."""
+        p = self.mask_path(image_id)
+        if p is None:
+            return False
+        m = self.mask(image_id)
+        if m.shape != tuple(size):
+            raise UserError(f"mask {p} is {m.shape[1]}×{m.shape[0]} but its image is {size[1]}×{size[0]}: "
+                            "masks must have their image's size")
+        bad = np.setdiff1d(np.unique(m), np.r_[np.arange(NUM_CLASSES), IGNORE_INDEX])
+        if bad.size:
+            raise UserError(f"mask {p} holds values {bad[:5].tolist()} outside 0–{NUM_CLASSES - 1} and {IGNORE_INDEX}: "
+                            "save it with VOC label indices (255 = void)")
+        return True
 
     def image(self, image_id: str) -> np.ndarray:
         """H×W×3 uint8 RGB (read-only: the last images decoded in this process are kept, ``decoded_rgb``)."""
@@ -152,8 +197,9 @@ class VOCDataset(VOCFolder):
             raise UserError(f"split list {lst} is missing: add it or choose another split with --set data.<split key>=NAME")
         ids = [ln.split()[0] for ln in lst.read_text().splitlines() if ln.strip()]
         for i in ids:
-            if "/" in i or i.startswith("."):
-                raise UserError(f"{lst}: entry {i!r} is not an image id")
+            problem = image_id_problem(i)
+            if problem:
+                raise UserError(f"{lst}: entry {problem}: rename the image or remove the entry")
         if self.max_images:
             ids = ids[: self.max_images]
         if not ids:

@@ -120,11 +120,13 @@ def same_size_groups(images: dict[str, np.ndarray]) -> list[list[str]]:
 def fill_store(ctx: StageContext, name: str, attrs: dict, ids: list[str], make_worker, pool: ImagePool):
     """The one per-image loop: run ``make_worker(store_path)`` on every image not yet stored under this key.
 
-    The store is the stage's declared output ``name``; the worker writes one image atomically.
+    The store is the stage's declared output ``name``; the worker writes one image atomically. An image counts as
+    done when its entry is complete under this key (``LabelStore.complete_ids``: a deleted chunk is redone).
     Returns the store and how many images were found done (a resumed stage).
     """
     store = open_for_stage(ctx.output(name), ctx.key, {"stage": ctx.stage.name, **attrs})
-    todo = [i for i in ids if i not in store]
+    done = set(store.complete_ids())
+    todo = [i for i in ids if i not in done]
     for _ in map_images(make_worker(store.path), todo, pool, ctx.stage.name):
         pass
     return store, len(ids) - len(todo)

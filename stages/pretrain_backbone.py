@@ -79,7 +79,7 @@ def run(ctx) -> dict:
     out = ctx.output(BACKBONE_FILE)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.backbone.state_dict().items()}
     run_info = json.loads((ctx.run.dir / "run.json").read_text())
-    digest = hashlib.sha256(safetensors_bytes(state)).hexdigest()  # the bytes save_weights writes
+    digest = hashlib.sha256(safetensors_bytes(state)).hexdigest()  # the tensors' safetensors bytes (the file adds the metadata)
     s = STANDINS[name]
     provenance = {
         "standin": name, "timm_name": s.timm_name, "architecture": s.config(), "used_by": s.used_by,

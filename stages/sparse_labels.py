@@ -16,35 +16,13 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.sparse import SparseLabels, read_sparse, standard_paths
+from pipeline.sparse import SparseLabels, read_sparse, sparse_sources
 from pipeline.stage import Stage
 from pipeline.store import LabelStore
 from pipeline.voc import VOCFolder
 from stages.common import fill_store, image_pool
 
 SPARSE_LABELS = "sparse_labels.zarr"
-
-
-def sparse_sources(cfg, voc_root: Path) -> list[Path]:
-    """The annotation files of ``data.sparse.kind``: ``data.sparse.paths``, else the standard names in the VOC root
-    or a folder above it up to ``data.root``."""
-    s = cfg.data.sparse
-    if s.paths:
-        return [Path(p).expanduser().resolve() for p in s.paths]
-    roots = [voc_root]
-    if cfg.data.root is not None:
-        top = Path(cfg.data.root).resolve()
-        roots += [p for p in voc_root.parents if p == top or top in p.parents]
-    found = standard_paths(roots, s.kind)
-    if not found:
-        raise UserError(f"no {s.kind} annotations in {voc_root}: put the field's files there "
-                        f"({', '.join(_names(s.kind))}) or give --set data.sparse.paths=[FILE, ...]")
-    return found
-
-
-def _names(kind: str) -> tuple[str, ...]:
-    from pipeline.sparse import STANDARD_FILES
-    return STANDARD_FILES[kind]
 
 
 @lru_cache(maxsize=2)
@@ -74,7 +52,7 @@ class RasteriseWorker:
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.dataset(cfg.data.train_split)
-    paths = sparse_sources(cfg, ds.root)
+    paths = sparse_sources(cfg.data.sparse.paths, cfg.data.sparse.kind, cfg.data.root, ds.root)
     sparse = cached_sparse(paths, cfg.data.sparse.kind)
     ids = [i for i in ds.ids if i in sparse]
     if not ids:
