@@ -29,17 +29,20 @@ def _sidecar(path: Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def save_weights(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def save_weights(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any], header: bool = True) -> None:
     """Write ``path`` (.safetensors, ``meta`` in its header) atomically and durably, then the readable sidecar.
 
     The file is written under a unique temporary name, fsynced and renamed (the folder fsynced too): a crash leaves
     the previous checkpoint whole, and the step in the header always belongs to the weights beside it.
+    ``header=False`` keeps the file to the tensors alone (reproducible bytes, as the shipped stand-ins): its sidecar
+    must then pair itself with the file (the stand-ins' sidecar holds the file's sha256).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(meta)
     tmp = temp_sibling(path)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata={META_KEY: text})
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp),
+              metadata={META_KEY: text} if header else None)
     commit_file(tmp, path)
     atomic_write_text(_sidecar(path), json.dumps(meta, indent=1))
 

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 import traceback
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +46,16 @@ RECORD_SCHEMA = 1
 LOCK_FILE = ".lock"
 
 
-def read_json_file(path: Path, what: str) -> dict:
-    """A JSON object from ``path``, or one line naming the file (``UserError``) when it is not one."""
+def read_json_file(path: Path, what: str, newest: int) -> dict:
+    """The JSON object in ``path`` (a ``what`` of schema ``newest`` or older), or one line naming the file
+    (``UserError``) when it is not one."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable {what} ({type(e).__name__}: {e}): move it aside to start it anew") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a {what} (a JSON object was expected): move it aside to start it anew")
-    schema = data.get("schema", 0)
-    newest = RUN_SCHEMA if what == "run description" else RECORD_SCHEMA
+    schema = data.get("schema", 0)  # files from before the schema field are schema 0, read as they are
     if not isinstance(schema, int) or schema > newest:
         raise UserError(f"{path} was written by a newer version of this project (schema {schema!r}, this one reads "
                         f"up to {newest}): update the project or use another --run-dir")
@@ -103,8 +103,9 @@ class Run:
         return run
 
     def check_folder(self) -> None:
-        """Refuse, writing nothing, a folder this run must not write: one that is not empty and holds no
-        ``run.json`` (not a run folder), or a run of another flow or of a newer version."""
+        """Refuse, writing nothing, a folder this run must not write: a file, a folder that is not empty and holds
+        no ``run.json`` (not a run folder), or a run folder of a newer layout. (A run folder of another flow is
+        accepted: a multi-stage flow reuses its single-stage flow's stages there.)"""
         d = self.dir
         if d.exists() and not d.is_dir():
             raise UserError(f"--run-dir {d} is a file: give a folder")
@@ -113,9 +114,7 @@ class Run:
         if not (d / "run.json").is_file():
             raise UserError(f"{d} is not empty and is not a run folder (no run.json): give --run-dir a new or empty "
                             "folder, or the folder of an earlier run-flow")
-        flow = read_json_file(d / "run.json", "run description").get("flow")
-        if flow != self.config.flow:
-            raise UserError(f"{d} holds a run of flow {flow!r}, not {self.config.flow!r}: give this flow its own --run-dir")
+        read_json_file(d / "run.json", "run description", RUN_SCHEMA)
 
     def write_description(self, command: str | None = None) -> None:
         """Write ``config.yaml`` and ``run.json`` (flow, profile, the command line that made it, schema)."""
@@ -131,7 +130,7 @@ class Run:
         if not (d / "config.yaml").is_file():
             raise UserError(f"{d} is not a run folder (no config.yaml): give the --run-dir of a run-flow call")
         if (d / "run.json").is_file():
-            read_json_file(d / "run.json", "run description")  # refuses a newer layout or a corrupt file
+            read_json_file(d / "run.json", "run description", RUN_SCHEMA)  # refuses a newer layout or a corrupt file
         try:
             raw = yaml.safe_load((d / "config.yaml").read_text())
         except yaml.YAMLError as e:
@@ -201,14 +200,14 @@ class Run:
 
     def read_record(self, name: str) -> dict | None:
         p = self.stage_dir(name) / "record.json"
-        return read_json_file(p, "stage record") if p.is_file() else None
+        return read_json_file(p, "stage record", RECORD_SCHEMA) if p.is_file() else None
 
     def write_record(self, name: str, record: dict) -> None:
         atomic_write_text(self.stage_dir(name) / "record.json", json.dumps({"schema": RECORD_SCHEMA, **record}, indent=1))
 
     def flow_name(self) -> str:
         p = self.dir / "run.json"
-        return read_json_file(p, "run description").get("flow", self.config.flow) if p.is_file() else self.config.flow
+        return read_json_file(p, "run description", RUN_SCHEMA).get("flow", self.config.flow) if p.is_file() else self.config.flow
 
 
 VALIDATED_FILE = "validated.json"
@@ -262,16 +261,24 @@ def files_fingerprint(files: list[Path], mode: str = "stat") -> str:
     for f in files:
         h.update(str(f).encode() + b"\0")
         try:
-            if mode == "content":
-                with open(f, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
-            else:
-                st = os.stat(f)
-                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            st = os.stat(f)
         except FileNotFoundError:
             h.update(b"missing")
+            continue
+        h.update(_content_digest(str(f), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) if mode == "content"
+                 else f"{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=1 << 16)
+def _content_digest(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> bytes:
+    """The bytes' digest of a file, kept for this process while its size, times and inode stay (each stage of a
+    flow opens the run again; any write changes the status-change time, which no tool sets back)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
 
 
 def _reads_sparse(stage: Stage) -> bool:

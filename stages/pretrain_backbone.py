@@ -79,7 +79,7 @@ def run(ctx) -> dict:
     out = ctx.output(BACKBONE_FILE)
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.backbone.state_dict().items()}
     run_info = json.loads((ctx.run.dir / "run.json").read_text())
-    digest = hashlib.sha256(safetensors_bytes(state)).hexdigest()  # the tensors' safetensors bytes (the file adds the metadata)
+    digest = hashlib.sha256(safetensors_bytes(state)).hexdigest()  # the file's bytes (written without header metadata)
     s = STANDINS[name]
     provenance = {
         "standin": name, "timm_name": s.timm_name, "architecture": s.config(), "used_by": s.used_by,
@@ -91,7 +91,7 @@ def run(ctx) -> dict:
         "seconds": round(time.time() - started, 1), "torch": torch.__version__, "timm": timm.__version__,
         "threads": torch.get_num_threads(), "dtype": "float16", "sha256": digest,
     }
-    save_weights(out, state, provenance)
+    save_weights(out, state, provenance, header=False)  # the sidecar's sha256 pairs it with the file
     return {**metrics, "val_accuracy": round(acc, 4), "sha256": digest[:16]}
 
 
