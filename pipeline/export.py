@@ -53,8 +53,8 @@ def export_labels(store_path: Path, out: Path, list_name: str, source: dict | No
             if label.ndim != 2 or label.dtype != np.uint8:
                 raise UserError(f"{store_path} holds {label.dtype} arrays of shape {label.shape}, not H×W uint8 labels: "
                                 "export a stage that stores labels (make_pseudo_labels, sparse_labels, eval_segmentation)")
-            tmp = temp_sibling(out / f"{image_id}.png")
-            save_label_png(tmp, label, format="PNG")
+            tmp = temp_sibling(out / f"{image_id}.png").with_suffix(".png")  # PIL writes by the suffix
+            save_label_png(tmp, label)
             os.replace(tmp, out / f"{image_id}.png")
             advance()
     atomic_write_text(out / f"{list_name}.txt", "".join(i + "\n" for i in ids))
