@@ -62,35 +62,71 @@ def main(debug: bool) -> None:
     """Weak labels → dense pseudo masks through cached, inspectable stages (Prefect flows)."""
 
 
+def flow_catalog() -> list[tuple[str, str]]:
+    """(name, description) of every flow, read from the ``define_flow(NAME, STAGES, DESCRIPTION, ...)`` calls in
+    ``workflows/`` without importing them (no torch, no Prefect: ``list-flows`` answers at once)."""
+    import ast
+    out = []
+    for path in sorted((ROOT / "workflows").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "define_flow" and len(node.args) >= 3:
+                name, desc = node.args[0], node.args[2]
+                if isinstance(name, ast.Constant) and isinstance(desc, ast.Constant):
+                    out.append((name.value, desc.value))
+    return out
+
+
 @main.command("list-flows")
 def list_flows() -> None:
     """Names and one-line descriptions of the flows."""
-    from workflows import FLOWS
-    for spec in FLOWS.values():
-        click.echo(f"{spec.name:18s} {spec.description}")
+    for name, description in flow_catalog():
+        click.echo(f"{name:24s} {description}")
 
 
 @main.command("run-flow", context_settings={"show_default": True})
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--data-root", type=click.Path(), default=None, help="VOC2012 folder (default: the embedded synthetic data).")
 @click.option("--run-dir", type=click.Path(), default=None, help="Run folder (default: runs/NAME-PROFILE).")
-@click.option("--profile", type=click.Choice(["smoke", "default", "paper"]), default="default")
+@click.option("--profile", type=click.Choice(["smoke", "default", "paper"]), default=None,
+              help="Profile (default: the --config file's, else default).")
+@click.option("--config", "config_file", type=click.Path(), default=None,
+              help="A YAML config as --show-config prints it (any subset of its keys); --set applies on top.")
+@click.option("--from-run", "from_run", type=click.Path(), default=None,
+              help="Reproduce a run: its flow and config (run.json, config.yaml); --set applies on top.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (dotted path); repeatable.")
+@click.option("--until", default=None, metavar="STAGE", help="Stop after this stage.")
+@click.option("--force", multiple=True, metavar="STAGE", help="Rerun this stage and those that depend on it; repeatable.")
+@click.option("--reuse", "reuse", multiple=True, metavar="RUN_DIR",
+              help="Bring in the completed stages of another run whose keys match (linked or copied, not recomputed).")
 @click.option("--show-config", is_flag=True, help="Print the resolved config as YAML and exit.")
 @_guard
-def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
+def run_flow(name, data_root, run_dir, profile, config_file, from_run, sets, until, force, reuse, show_config) -> None:
     """Run flow NAME; the same command again resumes (unchanged stages are cached)."""
-    from workflows import get_flow
+    from workflows import get_flow  # every flow and config section registered
+    from pipeline.config import deep_update, load_config_file
+    file = None
+    if from_run:
+        from pipeline import records
+        desc = records.read_run_description(Path(from_run))
+        if name not in (None, desc["flow"]):
+            raise UserError(f"--from-run {from_run} is a run of {desc['flow']!r}, not {name!r}: drop NAME or give another run")
+        name, file = desc["flow"], load_config_file(str(Path(from_run) / "config.yaml"))
+    if config_file:
+        file = load_config_file(config_file) if file is None else deep_update(file, load_config_file(config_file))
+    if name is None:
+        raise UserError("run-flow needs a flow NAME (or --from-run RUN_DIR): `python cli.py list-flows` lists them")
+    profile = profile or (file or {}).get("profile") or "default"
     spec = get_flow(name)
-    cfg = spec.resolve(profile, sets, data_root)
+    cfg = spec.resolve(profile, sets, data_root, file)
     if show_config:
         click.echo(cfg.to_yaml(), nl=False)
         return
-    from pipeline.runs import Run, RunLock, validate_data
+    from pipeline.runs import Run, RunLock, plan_stages, reuse_stages, stale_stages, validate_data
     from pipeline.runtime import check_runtime
     runtime = check_runtime(cfg)  # before anything is written
     from pipeline.parallel import check_executor
     check_executor(cfg.workers)
+    plan_stages(spec.stages, cfg.model_dump(mode="json"), until, tuple(force))  # unknown stage names: one line
     from pipeline import distributed
     if distributed.join_launched_group(runtime) and distributed.launched_world()[0] > 0:
         distributed.follow()  # under torchrun: rank 0 runs the flow, this rank trains its share
@@ -108,11 +144,25 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
         if new_folder:
             shutil.rmtree(run_dir, ignore_errors=True)  # only the lock file this call made
         raise
-    run.write_description(command=shlex.join(["python", "cli.py", *sys.argv[1:]]))
+    from pipeline.config import parse_set
+    from pipeline.provenance import run_provenance
+    overrides = deep_update(file or {}, parse_set(sets))
+    argv = ["python", "cli.py", *sys.argv[1:]]
+    run.write_description(command=shlex.join(argv), stages=spec.stages,
+                          provenance={"provenance": run_provenance(overrides, argv, str(runtime.torch_device))})
+    for other in reuse:
+        brought = reuse_stages(run, other, spec.stages)
+        click.echo(f"reused from {other}: {', '.join(brought) or 'no stage (no key matches)'}", err=True)
+    stale = [s for s in stale_stages(run, spec.stages) if s not in force]
+    if stale:
+        click.echo(f"note: {', '.join(stale)} completed here under another config, code or data; they are recomputed "
+                   "and their outputs replaced (to keep both variants, run in a new --run-dir with --reuse "
+                   f"{run_dir})", err=True)
     if not click.get_current_context().find_root().params.get("debug"):
         _quiet_prefect_tracebacks()
     try:
-        spec.flow(run_dir=str(run_dir.resolve()))  # absolute: a Dask worker elsewhere reads the same paths
+        # absolute: a Dask worker elsewhere reads the same paths
+        spec.flow(run_dir=str(run_dir.resolve()), until=until, force=list(force))
     except UserError:
         raise
     except Exception as e:
@@ -121,7 +171,7 @@ def run_flow(name, data_root, run_dir, profile, sets, show_config) -> None:
             raise
         raise Failure(f"stage {failed[0]} failed: {failed[1]} (details in {run_dir}/stages/{failed[0]}/record.json)") from e
     distributed.end_followers()
-    _print_table(run, spec, per_class=False)
+    _print_table(run_info(run_dir), per_class=False)
 
 
 def _failed_stage(run, spec):
@@ -143,19 +193,20 @@ def _fmt(v) -> str:
 _SHOWN = ("miou", "map", "threshold", "route", "coverage", "pixel_acc", "val_accuracy", "images", "final_loss", "steps", "resumed_from")
 
 
-def _print_table(run, spec, per_class: bool) -> None:
+def _print_table(info: dict, per_class: bool) -> None:
+    """``inspect``'s tables from its JSON object (``pipeline.records.summarise``)."""
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.runs import summarise
     from pipeline.voc import CLASS_NAMES
-    info = summarise(run, spec.stages)
     console = Console()
-    t = Table(title=f"{info['flow']} — {run.dir}")
+    t = Table(title=f"{info['flow']} — {info['run_dir']}")
     for col in ("stage", "status", "seconds", "metrics"):
         t.add_column(col)
     for s in info["stages"]:
         m = "  ".join(f"{k}={_fmt(s['metrics'][k])}" for k in _SHOWN if k in s["metrics"])
+        if "progress" in s:
+            m = f"running: {s['progress'].get('done')}/{s['progress'].get('total')} {s['progress'].get('unit', '')}  " + m
         t.add_row(s["name"], s["status"], _fmt(s["seconds"]), m)
     console.print(t)
     console.print("summary: " + "  ".join(f"{k}={_fmt(v)}" for k, v in info["summary"].items()))
@@ -180,19 +231,30 @@ def _open_run(run_dir):
     return run, get_flow(run.flow_name())
 
 
+def run_info(run_dir) -> dict:
+    """``inspect --json``'s object for ``run_dir``: from ``run.json``'s stage list and the records alone (no torch, no
+    Prefect), or, for a folder from before ``run.json`` listed its stages, through the flow's definition."""
+    from pipeline import records
+    desc = records.read_run_description(Path(run_dir))
+    if "stages" in desc:
+        return records.summarise(Path(run_dir), desc["flow"], desc["stages"])
+    from pipeline.runs import summarise
+    run, spec = _open_run(run_dir)
+    return summarise(run, spec.stages)
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--per-class", is_flag=True, help="Per-class IoU, FP and FN of every evaluation stage.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (see CONTRACT.md).")
+@click.option("--json", "as_json", is_flag=True, help="One strict JSON object (see docs/reference.md).")
 @_guard
 def inspect(run_dir, per_class, as_json) -> None:
-    """Every stage of a run with status, time and metrics."""
-    from pipeline.runs import summarise
-    run, spec = _open_run(run_dir)
+    """Every stage of a run with status, time and metrics (a running stage: its progress)."""
+    info = run_info(run_dir)
     if as_json:
-        click.echo(json.dumps(summarise(run, spec.stages)))
+        click.echo(json.dumps(info, allow_nan=False))
     else:
-        _print_table(run, spec, per_class)
+        _print_table(info, per_class)
 
 
 @main.command("make-synthetic")

@@ -389,12 +389,37 @@ def _check_keys(overrides: dict, model: type[BaseModel], prefix: str = "") -> No
             _check_keys(v, ann, prefix + k + ".")
 
 
+def load_config_file(path: str) -> dict:
+    """A config file as ``--show-config`` prints it (any subset of its keys), as a nested dict; ``UserError``
+    naming the file when it is missing, not YAML, not a mapping, or holds a key the config does not have."""
+    from pathlib import Path
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise UserError(f"--config {p}: cannot be read ({e.strerror or e}): give a YAML file as --show-config prints") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {p} is not valid YAML ({type(e).__name__}): give a file as --show-config prints") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {p} does not hold a mapping of config keys: give a file as --show-config prints")
+    try:
+        _check_keys(data, run_config_type())
+    except UserError as e:
+        raise UserError(f"--config {p}: {e}") from None
+    return data
+
+
 def resolve_config(flow: str, profile: str = "default", sets: list[str] | tuple[str, ...] = (),
                    flow_defaults: dict | None = None, data_root: str | None = None,
-                   flow_profile_defaults: dict | None = None) -> RunConfigBase:
-    """Defaults ← flow's own defaults ← profile ← flow's defaults for that profile ← ``--set`` pairs, validated."""
+                   flow_profile_defaults: dict | None = None, file: dict | None = None) -> RunConfigBase:
+    """Defaults ← flow's own defaults ← profile ← flow's defaults for that profile ← a config ``file``'s keys
+    (``load_config_file``; its ``flow`` and ``profile`` must agree) ← ``data_root`` ← ``--set`` pairs, validated."""
     if profile not in PROFILE_NAMES:
         raise UserError(f"unknown profile {profile!r}: choose smoke, default or paper")
+    file = dict(file or {})
+    for key, want in (("flow", flow), ("profile", profile)):
+        if file.get(key, want) != want:
+            raise UserError(f"the config file is for {key} {file[key]!r}, not {want!r}: run that {key} or edit the file")
     config_type = run_config_type()
     overrides = parse_set(sets)
     _check_keys(overrides, config_type)
@@ -402,6 +427,7 @@ def resolve_config(flow: str, profile: str = "default", sets: list[str] | tuple[
     merged = deep_update(merged, flow_defaults or {})
     merged = deep_update(merged, profile_overrides(profile))
     merged = deep_update(merged, (flow_profile_defaults or {}).get(profile, {}))
+    merged = deep_update(merged, file)
     merged = deep_update(merged, {"flow": flow, "profile": profile})
     if data_root is not None:
         merged["data"]["root"] = str(data_root)

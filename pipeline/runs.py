@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import traceback
 from functools import cached_property, lru_cache
@@ -31,7 +32,9 @@ import yaml
 
 from pipeline.config import RunConfigBase, validate_config
 from pipeline.errors import UserError
-from pipeline.fsutil import atomic_write_text
+from pipeline import records
+from pipeline.fsutil import atomic_write_text, replace_dir
+from pipeline.records import RECORD_SCHEMA, RUN_SCHEMA, read_json_file
 from pipeline.sparse import sparse_sources
 from pipeline.stage import Stage, StageContext, stage_key
 from pipeline.store import LabelStore
@@ -39,27 +42,7 @@ from pipeline.synthetic import embedded_dataset
 from pipeline.voc import VOCDataset, VOCFolder, find_voc_root
 
 log = logging.getLogger(__name__)
-STATUSES = ("completed", "cached", "failed", "pending")
-#: the layout version of ``run.json`` and of stage records; a file of a newer version is refused
-RUN_SCHEMA = 1
-RECORD_SCHEMA = 1
 LOCK_FILE = ".lock"
-
-
-def read_json_file(path: Path, what: str, newest: int) -> dict:
-    """The JSON object in ``path`` (a ``what`` of schema ``newest`` or older), or one line naming the file
-    (``UserError``) when it is not one."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable {what} ({type(e).__name__}: {e}): move it aside to start it anew") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a {what} (a JSON object was expected): move it aside to start it anew")
-    schema = data.get("schema", 0)  # files from before the schema field are schema 0, read as they are
-    if not isinstance(schema, int) or schema > newest:
-        raise UserError(f"{path} was written by a newer version of this project (schema {schema!r}, this one reads "
-                        f"up to {newest}): update the project or use another --run-dir")
-    return data
 
 
 class RunLock:
@@ -116,13 +99,17 @@ class Run:
                             "folder, or the folder of an earlier run-flow")
         read_json_file(d / "run.json", "run description", RUN_SCHEMA)
 
-    def write_description(self, command: str | None = None) -> None:
-        """Write ``config.yaml`` and ``run.json`` (flow, profile, the command line that made it, schema)."""
+    def write_description(self, command: str | None = None, stages: list[Stage] | None = None,
+                          provenance: dict | None = None) -> None:
+        """Write ``config.yaml`` and ``run.json`` (schema, flow, profile, the command line that made it, the flow's
+        stages for ``inspect``, and ``provenance``: what reproduces the run)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "config.yaml", self.config.to_yaml())
-        atomic_write_text(self.dir / "run.json", json.dumps({
-            "schema": RUN_SCHEMA, "flow": self.config.flow, "profile": self.config.profile, "command": command,
-            "updated": time.time()}))
+        desc = {"schema": RUN_SCHEMA, "flow": self.config.flow, "profile": self.config.profile, "command": command,
+                "updated": time.time()}
+        if stages is not None:
+            desc["stages"] = stage_entries(stages)
+        atomic_write_text(self.dir / "run.json", json.dumps({**desc, **(provenance or {})}, indent=1))
 
     @classmethod
     def open(cls, run_dir: str | Path) -> "Run":
@@ -329,8 +316,71 @@ def outputs_changed(run: Run, stage: Stage, record: dict) -> str | None:
     return None
 
 
-def run_stage(run: Run, stage: Stage) -> dict:
-    """Run ``stage`` unless its record is complete with the same key; returns the record.
+def plan_stages(stages: list[Stage], config: dict, until: str | None = None,
+                force: tuple[str, ...] = ()) -> tuple[list[Stage], set[str]]:
+    """The stages a run-flow call runs (``stages`` up to ``until``, inclusive) and those it reruns whatever their
+    records say: the ``force`` stages and every stage that depends on one (under ``config``, a JSON dump)."""
+    names = [st.name for st in stages]
+    for name in [until, *force]:
+        if name is not None and name not in names:
+            raise UserError(f"the flow has no stage {name!r}: choose one of {', '.join(names)}")
+    todo = stages[: names.index(until) + 1] if until else list(stages)
+    forced = set(force) | {st.name for st in stages if any(u.name in force for u in st.upstream(config))}
+    return todo, forced
+
+
+def stale_stages(run: Run, stages: list[Stage]) -> list[str]:
+    """The stages whose record completed under another key (config, code, data or inputs changed): the run will
+    recompute them and replace their outputs."""
+    out = []
+    for st in stages:
+        rec = run.read_record(st.name)
+        if rec and rec.get("status") in ("completed", "cached") and rec.get("key") != key_of(run, st):
+            out.append(st.name)
+    return out
+
+
+def reuse_stages(run: Run, source_dir: str | Path, stages: list[Stage]) -> list[str]:
+    """Bring into ``run`` every stage of ``stages`` that the run in ``source_dir`` completed under the key ``run``
+    gives it (outputs verified), and that ``run`` has not: label-store chunks are hard-linked (the stores replace
+    files by renaming, never in place), everything else copied. Returns the names brought; they report ``cached``."""
+    source = Run.open(source_dir)
+    if source.dir.resolve() == run.dir.resolve():
+        raise UserError(f"--reuse {source_dir} is this run's own folder: give the folder of another run")
+    brought = []
+    for st in stages:
+        key = key_of(run, st)
+        mine = run.read_record(st.name)
+        if mine and mine.get("status") in ("completed", "cached") and mine.get("key") == key:
+            continue
+        rec = source.read_record(st.name)
+        if not rec or rec.get("status") not in ("completed", "cached") or rec.get("key") != key:
+            continue
+        if outputs_changed(source, st, rec) is not None:
+            continue
+        dst = run.stage_dir(st.name)
+        tmp = dst.with_name(f".{dst.name}.reuse")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source.stage_dir(st.name), tmp, copy_function=_link_or_copy)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        replace_dir(tmp, dst)
+        brought.append(st.name)
+    return brought
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    if ".zarr" + os.sep in src:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
+def run_stage(run: Run, stage: Stage, force: bool = False) -> dict:
+    """Run ``stage`` unless its record is complete with the same key (and ``force`` is off); returns the record.
+    A forced stage starts afresh: its label stores are emptied first.
 
     Every stage its inputs come from must have completed under the key this config gives it.
     """
@@ -341,7 +391,11 @@ def run_stage(run: Run, stage: Stage) -> dict:
             raise RuntimeError(f"stage {stage.name} needs {up.name}, which has not completed with this config")
     key = key_of(run, stage)
     rec = run.read_record(stage.name)
-    if rec and rec.get("status") in ("completed", "cached") and rec.get("key") == key:
+    if force:
+        for name in stage.writes:
+            if (run.stage_dir(stage.name) / name / "zarr.json").is_file():
+                LabelStore(run.stage_dir(stage.name) / name).reset()
+    elif rec and rec.get("status") in ("completed", "cached") and rec.get("key") == key:
         changed = outputs_changed(run, stage, rec)
         if changed is None:
             rec = {**rec, "status": "cached"}
@@ -365,42 +419,11 @@ def run_stage(run: Run, stage: Stage) -> dict:
     return rec
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def stage_status(rec: dict | None) -> str:
-    """Contract status of a record: a stage still running shows as pending, a killed one as failed."""
-    if rec is None:
-        return "pending"
-    st = rec.get("status")
-    if st == "running":
-        return "pending" if _pid_alive(rec.get("pid")) and rec.get("pid") != os.getpid() else "failed"
-    return st if st in STATUSES else "pending"
-
-
-#: the summary keys of every flow (null where no stage of the flow fills them); ``cls_map``: the image classifier's
-#: val mAP (``stages/eval_classifier.py``), in the flows that train one
-SUMMARY_KEYS = ("cls_map", "seed_miou", "pseudo_miou", "pseudo_coverage", "seg_miou")
+def stage_entries(stages: list[Stage]) -> list[dict]:
+    """A flow's stages as ``run.json`` lists them (what ``inspect`` needs without importing the flows)."""
+    return [{"name": st.name, "summary": dict(st.summary)} for st in stages]
 
 
 def summarise(run: Run, stages: list[Stage]) -> dict[str, Any]:
-    """The ``inspect --json`` object: every stage's status, seconds and metrics, and the summary that
-    the stages' ``summary`` declarations fill from their metrics."""
-    out, summary = [], dict.fromkeys(SUMMARY_KEYS)
-    for stage in stages:
-        rec = run.read_record(stage.name)
-        status = stage_status(rec)
-        metrics = rec.get("metrics", {}) if rec else {}
-        out.append({"name": stage.name, "status": status, "seconds": rec.get("seconds") if rec else None,
-                    "metrics": metrics})
-        for key, metric in stage.summary.items():
-            v = metrics.get(metric) if status in ("completed", "cached") else None
-            summary[key] = float(v) if v is not None and v == v else None  # NaN (nothing scored) is null
-    return {"flow": run.flow_name(), "run_dir": str(run.dir), "stages": out, "summary": summary}
+    """The ``inspect --json`` object of ``run`` (``pipeline.records.summarise``)."""
+    return records.summarise(run.dir, run.flow_name(), stage_entries(stages))

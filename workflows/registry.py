@@ -10,10 +10,10 @@ from prefect import flow as prefect_flow
 from pipeline.config import RunConfigBase, resolve_config
 from pipeline.errors import UserError
 from pipeline.parallel import check_executor
-from pipeline.runs import Run
+from pipeline.runs import Run, plan_stages
 from pipeline.runtime import check_runtime
 from pipeline.stage import Stage
-from workflows.tasks import as_task
+from workflows.tasks import as_task, publish_summary
 
 FLOWS: dict[str, "FlowSpec"] = {}
 
@@ -28,9 +28,10 @@ class FlowSpec:
     profile_defaults: dict = field(default_factory=dict)  # per profile, over the profile
 
     def resolve(self, profile: str = "default", sets: list[str] | tuple[str, ...] = (),
-                data_root: str | None = None) -> RunConfigBase:
-        """This flow's config: defaults ← flow defaults ← profile ← flow's profile defaults ← ``--set``."""
-        return resolve_config(self.name, profile, sets, self.defaults, data_root, self.profile_defaults)
+                data_root: str | None = None, file: dict | None = None) -> RunConfigBase:
+        """This flow's config: defaults ← flow defaults ← profile ← flow's profile defaults ← a config ``file`` ←
+        ``data_root`` ← ``--set``."""
+        return resolve_config(self.name, profile, sets, self.defaults, data_root, self.profile_defaults, file)
 
 
 def define_flow(name: str, stages: list[Stage], description: str, defaults: dict | None = None,
@@ -48,15 +49,25 @@ def define_flow(name: str, stages: list[Stage], description: str, defaults: dict
         if st.name in earlier:
             raise ValueError(f"flow {name}: two stages named {st.name}")
         earlier[st.name] = st
-    tasks = [as_task(st) for st in stages]
+    tasks = {st.name: as_task(st) for st in stages}
 
     @prefect_flow(name=name, description=description)
-    def run_flow(run_dir: str) -> None:
-        config = Run.open(run_dir).config
-        check_runtime(config)  # a missing GPU or Dask scheduler fails here, before any stage
-        check_executor(config.workers)
-        for t in tasks:
-            t(run_dir)
+    def run_flow(run_dir: str, until: str | None = None, force: list[str] | None = None) -> None:
+        """Run the stages in the run folder ``run_dir`` (made by ``cli.py run-flow``), up to ``until``; ``force``:
+        stages to rerun, with those that depend on them, whatever their records say."""
+        run = Run.open(run_dir)
+        check_runtime(run.config)  # a missing GPU or Dask scheduler fails here, before any stage
+        check_executor(run.config.workers)
+        config = run.config.model_dump(mode="json")
+        todo, forced = plan_stages(stages, config, until, tuple(force or ()))
+        states: dict[str, object] = {}
+        try:
+            for st in todo:
+                ups = [states[u.name] for u in st.upstream(config) if u.name in states]
+                states[st.name] = tasks[st.name](run_dir, st.name in forced, return_state=True, wait_for=ups)
+                states[st.name].result()  # a failed stage stops the flow
+        finally:
+            publish_summary(run, stages)
 
     spec = FlowSpec(name, run_flow, list(stages), description, defaults or {}, profile_defaults or {})
     if name in FLOWS:
