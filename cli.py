@@ -291,5 +291,83 @@ def show(run_dir, stage, out, num) -> None:
     click.echo(out)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--stage", required=True, help="The stage whose label store to export (make_pseudo_labels, sparse_labels, "
+              "eval_segmentation, …).")
+@click.option("--store", default=None, help="The store's name when the stage writes several (e.g. pseudo_labels.zarr).")
+@click.argument("out", type=click.Path())
+@_guard
+def export(run_dir, stage, store, out) -> None:
+    """A stage's labels as VOC palette PNGs (OUT/<id>.png, 255 kept) and a split list, as mmsegmentation and
+    DeepLab trainers read them."""
+    from pipeline import records
+    from pipeline.export import export_labels
+    desc = records.read_run_description(Path(run_dir))
+    folder = Path(run_dir) / "stages" / stage
+    stores = sorted(p.name for p in folder.glob("*.zarr") if (p / "zarr.json").is_file()) if folder.is_dir() else []
+    if not stores:
+        names = ", ".join(s["name"] for s in desc.get("stages", [])) or "see inspect"
+        raise UserError(f"stage {stage!r} of {run_dir} holds no label store: choose a stage that stores labels ({names})")
+    if store is None and len(stores) > 1:
+        raise UserError(f"stage {stage} holds several stores ({', '.join(stores)}): choose one with --store")
+    store = store or stores[0]
+    if store not in stores:
+        raise UserError(f"stage {stage} holds no store {store!r}: choose one of {', '.join(stores)}")
+    config = (Path(run_dir) / "config.yaml").read_text()
+    import yaml
+    data = yaml.safe_load(config).get("data", {})
+    split = data.get("segmentation", {}).get("eval_split") if stage.startswith("eval_") else None
+    split = split or ("val" if stage.startswith("eval_") else data.get("label_split") or data.get("train_split") or "train")
+    n = export_labels(folder / store, Path(out), split, {"run_dir": str(Path(run_dir).resolve()), "stage": stage})
+    click.echo(f"{n} labels → {out} (list {split}.txt)")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--stage", default=None, help="The evaluation stage whose per-class IoU to compare (default: "
+              "eval_segmentation, else the last one every run scored).")
+@click.option("--json", "as_json", is_flag=True, help="One strict JSON object.")
+@click.option("--out", type=click.Path(), default=None, help="A PNG of grouped bar charts (summary and per class).")
+@_guard
+def compare(run_dirs, stage, as_json, out) -> None:
+    """Runs side by side: summary mIoUs, seconds, the config keys in which they differ, per-class IoU."""
+    import yaml
+
+    from pipeline.compare import COLUMNS, compare_runs
+    infos = [run_info(d) for d in run_dirs]
+    configs = [yaml.safe_load((Path(d) / "config.yaml").read_text()) for d in run_dirs]
+    result = compare_runs(infos, configs, stage)
+    if out:
+        from pipeline.plots import plot_comparison
+        plot_comparison(result, Path(out))
+    if as_json:
+        click.echo(json.dumps(result, allow_nan=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    t = Table(title="runs (" + ", ".join(r["run_dir"] for r in result["runs"]) + ")")
+    heads = {"seed_miou": "seed", "pseudo_miou": "pseudo", "pseudo_coverage": "coverage", "seg_miou": "seg", "cls_map": "cls mAP"}
+    for col in ("run", "flow", *result["differing_keys"], *(heads[k] for k in COLUMNS), "s"):
+        t.add_column(col)
+    for r in result["runs"]:
+        t.add_row(Path(r["run_dir"]).name, r["flow"], *(_fmt(r["config"][k]) for k in result["differing_keys"]),
+                  *(_fmt(r["summary"][k]) for k in COLUMNS), f"{r['seconds']:.0f}")
+    console.print(t)
+    if result["stage"]:
+        pc = Table(title=f"{result['stage']}: IoU per class")
+        pc.add_column("class")
+        for r in result["runs"]:
+            pc.add_column(Path(r["run_dir"]).name)
+        for c in result["runs"][0]["per_class"]:
+            vals = [r["per_class"][c] for r in result["runs"]]
+            if any(v is not None for v in vals):
+                pc.add_row(c, *(_fmt(v) for v in vals))
+        console.print(pc)
+    if out:
+        console.print(f"chart: {out}")
+
+
 if __name__ == "__main__":
     main()

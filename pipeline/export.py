@@ -45,14 +45,15 @@ def export_labels(store_path: Path, out: Path, list_name: str, source: dict | No
     ids = store.complete_ids()
     if not ids:
         raise UserError(f"{store_path} holds no labels yet: run the flow first")
+    first = store.read(ids[0])
+    if first.ndim != 2 or first.dtype != np.uint8:
+        raise UserError(f"{store_path} holds {first.dtype} arrays of shape {first.shape}, not H×W uint8 labels: "
+                        "export a stage that stores labels (make_pseudo_labels, sparse_labels, eval_segmentation)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with progress_bar(f"export {Path(store_path).name}", total=len(ids)) as advance:
         for image_id in ids:
             label = store.read(image_id)
-            if label.ndim != 2 or label.dtype != np.uint8:
-                raise UserError(f"{store_path} holds {label.dtype} arrays of shape {label.shape}, not H×W uint8 labels: "
-                                "export a stage that stores labels (make_pseudo_labels, sparse_labels, eval_segmentation)")
             tmp = temp_sibling(out / f"{image_id}.png").with_suffix(".png")  # PIL writes by the suffix
             save_label_png(tmp, label)
             os.replace(tmp, out / f"{image_id}.png")

@@ -12,10 +12,13 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the embedded server's analytics
     "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
     "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",  # start a temporary local API when none is configured
-    "PREFECT_LOGGING_LEVEL": "WARNING",
 }
 
 
 def apply_prefect_defaults() -> None:
-    for k, v in PREFECT_DEFAULTS.items():
+    """Set every default the environment does not set. Prefect logs at WARNING on a terminal (the progress bars show
+    the rest) and at INFO otherwise (nohup, SLURM: each stage's start, end and progress lines)."""
+    import sys
+    level = "WARNING" if sys.stderr.isatty() or os.environ.get("WSSS_PROGRESS") == "1" else "INFO"
+    for k, v in {**PREFECT_DEFAULTS, "PREFECT_LOGGING_LEVEL": level}.items():
         os.environ.setdefault(k, v)

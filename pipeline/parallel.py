@@ -17,6 +17,7 @@ import atexit
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from pipeline.progress import progress_bar
@@ -146,15 +147,17 @@ def _on_dask(fn: Callable[[str], Any], ids: list[str], pool: ImagePool, advance)
         client.cancel(futures)
 
 
-def map_images(fn: Callable[[str], Any], ids: list[str], pool: ImagePool, desc: str) -> Iterator[Any]:
-    """Yield ``fn(image_id)`` for every id (in completion order), on ``pool``.
+def map_images(fn: Callable[[str], Any], ids: list[str], pool: ImagePool, desc: str, status: Path | None = None,
+               done: int = 0) -> Iterator[Any]:
+    """Yield ``fn(image_id)`` for every id (in completion order), on ``pool``; the progress (of ``done`` + ``ids``
+    images) is shown, logged and kept in ``status`` (``pipeline.progress.progress_bar``).
 
     With ``pool.batch`` > 1 a function with a ``batch(ids) -> list`` method gets that many ids per call (in this
     process: a network on a GPU, which groups them by size).
     A local pool of more than one process is fork-started, its workers use one torch thread each.
     """
     workers = pool.processes
-    with progress_bar(desc, total=len(ids)) as advance:
+    with progress_bar(desc, total=done + len(ids), completed=done, status=status) as advance:
         if pool.batch > 1 and hasattr(fn, "batch") and not (pool.executor == "dask" and ids):
             for k in range(0, len(ids), pool.batch):
                 for out in fn.batch(ids[k:k + pool.batch]):

@@ -98,8 +98,12 @@ def summarise(run_dir: Path, flow: str, stages: list[dict]) -> dict[str, Any]:
         metrics = rec.get("metrics", {}) if rec else {}
         entry = {"name": stage["name"], "status": status, "seconds": rec.get("seconds") if rec else None,
                  "metrics": metrics}
-        if rec and rec.get("progress") and status == "pending":
-            entry["progress"] = rec["progress"]
+        progress = Path(run_dir) / "stages" / stage["name"] / "progress.json"
+        if rec and rec.get("status") == "running" and status == "pending" and progress.is_file():
+            try:
+                entry["progress"] = json.loads(progress.read_text())  # step n/N or images done of a running stage
+            except ValueError:
+                pass
         out.append(entry)
         for key, metric in stage.get("summary", {}).items():
             v = metrics.get(metric) if status in ("completed", "cached") else None

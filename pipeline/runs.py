@@ -34,6 +34,7 @@ from pipeline.config import RunConfigBase, validate_config
 from pipeline.errors import UserError
 from pipeline import records
 from pipeline.fsutil import atomic_write_text, replace_dir
+from pipeline.progress import PROGRESS_FILE
 from pipeline.records import RECORD_SCHEMA, RUN_SCHEMA, read_json_file
 from pipeline.sparse import sparse_sources
 from pipeline.stage import Stage, StageContext, stage_key
@@ -416,6 +417,7 @@ def run_stage(run: Run, stage: Stage, force: bool = False) -> dict:
     rec = {**base, "status": "completed", "seconds": round(time.time() - started, 3), "metrics": metrics,
            "outputs": outputs_of(run, stage)}
     run.write_record(stage.name, rec)
+    (run.stage_dir(stage.name) / PROGRESS_FILE).unlink(missing_ok=True)
     return rec
 
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.checkpoint import MODEL_FILE, load_train_state, read_meta, save_train_state, save_weights
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
-from pipeline.progress import progress_bar
+from pipeline.progress import PROGRESS_FILE, log_line, on_terminal, progress_bar, progress_logger
 from pipeline.runtime import Runtime
 
 
@@ -188,7 +188,9 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
     last: dict = {}
     t0 = time.time()
     running: dict[str, torch.Tensor] = {}
-    with progress_bar(desc, total=cfg.steps, completed=start, enabled=lead) as advance, \
+    plain = progress_logger() if lead and not on_terminal() else None  # nohup, SLURM: a line every log_every steps
+    with progress_bar(desc, total=cfg.steps, completed=start, enabled=lead, status=out_dir / PROGRESS_FILE,
+                      unit="steps", plain=False) as advance, \
             open(log_path, "a") if lead else contextlib.nullcontext() as log:
         for step, batch in enumerate(loader, start=start):
             lr = lr_at(step, cfg)
@@ -203,15 +205,21 @@ def train(model: torch.nn.Module, dataset: StepIndexedDataset, loss_fn: Callable
             scaler.update()
             for k, v in losses.items():
                 running[k] = running[k] + v.detach().double() if k in running else v.detach().double()
-            advance()
             done = step + 1
+            info = None
             if done % cfg.log_every == 0 or done == cfg.steps:
                 n = cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every
                 last = _mean_over_processes(running, n, world)
                 running = {}
+                info = " ".join(f"{k}={v:.4f}" for k, v in last.items())
                 if lead:
                     log.write(json.dumps({"step": done, "lr": lr, "seconds": round(time.time() - t0, 2), **last}) + "\n")
                     log.flush()
+                if plain is not None:
+                    rate = (done - start) / max(time.time() - t0, 1e-9)
+                    plain.info(log_line(desc, done, cfg.steps, "steps", rate,
+                                        f"{info} lr={lr:.2e} {rate * cfg.batch_size:.1f} images/s"))
+            advance(1, info)
             if lead and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 save_train_state(ckpt, model, opt, done, meta, scaler)
     if lead:

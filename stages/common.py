@@ -17,6 +17,7 @@ from pipeline.errors import UserError
 from pipeline.parallel import ImagePool, map_images
 from pipeline.runtime import Runtime, resolve_device
 from pipeline.stage import StageContext
+from pipeline.progress import PROGRESS_FILE
 from pipeline.store import open_for_stage
 from pipeline.training import StepIndexedDataset
 
@@ -127,6 +128,6 @@ def fill_store(ctx: StageContext, name: str, attrs: dict, ids: list[str], make_w
     store = open_for_stage(ctx.output(name), ctx.key, {"stage": ctx.stage.name, **attrs})
     done = set(store.complete_ids())
     todo = [i for i in ids if i not in done]
-    for _ in map_images(make_worker(store.path), todo, pool, ctx.stage.name):
+    for _ in map_images(make_worker(store.path), todo, pool, ctx.stage.name, ctx.dir / PROGRESS_FILE, len(ids) - len(todo)):
         pass
     return store, len(ids) - len(todo)

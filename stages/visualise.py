@@ -26,6 +26,7 @@ def draw_run(run, stage: str, out: Path, num: int) -> None:
         src = run.stage_dir(stage) / "curves.png"
         if not src.is_file():
             raise UserError(f"{stage} has no curves yet ({src}): run the flow first")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, out)
         return
     cfg = run.config
@@ -46,15 +47,18 @@ def draw_run(run, stage: str, out: Path, num: int) -> None:
     threshold = pseudo_rec.get("threshold", (run.read_record("eval_seeds") or {}).get("metrics", {}).get("threshold", 0.5))
     ds = run.dataset(split)
     ids = [i for i in ds.ids if i in columns[0][1]][:num]
-    rows = []
+    rows, drawn = [], set()
     for i in ids:
         img, gt = ds.image(i), ds.mask(i)
         cols = [("image", img), ("ground truth", overlay(img, gt))]
+        labels = [gt] if gt is not None else []
         for title, st in columns:
             if i in st:
                 lab = _seed_label(st, i, threshold) if title == "seed" else st.read(i)
                 cols.append((title, overlay(img, lab)))
+                labels.append(lab)
+        drawn.update(int(c) for lab in labels for c in np.unique(lab) if c != 0)
         rows.append((i, cols))
     if not rows:
         raise UserError(f"stage {stage} has no stored images to draw")
-    draw_grid(rows, out)
+    draw_grid(rows, out, classes=sorted(drawn))

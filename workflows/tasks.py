@@ -76,8 +76,9 @@ def as_task(stage: Stage):
         run = Run.open(run_dir)
         record = run_stage(run, stage, force)
         publish_metrics(run, stage.name, record)
-        shown = {k: v for k, v in finite(record.get("metrics", {})).items() if isinstance(v, (int, float))}
-        logger.info("%s %s in %.1f s %s", stage.name, record["status"], record.get("seconds") or 0.0, shown)
+        shown = " ".join(f"{k}={v:.4g}" for k, v in finite(record.get("metrics", {})).items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool))
+        logger.info("%s %s (%.1f s when it ran) %s", stage.name, record["status"], record.get("seconds") or 0.0, shown)
         if record["status"] == "cached":
             return Completed(name="Cached", message=f"{stage.name}: unchanged (key {record['key']}), not run again",
                              data="cached")
