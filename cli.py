@@ -160,6 +160,10 @@ def run_flow(name, data_root, run_dir, profile, config_file, from_run, sets, unt
                    f"{run_dir})", err=True)
     if not click.get_current_context().find_root().params.get("debug"):
         _quiet_prefect_tracebacks()
+    from pipeline.progress import on_terminal
+    if not on_terminal():  # nohup, SLURM: stage lines and progress in the log
+        from pipeline.orchestration import log_runs_at_info
+        log_runs_at_info()
     try:
         # absolute: a Dask worker elsewhere reads the same paths
         spec.flow(run_dir=str(run_dir.resolve()), until=until, force=list(force))

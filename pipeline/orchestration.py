@@ -12,13 +12,19 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # the embedded server's analytics
     "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
     "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",  # start a temporary local API when none is configured
+    "PREFECT_LOGGING_LEVEL": "WARNING",
 }
 
 
 def apply_prefect_defaults() -> None:
-    """Set every default the environment does not set. Prefect logs at WARNING on a terminal (the progress bars show
-    the rest) and at INFO otherwise (nohup, SLURM: each stage's start, end and progress lines)."""
-    import sys
-    level = "WARNING" if sys.stderr.isatty() or os.environ.get("WSSS_PROGRESS") == "1" else "INFO"
-    for k, v in {**PREFECT_DEFAULTS, "PREFECT_LOGGING_LEVEL": level}.items():
+    for k, v in PREFECT_DEFAULTS.items():
         os.environ.setdefault(k, v)
+
+
+def log_runs_at_info() -> None:
+    """Let the flow and task runs' own lines through at INFO (each stage's start, end, ``Cached`` state and progress
+    lines: what a job under nohup or SLURM logs) while Prefect's other loggers stay at their level (a temporary
+    server's start and stop stay out of the way of the last line, which is an error's when there is one)."""
+    import logging
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).setLevel(logging.INFO)

@@ -170,19 +170,24 @@ def test_list_flows_and_inspect_answer_without_torch_or_prefect(cam_run):
     assert "cam_voc" in r.stdout
 
 
-def test_progress_lines_off_a_terminal(tmp_path, caplog, monkeypatch):
+def test_progress_lines_off_a_terminal(tmp_path, monkeypatch):
     import logging
 
     from pipeline import progress
     monkeypatch.setattr(progress, "on_terminal", lambda: False)
     logger = progress.progress_logger()  # outside a Prefect run: the ``wsss`` logger on stderr
     assert logger.name == "wsss"
-    monkeypatch.setattr(logger, "propagate", True)  # so that pytest's caplog sees its records
-    with caplog.at_level(logging.INFO, logger="wsss"):
+    records = []
+    catch = logging.Handler()
+    catch.emit = records.append
+    logger.addHandler(catch)
+    try:
         with progress.progress_bar("make_seeds", total=20, status=tmp_path / "progress.json") as advance:
             for _ in range(20):
                 advance()
-    lines = [r.getMessage() for r in caplog.records]
+    finally:
+        logger.removeHandler(catch)
+    lines = [r.getMessage() for r in records]
     assert len(lines) == 10 and lines[-1].startswith("make_seeds 20/20 images (100%)") and "ETA" in lines[0]
     assert json.loads((tmp_path / "progress.json").read_text())["done"] == 20
 

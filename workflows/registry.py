@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from prefect import flow as prefect_flow
+from prefect import get_run_logger
 
 from pipeline.config import RunConfigBase, resolve_config
 from pipeline.errors import UserError
@@ -67,7 +68,10 @@ def define_flow(name: str, stages: list[Stage], description: str, defaults: dict
                 states[st.name] = tasks[st.name](run_dir, st.name in forced, return_state=True, wait_for=ups)
                 states[st.name].result()  # a failed stage stops the flow
         finally:
-            publish_summary(run, stages)
+            try:
+                publish_summary(run, stages)
+            except Exception as e:  # an artifact that cannot be written must not hide the stage's own error
+                get_run_logger().warning("summary artifact not written: %s", e)
 
     spec = FlowSpec(name, run_flow, list(stages), description, defaults or {}, profile_defaults or {})
     if name in FLOWS:
