@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -121,7 +119,7 @@ def run_flow(name, data_root, run_dir, profile, config_file, from_run, sets, unt
     if show_config:
         click.echo(cfg.to_yaml(), nl=False)
         return
-    from pipeline.runs import Run, RunLock, plan_stages, reuse_stages, stale_stages, validate_data
+    from pipeline.runs import plan_stages
     from pipeline.runtime import check_runtime
     runtime = check_runtime(cfg)  # before anything is written
     from pipeline.parallel import check_executor
@@ -132,32 +130,13 @@ def run_flow(name, data_root, run_dir, profile, config_file, from_run, sets, unt
         distributed.follow()  # under torchrun: rank 0 runs the flow, this rank trains its share
         return
     run_dir = Path(run_dir or f"runs/{name}-{profile}")
-    run = Run(run_dir, cfg)
-    run.check_folder()  # a foreign folder or another flow's run: refused before anything is written
-    new_folder = not run_dir.exists()
-    lock = RunLock(run_dir)  # held until this process ends: a second run-flow here is refused
-    try:
-        if any(st.reads_data for st in spec.stages):
-            validate_data(run, spec.stages)
-    except BaseException:
-        lock.release()
-        if new_folder:
-            shutil.rmtree(run_dir, ignore_errors=True)  # only the lock file this call made
-        raise
     from pipeline.config import parse_set
-    from pipeline.provenance import run_provenance
-    overrides = deep_update(file or {}, parse_set(sets))
+    from workflows.registry import prepare_run
     argv = ["python", "cli.py", *sys.argv[1:]]
-    run.write_description(command=shlex.join(argv), stages=spec.stages,
-                          provenance={"provenance": run_provenance(overrides, argv, str(runtime.torch_device))})
-    for other in reuse:
-        brought = reuse_stages(run, other, spec.stages)
-        click.echo(f"reused from {other}: {', '.join(brought) or 'no stage (no key matches)'}", err=True)
-    stale = [s for s in stale_stages(run, spec.stages) if s not in force]
-    if stale:
-        click.echo(f"note: {', '.join(stale)} completed here under another config, code or data; they are recomputed "
-                   "and their outputs replaced (to keep both variants, run in a new --run-dir with --reuse "
-                   f"{run_dir})", err=True)
+    run, _lock, notes = prepare_run(spec, run_dir, cfg, argv, deep_update(file or {}, parse_set(sets)), tuple(reuse),
+                                    tuple(force))  # the lock is held until this process ends
+    for note in notes:
+        click.echo(note, err=True)
     if not click.get_current_context().find_root().params.get("debug"):
         _quiet_prefect_tracebacks()
     from pipeline.progress import on_terminal
@@ -376,6 +355,18 @@ def compare(run_dirs, stage, as_json, out) -> None:
         console.print(pc)
     if out:
         console.print(f"chart: {out}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--deployment", default=None, help="The deployment's name (default: NAME).")
+@_guard
+def serve(name, deployment) -> None:
+    """Serve flow NAME as a Prefect deployment whose parameters are the config (run_dir, profile, overrides,
+    data_root, until, force, reuse): runs started from Prefect's UI or `prefect deployment run` execute here."""
+    from workflows import get_flow
+    spec = get_flow(name)
+    spec.launch.serve(name=deployment or name)
 
 
 if __name__ == "__main__":

@@ -202,3 +202,77 @@ def test_artifact_keys_are_per_run(tmp_path):
     md = summary_markdown({"flow": "cam_voc", "run_dir": "r", "stages": [{"name": "s", "status": "cached", "seconds": 1.0,
                                                                           "metrics": {"miou": 0.5}}], "summary": {"seg_miou": None}})
     assert "| s | cached | 1.0000 | 0.5000 |" in md and "| seg_miou | – |" in md
+
+
+QUERY = """
+import json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+with get_client(sync_client=True) as c:
+    out = []
+    for fr in c.read_flow_runs():
+        flow = c.read_flow(fr.flow_id)
+        tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
+        out.append({"flow": flow.name, "state": fr.state.name, "parameters": fr.parameters,
+                    "tasks": {t.name.rsplit("-", 1)[0]: t.state.name for t in tasks},
+                    "waits": {t.name.rsplit("-", 1)[0]: len(t.task_inputs.get("wait_for", [])) for t in tasks}})
+    arts = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="summary")))
+    print(json.dumps({"runs": out, "artifacts": [[a.key, a.type, a.data] for a in arts]}))
+"""
+
+LAUNCH = """
+import sys
+from workflows import get_flow
+get_flow("cam_voc").launch(run_dir=sys.argv[1], profile="smoke", overrides={"pseudo": {"refine": []}},
+                           reuse=[sys.argv[2]], until="eval_pseudo_labels")
+"""
+
+
+def test_a_real_prefect_server_sees_the_runs_their_cached_tasks_and_the_summary(cam_run, env, tmp_path):
+    """``prefect server start`` on loopback: a CLI run and a run started with the config as flow parameters (what a
+    served deployment executes) show up with their task states (cached ones as ``Cached``), edges and summaries."""
+    import signal
+    import socket
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    penv = {**env, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": url}
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "prefect"), "server", "start",
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              env=penv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+                    if r.read() == b"true":
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("prefect server did not start")
+        r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", tmp_path / "cli_run", "--reuse", cam_run[0],
+                "--until", "eval_seeds", env=penv)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = subprocess.run([sys.executable, "-c", LAUNCH, str(tmp_path / "launched"), str(tmp_path / "cli_run")],
+                           cwd=ROOT, env=penv, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = subprocess.run([sys.executable, "-c", QUERY], cwd=ROOT, env=penv, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        seen = json.loads(r.stdout)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    runs = {(x["flow"], x["parameters"].get("run_dir")): x for x in seen["runs"]}
+    cli_run = runs[("cam_voc", str((tmp_path / "cli_run").resolve()))]
+    assert cli_run["state"] == "Completed"
+    assert cli_run["tasks"] == {s: "Cached" for s in ("train_classifier", "eval_classifier", "make_seeds", "eval_seeds")}
+    assert cli_run["waits"]["make_seeds"] >= 1 and cli_run["waits"]["train_classifier"] == 0  # the graph's edges
+    launched = runs[("cam_voc-from-config", str(tmp_path / "launched"))]
+    assert launched["state"] == "Completed" and launched["parameters"]["overrides"] == {"pseudo": {"refine": []}}
+    sub = runs[("cam_voc", str((tmp_path / "launched").resolve()))]  # its stages, as a subflow
+    assert sub["tasks"]["make_seeds"] == "Cached" and sub["tasks"]["make_pseudo_labels"] == "Completed"
+    summaries = [a for a in seen["artifacts"] if a[0].startswith("cam-voc-summary-")]
+    assert len({a[0] for a in summaries}) == 2  # one key per run folder
+    assert any("| make_seeds | cached |" in a[2] for a in summaries)

@@ -2,7 +2,10 @@
 config defaults; the Prefect flow that runs the stages in order is made here."""
 from __future__ import annotations
 
+import shlex
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from prefect import flow as prefect_flow
@@ -11,7 +14,7 @@ from prefect import get_run_logger
 from pipeline.config import RunConfigBase, resolve_config
 from pipeline.errors import UserError
 from pipeline.parallel import check_executor
-from pipeline.runs import Run, plan_stages
+from pipeline.runs import Run, RunLock, plan_stages, reuse_stages, stale_stages, summarise, validate_data
 from pipeline.runtime import check_runtime
 from pipeline.stage import Stage
 from workflows.tasks import as_task, publish_summary
@@ -27,6 +30,7 @@ class FlowSpec:
     description: str
     defaults: dict  # the flow's own config defaults, under the profile
     profile_defaults: dict = field(default_factory=dict)  # per profile, over the profile
+    launch: Callable | None = None  # the flow with the config as parameters (``define_flow``), for Prefect to start
 
     def resolve(self, profile: str = "default", sets: list[str] | tuple[str, ...] = (),
                 data_root: str | None = None, file: dict | None = None) -> RunConfigBase:
@@ -73,11 +77,65 @@ def define_flow(name: str, stages: list[Stage], description: str, defaults: dict
             except Exception as e:  # an artifact that cannot be written must not hide the stage's own error
                 get_run_logger().warning("summary artifact not written: %s", e)
 
-    spec = FlowSpec(name, run_flow, list(stages), description, defaults or {}, profile_defaults or {})
+    @prefect_flow(name=f"{name}-from-config", description=f"{description} (the config as parameters)")
+    def launch(run_dir: str, profile: str = "default", overrides: dict | None = None, data_root: str | None = None,
+               until: str | None = None, force: list[str] | None = None, reuse: list[str] | None = None) -> dict:
+        """Flow ``name`` started by Prefect itself (a deployment served by ``cli.py serve``, the UI, ``prefect
+        deployment run``): the config is ``profile`` with ``overrides`` (nested config keys, as a --config file holds
+        them) and ``data_root``; the run folder is prepared as ``cli.py run-flow`` prepares it (checked, locked,
+        validated, described), then the stages run as a subflow. Returns ``inspect --json``'s object."""
+        spec = FLOWS[name]
+        config = spec.resolve(profile, (), data_root, overrides or {})
+        argv = ["prefect", f"{name}-from-config", run_dir]
+        run, lock, notes = prepare_run(spec, run_dir, config, argv, overrides or {}, tuple(reuse or ()))
+        try:
+            for note in notes:
+                get_run_logger().info(note)
+            run_flow(run_dir=str(Path(run_dir).resolve()), until=until, force=list(force or ()))
+            return summarise(run, stages)
+        finally:
+            lock.release()
+
+    spec = FlowSpec(name, run_flow, list(stages), description, defaults or {}, profile_defaults or {}, launch)
     if name in FLOWS:
         raise ValueError(f"flow {name!r} is defined twice")
     FLOWS[name] = spec
     return spec
+
+
+def prepare_run(spec: FlowSpec, run_dir: str | Path, config: RunConfigBase, argv: list[str], overrides: dict,
+                reuse: tuple[str, ...] = (), force: tuple[str, ...] = ()) -> tuple[Run, RunLock, list[str]]:
+    """Make ``run_dir`` ready for ``spec`` under ``config``, writing nothing until everything is checked: the folder
+    (``Run.check_folder``), its lock (held on return), the data (``validate_data``); then ``config.yaml`` and
+    ``run.json`` (the stage list and ``provenance``), and the stages brought by ``--reuse``. Returns the run, its lock
+    and the notes for the user (what was reused, what will be recomputed)."""
+    from pipeline.provenance import run_provenance
+    from pipeline.runtime import Runtime
+    run_dir = Path(run_dir)
+    run = Run(run_dir, config)
+    run.check_folder()
+    new_folder = not run_dir.exists()
+    lock = RunLock(run_dir)
+    try:
+        if any(st.reads_data for st in spec.stages):
+            validate_data(run, spec.stages)
+    except BaseException:
+        lock.release()
+        if new_folder:
+            shutil.rmtree(run_dir, ignore_errors=True)  # only the lock file this call made
+        raise
+    device = str(Runtime.from_config(config).torch_device)
+    run.write_description(command=shlex.join(argv), stages=spec.stages,
+                          provenance={"provenance": run_provenance(overrides, argv, device)})
+    notes = []
+    for other in reuse:
+        brought = reuse_stages(run, other, spec.stages)
+        notes.append(f"reused from {other}: {', '.join(brought) or 'no stage (no key matches)'}")
+    stale = [s for s in stale_stages(run, spec.stages) if s not in force]
+    if stale:
+        notes.append(f"note: {', '.join(stale)} completed here under another config, code or data; they are recomputed "
+                     f"and their outputs replaced (to keep both variants, run in a new --run-dir with --reuse {run_dir})")
+    return run, lock, notes
 
 
 def get_flow(name: str) -> FlowSpec:
