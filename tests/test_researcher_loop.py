@@ -104,6 +104,14 @@ def test_compare_and_export(ablation, tmp_path):
     assert r.exit_code != 0 and "not empty" in r.stderr
 
 
+def test_show_makes_missing_folders(ablation, tmp_path):
+    _, variant, _ = ablation
+    r = invoke("show", variant, "--out", tmp_path / "new" / "deeper" / "grid.png", "--num", "2")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "new" / "deeper" / "grid.png") as im:
+        assert im.size[1] > 300
+
+
 def test_a_run_is_reproducible_from_its_folder(ablation, tmp_path):
     _, variant, _ = ablation
     desc = json.loads((variant / "run.json").read_text())
