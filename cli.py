@@ -329,19 +329,16 @@ def compare(run_dirs, stage, as_json, out) -> None:
         return
     from rich.console import Console
     from rich.table import Table
-    console = Console()
-    t = Table(title="runs: " + ", ".join(r["run_dir"] for r in result["runs"]))  # a column per run: tables stay narrow
-    t.add_column("")
+    from pipeline.progress import on_terminal
+    console = Console() if on_terminal() else Console(width=400)  # a log or a file: whole columns, never cut
+    t = Table(title="runs")  # one row per run, as an ablation table; the keys in which they differ as columns
+    heads = {"seed_miou": "seed", "pseudo_miou": "pseudo", "pseudo_coverage": "coverage", "seg_miou": "seg",
+             "cls_map": "cls mAP"}
+    for col in ("run", "flow", *result["differing_keys"], *(heads[k] for k in COLUMNS), "seconds"):
+        t.add_column(col, overflow="fold")
     for r in result["runs"]:
-        t.add_column(Path(r["run_dir"]).name)
-    heads = {"seed_miou": "seed mIoU", "pseudo_miou": "pseudo mIoU", "pseudo_coverage": "pseudo coverage",
-             "seg_miou": "seg mIoU", "cls_map": "cls mAP"}
-    t.add_row("flow", *(r["flow"] for r in result["runs"]))
-    for k in result["differing_keys"]:
-        t.add_row(k, *(_fmt(r["config"][k]) for r in result["runs"]), style="cyan")
-    for k in COLUMNS:
-        t.add_row(heads[k], *(_fmt(r["summary"][k]) for r in result["runs"]))
-    t.add_row("seconds", *(f"{r['seconds']:.0f}" for r in result["runs"]))
+        t.add_row(r["run_dir"], r["flow"], *(_fmt(r["config"][k]) for k in result["differing_keys"]),
+                  *(_fmt(r["summary"][k]) for k in COLUMNS), f"{r['seconds']:.0f}")
     console.print(t)
     if result["stage"]:
         pc = Table(title=f"{result['stage']}: IoU per class")
