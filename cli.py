@@ -134,7 +134,7 @@ def run_flow(name, data_root, run_dir, profile, config_file, from_run, sets, unt
     from workflows.registry import prepare_run
     argv = ["python", "cli.py", *sys.argv[1:]]
     run, _lock, notes = prepare_run(spec, run_dir, cfg, argv, deep_update(file or {}, parse_set(sets)), tuple(reuse),
-                                    tuple(force))  # the lock is held until this process ends
+                                    tuple(force), until)  # the lock is held until this process ends
     for note in notes:
         click.echo(note, err=True)
     if not click.get_current_context().find_root().params.get("debug"):

@@ -87,7 +87,8 @@ def define_flow(name: str, stages: list[Stage], description: str, defaults: dict
         spec = FLOWS[name]
         config = spec.resolve(profile, (), data_root, overrides or {})
         argv = ["prefect", f"{name}-from-config", run_dir]
-        run, lock, notes = prepare_run(spec, run_dir, config, argv, overrides or {}, tuple(reuse or ()))
+        run, lock, notes = prepare_run(spec, run_dir, config, argv, overrides or {}, tuple(reuse or ()),
+                                       tuple(force or ()), until)
         try:
             for note in notes:
                 get_run_logger().info(note)
@@ -104,7 +105,8 @@ def define_flow(name: str, stages: list[Stage], description: str, defaults: dict
 
 
 def prepare_run(spec: FlowSpec, run_dir: str | Path, config: RunConfigBase, argv: list[str], overrides: dict,
-                reuse: tuple[str, ...] = (), force: tuple[str, ...] = ()) -> tuple[Run, RunLock, list[str]]:
+                reuse: tuple[str, ...] = (), force: tuple[str, ...] = (),
+                until: str | None = None) -> tuple[Run, RunLock, list[str]]:
     """Make ``run_dir`` ready for ``spec`` under ``config``, writing nothing until everything is checked: the folder
     (``Run.check_folder``), its lock (held on return), the data (``validate_data``); then ``config.yaml`` and
     ``run.json`` (the stage list and ``provenance``), and the stages brought by ``--reuse``. Returns the run, its lock
@@ -131,7 +133,8 @@ def prepare_run(spec: FlowSpec, run_dir: str | Path, config: RunConfigBase, argv
     for other in reuse:
         brought = reuse_stages(run, other, spec.stages)
         notes.append(f"reused from {other}: {', '.join(brought) or 'no stage (no key matches)'}")
-    stale = [s for s in stale_stages(run, spec.stages) if s not in force]
+    todo, _ = plan_stages(spec.stages, config.model_dump(mode="json"), until, force)
+    stale = [s for s in stale_stages(run, todo) if s not in force]
     if stale:
         notes.append(f"note: {', '.join(stale)} completed here under another config, code or data; they are recomputed "
                      f"and their outputs replaced (to keep both variants, run in a new --run-dir with --reuse {run_dir})")
