@@ -297,11 +297,10 @@ def export(run_dir, stage, store, out) -> None:
     store = store or stores[0]
     if store not in stores:
         raise UserError(f"stage {stage} holds no store {store!r}: choose one of {', '.join(stores)}")
-    config = (Path(run_dir) / "config.yaml").read_text()
     import yaml
-    data = yaml.safe_load(config).get("data", {})
-    split = data.get("segmentation", {}).get("eval_split") if stage.startswith("eval_") else None
-    split = split or ("val" if stage.startswith("eval_") else data.get("label_split") or data.get("train_split") or "train")
+    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    # an evaluation stage stores its predictions on the segmentation's eval split, the others label data.label_split
+    split = config["segmentation"]["eval_split"] if stage.startswith("eval_") else config["data"]["label_split"]
     n = export_labels(folder / store, Path(out), split, {"run_dir": str(Path(run_dir).resolve()), "stage": stage})
     click.echo(f"{n} labels → {out} (list {split}.txt)")
 

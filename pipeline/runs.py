@@ -187,8 +187,7 @@ class Run:
         return self.dir / "stages" / name
 
     def read_record(self, name: str) -> dict | None:
-        p = self.stage_dir(name) / "record.json"
-        return read_json_file(p, "stage record", RECORD_SCHEMA) if p.is_file() else None
+        return records.read_record(self.dir, name)
 
     def write_record(self, name: str, record: dict) -> None:
         atomic_write_text(self.stage_dir(name) / "record.json", json.dumps({"schema": RECORD_SCHEMA, **record}, indent=1))
