@@ -163,10 +163,11 @@ def tree_propagation(a: np.ndarray, b: np.ndarray, weights: np.ndarray, values: 
 
 
 def global_propagation(guide: np.ndarray, values: np.ndarray, zeta: float, features: np.ndarray | None = None,
-                       zeta_f: float | None = None) -> np.ndarray:
+                       zeta_f: float | None = None, relative: bool = False) -> np.ndarray:
     """APro GP (Eq. 3–4) of K×H×W ``values`` over the MST of the 4-connected grid of the H×W×D ``guide``;
     with ``features`` (H×W×D'), propagated again over the same tree with its edges re-weighted by the features
-    (the paper's GP on low-level then high-level features). Returns K×H×W float64.
+    (the paper's GP on low-level then high-level features). ``relative``: the guide's edge weights in units of
+    their median (``relative_edge_weights``, our deviation: ``apro.gp_edges``). Returns K×H×W float64.
 
     >>> g = np.array([[[0.], [0.], [10.]]])
     >>> global_propagation(g, np.array([[[1., 0., 0.]]]), zeta=1.0).round(3).tolist()
@@ -175,6 +176,8 @@ def global_propagation(guide: np.ndarray, values: np.ndarray, zeta: float, featu
     h, w = guide.shape[:2]
     k = values.shape[0]
     a, b, wt = grid_edges(guide)
+    if relative:
+        wt = relative_edge_weights(wt)
     y, tree = tree_propagation(a, b, wt, values.reshape(k, -1).T, zeta)
     if features is not None:
         fa, fb, fw = grid_edges(features)
@@ -182,30 +185,29 @@ def global_propagation(guide: np.ndarray, values: np.ndarray, zeta: float, featu
     return y.T.reshape(k, h, w)
 
 
-def median_scaled(guide: np.ndarray) -> np.ndarray:
-    """``guide`` divided by √(median of its non-zero 4-neighbour edge weights), so that its edge weights are in
-    units of the image's typical neighbour distance (1 where the image has no non-zero edge). A ζ_g then means the
-    same on a noisy photograph and on a flat rendering.
+def relative_edge_weights(weights: np.ndarray) -> np.ndarray:
+    """Edge weights divided by the median of the non-zero ones (unchanged where none is non-zero): in units of the
+    image's typical neighbour distance, so that a ζ_g means the same on a noisy photograph and on a flat rendering.
 
-    >>> median_scaled(np.array([[[0.], [2.], [4.], [7.]]])).ravel().tolist()  # edge weights 4, 4, 9: median 4
-    [0.0, 1.0, 2.0, 3.5]
+    >>> relative_edge_weights(np.array([4., 0., 4., 9.])).tolist()
+    [1.0, 0.0, 1.0, 2.25]
     """
-    w = grid_edges(guide)[2]
-    w = w[w > 0]
-    return guide / np.sqrt(np.median(w)) if w.size else guide
+    nonzero = weights[weights > 0]
+    return weights / np.median(nonzero) if nonzero.size else weights
 
 
 _THREADS: ThreadPoolExecutor | None = None
 
 
 def batch_global_propagation(guides: np.ndarray, values: np.ndarray, zeta: float, features: np.ndarray | None = None,
-                             zeta_f: float | None = None) -> np.ndarray:
+                             zeta_f: float | None = None, relative: bool = False) -> np.ndarray:
     """``global_propagation`` of a batch (B×H×W×D guides, B×K×H×W values, B×H×W×D' features), the images in
     parallel threads (the compiled walk releases the GIL)."""
     global _THREADS
     if _THREADS is None:
         _THREADS = ThreadPoolExecutor(max(1, torch.get_num_threads()))
-    jobs = [_THREADS.submit(global_propagation, guides[i], values[i], zeta, None if features is None else features[i], zeta_f)
+    jobs = [_THREADS.submit(global_propagation, guides[i], values[i], zeta, None if features is None else features[i], zeta_f,
+                            relative)
             for i in range(len(values))]
     return np.stack([j.result() for j in jobs])
 
@@ -258,12 +260,10 @@ def soft_pseudo_labels(probs: torch.Tensor, rgb: torch.Tensor, features: torch.T
     ``gp``: [GP(P)]; ``lp``: [LP(P)]; ``gp-lp-p``: [GP(P), LP(P)]; ``gp-lp-c``: [LP(GP(P))]; ``lp-gp-c``: [GP(LP(P))]."""
     def gp(p: torch.Tensor) -> torch.Tensor:
         g = rgb.permute(0, 2, 3, 1).cpu().double().numpy()
-        if cfg.gp_edges == "relative":
-            g = np.stack([median_scaled(x) for x in g])
         f = None
         if features is not None and cfg.zeta_f is not None:
             f = F.normalize(features.float(), dim=1).permute(0, 2, 3, 1).cpu().double().numpy()
-        y = batch_global_propagation(g, p.cpu().double().numpy(), cfg.zeta_g, f, cfg.zeta_f)
+        y = batch_global_propagation(g, p.cpu().double().numpy(), cfg.zeta_g, f, cfg.zeta_f, cfg.gp_edges == "relative")
         return torch.from_numpy(y).to(p.device, p.dtype)
 
     def lp(p: torch.Tensor) -> torch.Tensor:
@@ -332,6 +332,6 @@ def refine_predictions(image: np.ndarray, probs: np.ndarray, cfg: AProConfig) ->
     """A stored pseudo label's refinement: the K×H×W probabilities of an H×W×3 uint8 image through GP on the image
     (Eq. 3–4, edges as ``gp_edges`` says) then LP (Eq. 5–6); returns K×H×W float32."""
     rgb = image.astype(np.float64) / 255.0
-    y = global_propagation(median_scaled(rgb) if cfg.gp_edges == "relative" else rgb, probs.astype(np.float64), cfg.zeta_g)
+    y = global_propagation(rgb, probs.astype(np.float64), cfg.zeta_g, relative=cfg.gp_edges == "relative")
     t = torch.from_numpy(rgb.transpose(2, 0, 1)).float()[None]
     return local_propagation(t, torch.from_numpy(y).float()[None], cfg.zeta_s, cfg.num_iter, cfg.kernel_size)[0].numpy()

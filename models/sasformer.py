@@ -157,8 +157,9 @@ def block_affinity_loss(attention: torch.Tensor, logits: torch.Tensor, query_siz
     m, m_ = query_size[0] * query_size[1], key_size[0] * key_size[1]
     if attention.shape[-2:] != (m, m_):
         raise ValueError(f"attention {tuple(attention.shape[-2:])} does not match grids {query_size} → {key_size}")
-    y = class_softmax(propagate_predictions(attention, grid_probabilities(logits, key_size)))
-    p = class_softmax(grid_probabilities(logits, query_size))
+    keys = grid_probabilities(logits, key_size)
+    y = class_softmax(propagate_predictions(attention, keys))
+    p = class_softmax(keys if tuple(key_size) == tuple(query_size) else grid_probabilities(logits, query_size))
     region = F.interpolate(unlabelled[:, None].float(), size=query_size, mode="nearest").flatten(1)
     return (affinity_distance(y, p, distance) * region).sum() / region.sum().clamp(min=1)
 

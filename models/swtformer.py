@@ -251,7 +251,8 @@ class SWTformer(nn.Module):
 
     def _cells(self, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """The cells of a grid map that cover the (unpadded) image."""
-        r = self._padded(x).shape[-1] // maps.shape[-1]  # pixels per cell of this map
+        w = x.shape[-1]
+        r = (w + -w % self.stride) // maps.shape[-1]  # pixels per cell of this map (of the padded input)
         return maps[..., :-(-x.shape[-2] // r), :-(-x.shape[-1] // r)]
 
     def stages(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

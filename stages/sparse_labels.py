@@ -62,10 +62,10 @@ def run(ctx) -> dict:
     if missing:
         print(f"sparse_labels: {missing} of {len(ds)} images of {cfg.data.train_split} have no {cfg.data.sparse.kind} "
               "annotation and are left out", file=sys.stderr)
-    store, _ = fill_store(ctx, SPARSE_LABELS, {"kind": "labels", "sparse": cfg.data.sparse.kind,
-                                               "sources": [str(p) for p in paths]}, ids,
-                          lambda out: RasteriseWorker(paths, cfg.data.sparse.kind, ds.root, out), image_pool(ctx))
-    return {"kind": cfg.data.sparse.kind, "annotated": len(ids), "unannotated": missing, "sources": [str(p) for p in paths]}
+    sources = [str(p) for p in paths]
+    fill_store(ctx, SPARSE_LABELS, {"kind": "labels", "sparse": cfg.data.sparse.kind, "sources": sources}, ids,
+               lambda out: RasteriseWorker(paths, cfg.data.sparse.kind, ds.root, out), image_pool(ctx))
+    return {"kind": cfg.data.sparse.kind, "annotated": len(ids), "unannotated": missing, "sources": sources}
 
 
 SPARSE_LABELS_STAGE = Stage("sparse_labels", run, reads=("data.sparse", "data.root", "data.train_split", "data.max_images"),

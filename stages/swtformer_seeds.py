@@ -44,7 +44,9 @@ def image_swtformer_seeds(model, image: np.ndarray, classes: list[int], scales: 
 
     def maps(batch: torch.Tensor) -> torch.Tensor:
         cam, rcam = model.seed_maps(batch, labels.to(batch.device).expand(batch.shape[0], -1))
-        return torch.cat([cam[:, idx], rcam[:, [0, *(i + 1 for i in idx)]] if model.version == 2 else cam[:, idx]], 1)
+        if model.version == 1:
+            return cam[:, idx]
+        return torch.cat([cam[:, idx], rcam[:, [0, *(i + 1 for i in idx)]]], 1)
 
     with runtime.autocast():
         both = multiscale_maps(maps, runtime.to(normalise(image)), scales, flip)

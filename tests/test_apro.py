@@ -121,7 +121,7 @@ def test_apro_without_propagation_is_the_partial_cross_entropy_baseline():
 def test_apro_unary_terms_are_l1_to_the_propagated_predictions():
     """GP-LP-P: |P − GP(P)| + |P − LP(P)|; GP-LP-C: |P − LP(GP(P))|; LP-GP-C: |P − GP(LP(P))| (GP on image, then
     features), over the unlabelled pixels."""
-    from models.apro import AProLoss, median_scaled, rgb01
+    from models.apro import AProLoss, grid_edges, rgb01
     net, images, labels = _tiny_net_and_batch()
     cfg = _apro_cfg(zeta_f=0.5)
     with torch.no_grad():
@@ -130,6 +130,10 @@ def test_apro_unary_terms_are_l1_to_the_propagated_predictions():
     rgb = rgb01(images)
     f = torch.nn.functional.interpolate(feats, size=p.shape[-2:], mode="bilinear", align_corners=False)
     fn = torch.nn.functional.normalize(f, dim=1)
+
+    def median_scaled(guide):  # relative edges = the guide divided by √(median non-zero neighbour distance)
+        w = grid_edges(guide)[2]
+        return guide / np.sqrt(np.median(w[w > 0]))
 
     def gp(v):
         return torch.from_numpy(np.stack([global_propagation(median_scaled(rgb[i].permute(1, 2, 0).double().numpy()), v[i].numpy(), cfg.zeta_g,
