@@ -9,10 +9,7 @@ sasformer.train.threads=1`` and two processes with disjoint ``--only`` rows use 
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from ablation import run_variant
+from ablation import main_rows
 
 B, P = ["data.synthetic.style=b"], ["data.sparse.kind=point"]
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -37,20 +34,5 @@ ROWS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--profile", default="default")
-    ap.add_argument("--set", dest="sets", action="append", default=[])
-    ap.add_argument("--only", nargs="+", type=int, help="run only these rows (0-based), e.g. --only 0 1")
-    a = ap.parse_args()
-    print(f"{'row':<40} {'val mIoU':>8} {'pseudo mIoU':>11} {'seconds':>8}")
-    for i, (name, (flow, sets)) in enumerate(ROWS.items()):
-        if a.only is not None and i not in a.only:
-            continue
-        m, sec = run_variant(flow, a.out / f"row-{i}", a.profile, [*a.sets, *sets], "eval_segmentation")
-        print(f"{name:<40} {m['eval_segmentation']['miou']:>8.4f} {m['eval_pseudo_labels']['miou']:>11.4f} {sec:>8.1f}", flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    main_rows(ROWS)

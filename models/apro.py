@@ -59,7 +59,9 @@ class AProConfig(Section):
     kernel_size: Annotated[int, AfterValidator(_odd)] = 5  # LP window
     num_iter: int = Field(20, ge=0)  # LP rounds
     stride: int = Field(1, ge=1)  # propagate at 1/stride of the crop (the paper's 512 crops: at 1/4)
-    unary_weight: float = Field(1.0, ge=0)  # weight of L_u
+    # weight of L_u: 0.4, the tree energy loss's weight in TEL's code, the base APro's point/scribble results share
+    # (README, APro: at 1.0 the L1 term eroded objects and lost to partial cross-entropy on three of four settings)
+    unary_weight: float = Field(0.4, ge=0)
     # L_u joins after this fraction of the training steps (partial cross-entropy alone before); 0: from the first step
     unary_from: float = Field(0.0, ge=0.0, le=1.0)
     refine_labels: bool = True  # stored pseudo labels: the predictions refined by GP (image) then LP

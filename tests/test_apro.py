@@ -153,6 +153,8 @@ def test_apro_unary_terms_are_l1_to_the_propagated_predictions():
     for mode, value in expect.items():
         out = AProLoss(_apro_cfg(propagation=mode, zeta_f=0.5))(net, (images, labels))
         assert abs(out["unary"].item() - value) < 1e-5, (mode, out["unary"].item(), value)
+        # L = L_g + 0.4·L_u (the default weight, TEL's)
+        assert abs(out["loss"].item() - out["partial_ce"].item() - 0.4 * value) < 1e-5, mode
 
 
 def test_apro_targets_carry_no_gradient():
@@ -168,7 +170,7 @@ def test_apro_targets_carry_no_gradient():
     from models.apro import rgb01
     y = local_propagation(rgb01(images), p.detach(), 0.15, 3, 5)
     u = labels == 255
-    loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255) + ((p - y).abs().sum(1) * u).sum() / u.sum()
+    loss = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255) + 0.4 * ((p - y).abs().sum(1) * u).sum() / u.sum()
     loss.backward()
     torch.testing.assert_close(net.head.branches[0].weight.grad, g1)
 

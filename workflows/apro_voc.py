@@ -22,11 +22,11 @@ LABEL_STAGES = [*SPARSE_STAGES, network, PSEUDO, EVAL_PSEUDO_LABELS.wire(labels=
 OWN_BRANCH = EVAL_SEGMENTATION.wire(model=network.out(MODEL_FILE))
 PROFILE_DEFAULTS: dict[str, dict] = {
     # the paper's WSSS setting: ResNet-101 (ImageNet), 512 crops, SGD lr 0.001 momentum 0.9 weight decay 1e-4, 80k
-    # iterations; propagation at 1/4 of the crop
+    # iterations; propagation at 1/4 of the crop; L = L_g + L_u as printed (the default weighs L_u by TEL's 0.4)
     "paper": {"segmentation": {"train": {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range": [0.5, 2.0],
                                          "optimizer": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 1e-4,
                                          "head_lr_mult": 10.0, "warmup_steps": 0}},
-              "apro": {"stride": 4}},
+              "apro": {"stride": 4, "unary_weight": 1.0}},
 }
 
 SPEC = define_flow("apro_voc", [*LABEL_STAGES, OWN_BRANCH],
