@@ -59,8 +59,8 @@ class AProConfig(Section):
     kernel_size: Annotated[int, AfterValidator(_odd)] = 5  # LP window
     num_iter: int = Field(20, ge=0)  # LP rounds
     stride: int = Field(1, ge=1)  # propagate at 1/stride of the crop (the paper's 512 crops: at 1/4)
-    # weight of L_u: 0.4, the tree energy loss's weight in TEL's code, the base APro's point/scribble results share
-    # (README, APro: at 1.0 the L1 term eroded objects and lost to partial cross-entropy on three of four settings)
+    # weight of L_u: 0.4 where the paper writes 1 — TEL's code's weight for its L1 tree energy loss, the term L_u
+    # follows (README, APro: at 1 the L1 term eroded objects and lost to partial cross-entropy in each setting measured)
     unary_weight: float = Field(0.4, ge=0)
     # L_u joins after this fraction of the training steps (partial cross-entropy alone before); 0: from the first step
     unary_from: float = Field(0.0, ge=0.0, le=1.0)
