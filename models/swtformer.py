@@ -243,16 +243,19 @@ class SWTformer(nn.Module):
         patch = backbone.patch_embed.patch_size
         self.stride = patch[0] * 2 ** (len(backbone.layers) - 1)
 
+    def _padded_size(self, x: torch.Tensor) -> tuple[int, int]:
+        """(H, W) of ``x`` rounded up to multiples of the stride: the size the network sees."""
+        h, w = x.shape[-2:]
+        return h + -h % self.stride, w + -w % self.stride
+
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` padded (bottom, right, zeros: the mean colour after normalisation) to multiples of the stride."""
-        h, w = x.shape[-2:]
-        ph, pw = -h % self.stride, -w % self.stride
-        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+        (h, w), (ph, pw) = x.shape[-2:], self._padded_size(x)
+        return F.pad(x, (0, pw - w, 0, ph - h)) if (ph, pw) != (h, w) else x
 
     def _cells(self, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """The cells of a grid map that cover the (unpadded) image."""
-        w = x.shape[-1]
-        r = (w + -w % self.stride) // maps.shape[-1]  # pixels per cell of this map (of the padded input)
+        r = self._padded_size(x)[1] // maps.shape[-1]  # pixels per cell of this map (of the padded input)
         return maps[..., :-(-x.shape[-2] // r), :-(-x.shape[-1] // r)]
 
     def stages(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -302,8 +305,7 @@ class SWTformer(nn.Module):
 
     def _to_input(self, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """Grid maps of the padded input, upsampled to it and cropped to the input."""
-        p = self._padded(x)
-        return F.interpolate(maps, size=p.shape[-2:], mode="bilinear", align_corners=False)[..., :x.shape[-2], :x.shape[-1]]
+        return F.interpolate(maps, size=self._padded_size(x), mode="bilinear", align_corners=False)[..., :x.shape[-2], :x.shape[-1]]
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.classifier.parameters()) + (list(self.hff.parameters()) if self.hff is not None else [])
