@@ -4,7 +4,8 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 
 import torch
 
-from models.apro import global_propagation, grid_edges, local_propagation, tree_propagation
+from models.apro import grid_edges, tree_propagation
+from stages.apro import global_propagation, local_propagation  # the contract's names
 from tests.reference_apro import global_propagation_python
 
 
