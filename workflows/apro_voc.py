@@ -5,21 +5,12 @@ windows), its GP+LP-refined predictions on ``data.label_split`` stored as pseudo
 APro's parts: ``models/apro.py`` (GP, LP, the loss, the ``apro`` config section), ``stages/train_apro.py``,
 ``stages/apro_pseudo_labels.py``; the sparse annotations: ``pipeline/sparse.py``, ``stages/sparse_labels.py``.
 """
-from pipeline.checkpoint import MODEL_FILE
-from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
-from stages.eval_segmentation import EVAL_SEGMENTATION
-from stages.make_pseudo_labels import PSEUDO_LABELS
 from stages.apro_pseudo_labels import APRO_PSEUDO_LABELS
-from stages.sparse_labels import SPARSE_LABELS, SPARSE_LABELS_STAGE
 from stages.train_apro import TRAIN_APRO
-from workflows.partial_ce_voc import SPARSE_STAGES
-from workflows.registry import define_flow
+from workflows.registry import define_flow, sparse_network_stages
 
-network = TRAIN_APRO.wire(labels=SPARSE_LABELS_STAGE.out(SPARSE_LABELS))
-PSEUDO = APRO_PSEUDO_LABELS.wire(model=network.out(MODEL_FILE))
-#: the stages up to the pseudo labels' score, shared with ``apro_voc_multistage``
-LABEL_STAGES = [*SPARSE_STAGES, network, PSEUDO, EVAL_PSEUDO_LABELS.wire(labels=PSEUDO.out(PSEUDO_LABELS))]
-OWN_BRANCH = EVAL_SEGMENTATION.wire(model=network.out(MODEL_FILE))
+#: the sparse stages, the training, the pseudo labels and their score (shared with ``apro_voc_multistage``), val
+STAGES = sparse_network_stages(TRAIN_APRO, APRO_PSEUDO_LABELS)
 PROFILE_DEFAULTS: dict[str, dict] = {
     # the paper's WSSS setting: ResNet-101 (ImageNet), 512 crops, SGD lr 0.001 momentum 0.9 weight decay 1e-4, 80k
     # iterations; propagation at 1/4 of the crop; L = L_g + L_u as printed (the default weighs L_u by TEL's 0.4)
@@ -29,6 +20,6 @@ PROFILE_DEFAULTS: dict[str, dict] = {
               "apro": {"stride": 4, "unary_weight": 1.0}},
 }
 
-SPEC = define_flow("apro_voc", [*LABEL_STAGES, OWN_BRANCH],
+SPEC = define_flow("apro_voc", [*STAGES.label_stages, STAGES.own_branch],
                    "APro on points/scribbles: segmentation + global (MST) and local affinity propagation → pseudo labels, val mIoU",
                    {}, PROFILE_DEFAULTS)

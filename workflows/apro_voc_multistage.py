@@ -2,6 +2,6 @@
 from workflows import apro_voc
 from workflows.registry import define_flow, retrain_on_pseudo_labels
 
-SPEC = define_flow("apro_voc_multistage", retrain_on_pseudo_labels(apro_voc.LABEL_STAGES, apro_voc.OWN_BRANCH, apro_voc.PSEUDO),
+SPEC = define_flow("apro_voc_multistage", retrain_on_pseudo_labels(*apro_voc.STAGES),
                    "APro single stage → stored pseudo labels → separate segmentation network (both val mIoUs)",
                    {}, apro_voc.PROFILE_DEFAULTS)

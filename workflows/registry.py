@@ -6,7 +6,7 @@ import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from prefect import flow as prefect_flow
 from prefect import get_run_logger
@@ -177,6 +177,33 @@ def offline_affinity_stages(classifier: Stage, seeds: Stage) -> list[Stage]:
     return [classifier, EVAL_CLASSIFIER.wire(model=classifier.out(MODEL_FILE)), seeds, seed_scores, unrefined_scores, affinity,
             walk, walk_scores, pseudo, EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS), seed_sweep=seed_scores.out(THRESHOLD)),
             segmentation, EVAL_SEGMENTATION.wire(model=segmentation.out(MODEL_FILE))]
+
+
+class SparseNetworkStages(NamedTuple):
+    """A network trained on the sparse annotations, wired (``sparse_network_stages``)."""
+
+    label_stages: list[Stage]  # sparse store, its score, the training, the pseudo labels and their score
+    own_branch: Stage  # the trained network's val score
+    pseudo: Stage  # the pseudo-label stage (its store is what a multi-stage variant trains on)
+
+
+def sparse_network_stages(train: Stage, predict: Stage) -> SparseNetworkStages:
+    """The shape of every flow on points/scribbles (``partial_ce_voc``, APro's, SASFormer's), wired:
+    ``sparse_labels`` → ``eval_sparse_labels`` → ``train`` (input ``labels``: the sparse store) → ``predict`` (input
+    ``model``: the trained network's predictions on ``data.label_split`` as pseudo labels) → ``eval_pseudo_labels``;
+    and ``eval_segmentation`` of the trained network on val."""
+    from pipeline.checkpoint import MODEL_FILE
+    from stages.eval_pseudo_labels import EVAL_PSEUDO_LABELS
+    from stages.eval_segmentation import EVAL_SEGMENTATION
+    from stages.eval_sparse_labels import EVAL_SPARSE_LABELS
+    from stages.make_pseudo_labels import PSEUDO_LABELS
+    from stages.sparse_labels import SPARSE_LABELS, SPARSE_LABELS_STAGE
+    sparse = SPARSE_LABELS_STAGE.out(SPARSE_LABELS)
+    network = train.wire(labels=sparse)
+    pseudo = predict.wire(model=network.out(MODEL_FILE))
+    label_stages = [SPARSE_LABELS_STAGE, EVAL_SPARSE_LABELS.wire(labels=sparse), network, pseudo,
+                    EVAL_PSEUDO_LABELS.wire(labels=pseudo.out(PSEUDO_LABELS))]
+    return SparseNetworkStages(label_stages, EVAL_SEGMENTATION.wire(model=network.out(MODEL_FILE)), pseudo)
 
 
 def retrain_on_pseudo_labels(label_stages: list[Stage], own_branch: Stage, pseudo: Stage) -> list[Stage]:

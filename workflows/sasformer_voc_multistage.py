@@ -3,6 +3,6 @@ pseudo labels."""
 from workflows import sasformer_voc
 from workflows.registry import define_flow, retrain_on_pseudo_labels
 
-SPEC = define_flow("sasformer_voc_multistage", retrain_on_pseudo_labels(sasformer_voc.LABEL_STAGES, sasformer_voc.OWN_BRANCH, sasformer_voc.PSEUDO),
+SPEC = define_flow("sasformer_voc_multistage", retrain_on_pseudo_labels(*sasformer_voc.STAGES),
                    "SASFormer single stage → stored pseudo labels → separate segmentation network (both val mIoUs)",
                    {}, sasformer_voc.PROFILE_DEFAULTS)
