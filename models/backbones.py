@@ -129,7 +129,7 @@ def create_vit(name: str, img_size: int, pretrained: bool = False, weights: str 
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size,
                                   dynamic_img_size=True, dynamic_img_pad=True, **kwargs)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:
         raise UserError(f"backbone {name!r} could not be created ({str(e).splitlines()[0]})") from None
     if weights:
         from timm.models.vision_transformer import checkpoint_filter_fn

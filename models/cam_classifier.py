@@ -15,7 +15,7 @@ from pydantic import Field
 from models.backbones import AttentionRecorder, TokenGrid, create_vit
 from models.registry import ModelSpec, register_model
 
-from pipeline.config import Count, SMOKE_TRAIN, Section, TrainConfig, config_section, register_section
+from pipeline.config import Count, SMOKE_TRAIN, Section, TrainConfig, config_section, register_section, timm_model
 
 
 @config_section("model", profiles={
@@ -27,7 +27,7 @@ class ClassifierConfig(Section):
     """The classifier: a timm ViT (from scratch, ImageNet weights through timm, or a local file) and its pooling."""
 
     # any timm ViT name; the default is the ViT-hybrid family (a CNN stem before the blocks), as ACR's paper
-    backbone: str = "vit_tiny_r_s16_p8_224"
+    backbone: timm_model("vision_transformer", "vision_transformer_hybrid", example="vit_small_patch16_224") = "vit_tiny_r_s16_p8_224"
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file of backbone weights, or standin:NAME (models/standins.py); null: from scratch
     weights: str | None = "standin:vit_hybrid"

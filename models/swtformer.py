@@ -35,7 +35,7 @@ from models.backbones import load_local_weights
 from models.cam_classifier import pool_scores
 from models.registry import ModelSpec, register_model
 
-from pipeline.config import Count, NonNegInt, NonNegative, Section, config_section
+from pipeline.config import Count, NonNegInt, NonNegative, Section, config_section, timm_model
 from pipeline.errors import UserError
 
 
@@ -49,7 +49,7 @@ class SWTformerConfig(Section):
     """SWTformer: a Swin Transformer CAM classifier (V1) with hierarchical feature fusion and prototypes (V2)."""
 
     version: Literal[1, 2] = 2  # 1: Swin patch-token CAM; 2: + HFF, background map, seed locating, prototypes, L_GSC, L_CCL
-    backbone: str = "swin_tiny_patch4_window7_224"  # a timm Swin Transformer (the paper's Swin-T)
+    backbone: timm_model("swin_transformer", example="swin_tiny_patch4_window7_224") = "swin_tiny_patch4_window7_224"  # a timm Swin Transformer (the paper's Swin-T)
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file of backbone weights; null: from scratch (the `swin` stand-in did not learn
     # its corpus in 1000 steps, so it is not shipped: README, Pretrained stand-ins)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -36,6 +36,31 @@ def _device_name(name: str) -> str:
     if not DEVICE_PATTERN.match(name):
         raise ValueError("use auto, cpu, cuda or cuda:N")
     return name
+
+
+def _timm_model(families: tuple[str, ...], example: str, name: str) -> str:
+    import timm  # here, not above: reading a config imports neither torch nor timm until a backbone is checked
+    if not timm.is_model(name):
+        raise ValueError(f"no timm model is called {name!r}: use e.g. {example}")
+    family = timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
+    if families and family not in families:
+        raise ValueError(f"{name!r} is a timm {family} model, this key takes a {' or '.join(families)} one: use e.g. {example}")
+    return name
+
+
+def timm_model(*families: str, example: str) -> Any:
+    """The type of a backbone key: a timm model name (tags allowed) of one of ``families`` (the timm modules that
+    define them: ``swin_transformer``, ``pvt_v2``, ...; none: any timm model). Checked when the config is read, so
+    a wrong backbone stops ``run-flow`` before any stage with one line naming the key, the family and an example.
+
+    >>> from pydantic import TypeAdapter
+    >>> TypeAdapter(timm_model("swin_transformer", example="swin_tiny_patch4_window7_224")).validate_python("resnet18")
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for function-after[...]
+      Value error, 'resnet18' is a timm resnet model, this key takes a swin_transformer one: use e.g. swin_tiny_patch4_window7_224 ...
+    """
+    return Annotated[str, AfterValidator(partial(_timm_model, families, example))]
 
 
 class Section(BaseModel):
@@ -191,7 +216,7 @@ class WorkersConfig(Section):
 
 
 class SegmentationConfig(Section):
-    backbone: str = "resnet18"  # timm model with features_only
+    backbone: timm_model(example="resnet18") = "resnet18"  # timm model with features_only
     channels: list[Count] | None = [32, 64, 128, 192]  # a timm ResNet's stage widths (None: the model's own)
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file, or standin:NAME (models/standins.py); null trains from scratch

@@ -39,6 +39,24 @@ def test_ill_typed_value_names_the_key():
         resolve("cam_voc", "smoke", ["pseudo.refine=[blur]"])
 
 
+@pytest.mark.parametrize("flow,key,value,says", [
+    ("swtformer_voc", "swtformer.backbone", "resnet18", "'resnet18' is a timm resnet model, this key takes a swin_transformer one"),
+    ("cam_voc", "model.backbone", "resnet18", "timm resnet model, this key takes a vision_transformer or vision_transformer_hybrid one"),
+    ("acr_voc", "model.backbone", "pvt_v2_b1", "timm pvt_v2 model"),
+    ("sasformer_voc", "sasformer.backbone", "swin_tiny_patch4_window7_224", "takes a pvt_v2 one: use e.g. pvt_v2_b1"),
+    ("afa_voc", "afa.backbone", "vit_small_patch16_224", "takes a pvt_v2 one"),
+    ("supervised_voc", "segmentation.backbone", "resnet1", "no timm model is called 'resnet1': use e.g. resnet18"),
+    ("acr_voc", "affinity.backbone", "resnt50", "no timm model is called 'resnt50'"),
+])
+def test_a_backbone_of_the_wrong_family_stops_when_the_config_is_read(flow, key, value, says):
+    """Before any stage (the config is read first), not when the network is first built after earlier stages."""
+    with pytest.raises(UserError, match=rf"config key '{key}': .*{says}"):
+        resolve(flow, "smoke", [f"{key}={value}"])
+    assert resolve(flow, "smoke", [f"{key}=" + {"swtformer": "swin_base_patch4_window7_224", "model": "vit_tiny_r_s16_p8_224",
+                                                "sasformer": "pvt_v2_b0", "afa": "pvt_v2_b0", "segmentation": "resnet50",
+                                                "affinity": "resnet50.a1_in1k"}[key.split(".")[0]]])
+
+
 @pytest.mark.parametrize("key", ["pseudo.bkg_band", "affinity.bkg_band", "afa.bkg_band"])
 def test_every_background_band_is_one_rule(key):
     """One name and one check for the (low, high) background scores, in every section."""
