@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from models.cam_classifier import pool_scores
-from models.mix_transformer import MixTransformer
+from models.mix_transformer import MiTName, MixTransformer
 from models.pairs import pair_labels, radius_mask
 from models.registry import ModelSpec, register_model
 from models.segmentation import MLPHead
 
-from pipeline.config import BkgBand, Count, NonNegInt, NonNegative, Positive, SMOKE_TRAIN, Section, TrainConfig, config_section, timm_model
+from pipeline.config import BkgBand, Count, NonNegInt, NonNegative, Positive, SMOKE_TRAIN, Section, TrainConfig, config_section
 from pipeline.voc import IGNORE_INDEX
 
 
@@ -38,7 +38,7 @@ from pipeline.voc import IGNORE_INDEX
 class AFAConfig(Section):
     """AFA single-stage training (Ru et al., CVPR 2022): MiT encoder, CAM, affinity from attention, segmentation."""
 
-    backbone: timm_model("pvt_v2", example="pvt_v2_b1") = "pvt_v2_b1"  # a timm Mix Transformer (pvt_v2_b*; the paper's MiT-B1)
+    backbone: MiTName = "pvt_v2_b1"  # a timm Mix Transformer (pvt_v2_b*; the paper's MiT-B1)
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file of encoder weights, or standin:NAME (models/standins.py); null: from scratch.
     # From scratch by default: from the `mit` stand-in the seeds fell from 0.348 to 0.145 on style a (README, AFA)

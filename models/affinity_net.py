@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from models.backbones import create_feature_backbone
 from models.pairs import pair_labels, radius_mask
 from models.registry import ModelSpec, register_model
-from pipeline.config import BkgBand, Count, LayerIndex, NonNegInt, Positive, SMOKE_TRAIN, Section, TrainConfig, config_section, timm_model
+from pipeline.config import BkgBand, Count, FeatureBackboneName, LayerIndex, NonNegInt, Positive, SMOKE_TRAIN, Section, TrainConfig, config_section
 from pipeline.voc import IGNORE_INDEX
 
 
@@ -27,7 +27,7 @@ class AffinityConfig(Section):
     """Offline affinity (PSA manner) and the random walk of the seeds over it (ACR step 3)."""
 
     source: Literal["network", "attention"] = "network"  # a trained AffinityNet, or the ViT's own patch attention
-    backbone: timm_model(example="resnet18") = "resnet18"  # timm CNN with features_only (paper: ResNet-38 / ResNet-50)
+    backbone: FeatureBackboneName = "resnet18"  # timm CNN with features_only (paper: ResNet-38 / ResNet-50)
     channels: list[Count] | None = [32, 64, 128, 192]  # a timm ResNet's stage widths (None: the model's own)
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     weights: str | None = "standin:resnet"  # a local file, or standin:NAME (models/standins.py); null: from scratch

@@ -15,7 +15,11 @@ import torch
 import torch.nn as nn
 
 from models.backbones import AttentionRecorder, load_local_weights
+from pipeline.config import timm_model
 from pipeline.errors import UserError
+
+#: the type of a config key naming a Mix Transformer (afa.backbone, sasformer.backbone)
+MiTName = timm_model("pvt_v2", example="pvt_v2_b1")
 
 
 class MixTransformer(nn.Module):

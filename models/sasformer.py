@@ -27,11 +27,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from models.mix_transformer import MixTransformer
+from models.mix_transformer import MiTName, MixTransformer
 from models.registry import ModelSpec, register_model
 from models.segmentation import MLPHead, partial_cross_entropy
 from models.standins import STANDINS
-from pipeline.config import Count, SMOKE_TRAIN, Section, TrainConfig, config_section, timm_model
+from pipeline.config import Count, SMOKE_TRAIN, Section, TrainConfig, config_section
 from pipeline.voc import IGNORE_INDEX
 
 Distance = Literal["l1", "l2", "kl", "ce"]
@@ -55,7 +55,7 @@ _MIT = STANDINS["mit"].architecture  # the `mit` stand-in's architecture, the de
 class SASFormerConfig(Section):
     """SASFormer: SegFormer on sparse labels with the hierarchical attention affinity loss (its network and schedule)."""
 
-    backbone: timm_model("pvt_v2", example="pvt_v2_b1") = "pvt_v2_b1"  # a timm Mix Transformer (pvt_v2_b*; the paper's MiT-B4)
+    backbone: MiTName = "pvt_v2_b1"  # a timm Mix Transformer (pvt_v2_b*; the paper's MiT-B4)
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file of encoder weights, or standin:NAME (models/standins.py); null: from scratch
     weights: str | None = "standin:mit"

@@ -63,6 +63,10 @@ def timm_model(*families: str, example: str) -> Any:
     return Annotated[str, AfterValidator(partial(_timm_model, families, example))]
 
 
+#: the type of a config key naming a CNN feature backbone (segmentation.backbone, affinity.backbone)
+FeatureBackboneName = timm_model(example="resnet18")
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -216,7 +220,7 @@ class WorkersConfig(Section):
 
 
 class SegmentationConfig(Section):
-    backbone: timm_model(example="resnet18") = "resnet18"  # timm model with features_only
+    backbone: FeatureBackboneName = "resnet18"  # timm model with features_only
     channels: list[Count] | None = [32, 64, 128, 192]  # a timm ResNet's stage widths (None: the model's own)
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file, or standin:NAME (models/standins.py); null trains from scratch
