@@ -16,10 +16,28 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def env(tmp_path_factory) -> dict:
-    """The environment of the flow tests' ``cli.py`` calls (one synthetic-data cache for the session)."""
+def prefect_api(tmp_path_factory):
+    """One Prefect server for the session's flow runs, its URL (``None`` if it did not start).
+
+    Without one, every ``cli.py run-flow`` starts and stops Prefect's temporary local server: 5 s of a flow's
+    time on an idle machine, 20 s on a loaded one, over some 70 flow runs. The calls that do not take the
+    ``env`` fixture (the command-line tests) still use the temporary server, as a user's first run does."""
+    from tests.helpers import start_prefect_server
+    server, url = start_prefect_server(tmp_path_factory.mktemp("prefect"))
+    yield url
+    if server is not None:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except Exception:
+            server.kill()
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory, prefect_api) -> dict:
+    """The environment of the flow tests' ``cli.py`` calls (one synthetic-data cache and one Prefect server for the session)."""
     from tests.helpers import cli_env
-    return cli_env(tmp_path_factory.mktemp("cache"))
+    return cli_env(tmp_path_factory.mktemp("cache"), prefect_api)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli_env(cache: Path | None = None) -> dict:
+def cli_env(cache: Path | None = None, prefect_api: str | None = None) -> dict:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     if cache is not None:
         env["WSSS_CACHE"] = str(cache)
+    if prefect_api is not None:
+        env["PREFECT_API_URL"] = prefect_api
     return env
+
+
+def start_prefect_server(home: Path, timeout: float = 180.0) -> tuple[subprocess.Popen | None, str | None]:
+    """``prefect server start`` on a free local port with its database under ``home``: (process, API URL), or
+    (None, None) when it does not answer within ``timeout`` seconds (the flows then start their temporary ones)."""
+    import socket
+    import time
+    import urllib.request
+
+    from pipeline.orchestration import PREFECT_DEFAULTS
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**PREFECT_DEFAULTS, **os.environ, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT, env=env, cwd=home)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + timeout
+    while time.time() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                if r.status == 200:
+                    return server, url
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    return None, None
 
 
 def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
