@@ -11,7 +11,7 @@ import click
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.errors import UserError  # noqa: E402
+from pipeline.errors import UserError, unknown_flow  # noqa: E402
 
 
 class Failure(click.ClickException):
@@ -100,6 +100,8 @@ def list_flows() -> None:
 @_guard
 def run_flow(name, data_root, run_dir, profile, config_file, from_run, sets, until, force, reuse, show_config) -> None:
     """Run flow NAME; the same command again resumes (unchanged stages are cached)."""
+    if name is not None and not from_run and name not in (known := [n for n, _ in flow_catalog()]):
+        raise unknown_flow(name, known)  # at once: before the seconds of importing torch, timm and Prefect
     from workflows import get_flow  # every flow and config section registered
     from pipeline.config import deep_update, load_config_file
     file = None

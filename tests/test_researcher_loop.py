@@ -160,7 +160,7 @@ def test_inspect_json_is_strict_and_shows_a_running_stage(tmp_path):
     assert summarise(run.dir, "cam_voc", [{"name": "make_pseudo_labels"}])["stages"][0]["status"] == "failed"
 
 
-def test_list_flows_and_inspect_answer_without_torch_or_prefect(cam_run):
+def test_list_flows_a_misspelt_flow_and_inspect_answer_without_torch_or_prefect(cam_run):
     from workflows import FLOWS
     assert sorted(cli_module.flow_catalog()) == sorted((s.name, s.description) for s in FLOWS.values())
     code = ("import sys, runpy; sys.argv = ['cli.py', *sys.argv[1:]]\n"
@@ -168,7 +168,7 @@ def test_list_flows_and_inspect_answer_without_torch_or_prefect(cam_run):
             "heavy = [m for m in ('torch', 'prefect', 'timm') if m in sys.modules]\n"
             "assert not heavy, heavy")
     env = {**os.environ, "DO_NOT_TRACK": "1"}
-    for args in (["list-flows"], ["inspect", str(cam_run[0]), "--json"], ["inspect", str(cam_run[0])]):
+    for args in (["list-flows"], ["run-flow", "cam_vco"], ["inspect", str(cam_run[0]), "--json"], ["inspect", str(cam_run[0])]):
         t = time.time()
         r = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, env=env)
         assert r.returncode == 0, r.stderr[-2000:]

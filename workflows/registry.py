@@ -12,7 +12,7 @@ from prefect import flow as prefect_flow
 from prefect import get_run_logger
 
 from pipeline.config import RunConfigBase, resolve_config
-from pipeline.errors import UserError
+from pipeline.errors import UserError, unknown_flow
 from pipeline.parallel import check_executor
 from pipeline.runs import Run, RunLock, plan_stages, reuse_stages, stale_stages, summarise, validate_data
 from pipeline.runtime import check_runtime
@@ -143,7 +143,7 @@ def prepare_run(spec: FlowSpec, run_dir: str | Path, config: RunConfigBase, argv
 
 def get_flow(name: str) -> FlowSpec:
     if name not in FLOWS:
-        raise UserError(f"unknown flow {name!r}: `python cli.py list-flows` lists {', '.join(sorted(FLOWS))}")
+        raise unknown_flow(name, FLOWS)
     return FLOWS[name]
 
 
