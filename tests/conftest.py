@@ -19,8 +19,8 @@ def synthetic_root(tmp_path_factory) -> Path:
 def prefect_api(tmp_path_factory):
     """One Prefect server for the session's flow runs, its URL (``None`` if it did not start).
 
-    Without one, every ``cli.py run-flow`` starts and stops Prefect's temporary local server: 5 s of a flow's
-    time on an idle machine, 20 s on a loaded one, over some 70 flow runs. The calls that do not take the
+    Without one, every ``cli.py run-flow`` starts and stops Prefect's temporary local server: 13–15 s of a flow
+    test's time on an idle 2-core machine (more on a loaded one), over some 70 flow runs. The calls that do not take the
     ``env`` fixture (the command-line tests) still use the temporary server, as a user's first run does."""
     from tests.helpers import start_prefect_server
     server, url = start_prefect_server(tmp_path_factory.mktemp("prefect"))
