@@ -59,7 +59,8 @@ def train_job(job: TrainJob, runtime: Runtime) -> dict:
     return train(model, job.dataset, job.loss, job.cfg, job.out_dir, job.meta, job.desc, runtime, job.loader_workers)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for a rendezvous or a local server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -102,7 +103,7 @@ def run_training_job(job: TrainJob, runtime: Runtime, devices: int) -> dict:
         return train_job(job, runtime)
     check_batch_split(job.cfg.batch_size, devices, job.desc)
     threads = job.cfg.threads or max(1, torch.get_num_threads() // devices)
-    torch.multiprocessing.start_processes(_rank_main, args=(Portable(job), devices, _free_port(), runtime, threads),
+    torch.multiprocessing.start_processes(_rank_main, args=(Portable(job), devices, free_port(), runtime, threads),
                                           nprocs=devices, join=True, start_method="spawn")
     from pipeline.checkpoint import MODEL_FILE, load_weights
     return load_weights(job.out_dir / MODEL_FILE)[1].get("losses", {})

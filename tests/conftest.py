@@ -22,15 +22,11 @@ def prefect_api(tmp_path_factory):
     Without one, every ``cli.py run-flow`` starts and stops Prefect's temporary local server: 13–15 s of a flow
     test's time on an idle 2-core machine (more on a loaded one), over some 70 flow runs. The calls that do not take the
     ``env`` fixture (the command-line tests) still use the temporary server, as a user's first run does."""
-    from tests.helpers import start_prefect_server
+    from tests.helpers import start_prefect_server, stop_prefect_server
     server, url = start_prefect_server(tmp_path_factory.mktemp("prefect"))
-    yield url
+    yield url  # None: the flows start their temporary servers
     if server is not None:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except Exception:
-            server.kill()
+        stop_prefect_server(server)
 
 
 @pytest.fixture(scope="session")

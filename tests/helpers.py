@@ -18,31 +18,42 @@ def cli_env(cache: Path | None = None, prefect_api: str | None = None) -> dict:
 
 
 def start_prefect_server(home: Path, timeout: float = 180.0) -> tuple[subprocess.Popen | None, str | None]:
-    """``prefect server start`` on a free local port with its database under ``home``: (process, API URL), or
-    (None, None) when it does not answer within ``timeout`` seconds (the flows then start their temporary ones)."""
-    import socket
+    """``prefect server start`` on a free local port with its database under ``home``, in its own process group:
+    (process, API URL), or (None, None) when it does not answer within ``timeout`` seconds."""
     import time
     import urllib.request
 
+    from pipeline.distributed import free_port
     from pipeline.orchestration import PREFECT_DEFAULTS
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{(port := free_port())}/api"
     env = {**PREFECT_DEFAULTS, **os.environ, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=open(home / "server.log", "w"), stderr=subprocess.STDOUT, env=env, cwd=home)
-    url = f"http://127.0.0.1:{port}/api"
+    with open(home / "server.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home, start_new_session=True)
     deadline = time.time() + timeout
     while time.time() < deadline and server.poll() is None:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                if r.status == 200:
+                if r.read() == b"true":
                     return server, url
         except OSError:
             time.sleep(0.5)
-    server.kill()
+    stop_prefect_server(server)
     return None, None
+
+
+def stop_prefect_server(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (the server and whatever it started), SIGKILL if it is still there after 30 s."""
+    import signal
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:

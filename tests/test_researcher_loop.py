@@ -17,7 +17,7 @@ from pipeline.records import summarise
 from pipeline.runs import Run
 from pipeline.store import LabelStore
 from pipeline.voc import PALETTE
-from tests.helpers import ROOT, cli, inspect_json, statuses
+from tests.helpers import ROOT, cli, inspect_json, start_prefect_server, statuses, stop_prefect_server
 
 
 def invoke(*args):
@@ -237,27 +237,12 @@ get_flow("cam_voc").launch(run_dir=sys.argv[1], profile="smoke", overrides={"pse
 def test_a_real_prefect_server_sees_the_runs_their_cached_tasks_and_the_summary(cam_run, env, tmp_path):
     """``prefect server start`` on loopback: a CLI run and a run started with the config as flow parameters (what a
     served deployment executes) show up with their task states (cached ones as ``Cached``), edges and summaries."""
-    import signal
-    import socket
-    import urllib.request
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api"
-    penv = {**env, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": url}
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "prefect"), "server", "start",
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              env=penv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    (home := tmp_path / "prefect").mkdir()
+    server, url = start_prefect_server(home, timeout=120)
+    if server is None:
+        pytest.fail("prefect server did not start")
+    penv = {**env, "PREFECT_HOME": str(home), "PREFECT_API_URL": url}
     try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                    if r.read() == b"true":
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("prefect server did not start")
         r = cli("run-flow", "cam_voc", "--profile", "smoke", "--run-dir", tmp_path / "cli_run", "--reuse", cam_run[0],
                 "--until", "eval_seeds", env=penv)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -268,8 +253,7 @@ def test_a_real_prefect_server_sees_the_runs_their_cached_tasks_and_the_summary(
         assert r.returncode == 0, r.stderr[-3000:]
         seen = json.loads(r.stdout)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_prefect_server(server)
     runs = {(x["flow"], x["parameters"].get("run_dir")): x for x in seen["runs"]}
     cli_run = runs[("cam_voc", str((tmp_path / "cli_run").resolve()))]
     assert cli_run["state"] == "Completed"
