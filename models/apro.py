@@ -54,7 +54,11 @@ class AProConfig(Section):
     # did not lower val mIoU on style a (0.3 and 0.4 did: README, APro)
     zeta_g: float = Field(0.2, gt=0)
     gp_edges: Literal["relative", "absolute"] = "relative"
-    zeta_f: float | None = Field(None, gt=0)  # GP on the high-level features (L2-normalised) after the image's; None: image GP only
+    # GP's high-level pass after the image's, over the same tree re-weighted by `high_level`: `prediction` (APro's
+    # released code: the image pass's own output, ζ 0.07 on probabilities) or `features` (the network's last
+    # features, L2-normalised); zeta_f None: the image pass only
+    zeta_f: float | None = Field(None, gt=0)
+    high_level: Literal["prediction", "features"] = "prediction"
     zeta_s: float = Field(0.15, gt=0)  # LP
     kernel_size: Annotated[int, AfterValidator(_odd)] = 5  # LP window
     num_iter: int = Field(20, ge=0)  # LP rounds
@@ -167,8 +171,9 @@ def tree_propagation(a: np.ndarray, b: np.ndarray, weights: np.ndarray, values: 
 def global_propagation(guide: np.ndarray, values: np.ndarray, zeta: float, features: np.ndarray | None = None,
                        zeta_f: float | None = None, relative: bool = False) -> np.ndarray:
     """APro GP (Eq. 3–4) of K×H×W ``values`` over the MST of the 4-connected grid of the H×W×D ``guide``;
-    with ``features`` (H×W×D'), propagated again over the same tree with its edges re-weighted by the features
-    (the paper's GP on low-level then high-level features). ``relative``: the guide's edge weights in units of
+    with ``zeta_f``, propagated again over the same tree with its edges re-weighted by the H×W×D' ``features``, or
+    where none are given by the first pass's own K×H×W output (the paper's GP on low-level then high-level
+    features; APro's released code re-weights by the output). ``relative``: the guide's edge weights in units of
     their median (``relative_edge_weights``, our deviation: ``apro.gp_edges``). Returns K×H×W float64.
 
     >>> g = np.array([[[0.], [0.], [10.]]])
@@ -181,8 +186,8 @@ def global_propagation(guide: np.ndarray, values: np.ndarray, zeta: float, featu
     if relative:
         wt = relative_edge_weights(wt)
     y, tree = tree_propagation(a, b, wt, values.reshape(k, -1).T, zeta)
-    if features is not None:
-        fa, fb, fw = grid_edges(features)
+    if zeta_f is not None:
+        fa, fb, fw = grid_edges(y.reshape(h, w, k) if features is None else features)
         y, _ = tree_propagation(fa[tree], fb[tree], fw[tree], y, zeta_f)
     return y.T.reshape(k, h, w)
 
@@ -263,7 +268,7 @@ def soft_pseudo_labels(probs: torch.Tensor, rgb: torch.Tensor, features: torch.T
     def gp(p: torch.Tensor) -> torch.Tensor:
         g = rgb.permute(0, 2, 3, 1).cpu().double().numpy()
         f = None
-        if features is not None and cfg.zeta_f is not None:
+        if features is not None and cfg.zeta_f is not None and cfg.high_level == "features":
             f = F.normalize(features.float(), dim=1).permute(0, 2, 3, 1).cpu().double().numpy()
         y = batch_global_propagation(g, p.cpu().double().numpy(), cfg.zeta_g, f, cfg.zeta_f, cfg.gp_edges == "relative")
         return torch.from_numpy(y).to(p.device, p.dtype)
@@ -332,8 +337,10 @@ class AProLoss:
 
 def refine_predictions(image: np.ndarray, probs: np.ndarray, cfg: AProConfig) -> np.ndarray:
     """A stored pseudo label's refinement: the K×H×W probabilities of an H×W×3 uint8 image through GP on the image
-    (Eq. 3–4, edges as ``gp_edges`` says) then LP (Eq. 5–6); returns K×H×W float32."""
+    (Eq. 3–4, edges as ``gp_edges`` says; with ``zeta_f`` and ``high_level=prediction`` its high-level pass) then LP
+    (Eq. 5–6); returns K×H×W float32."""
     rgb = image.astype(np.float64) / 255.0
-    y = global_propagation(rgb, probs.astype(np.float64), cfg.zeta_g, relative=cfg.gp_edges == "relative")
+    y = global_propagation(rgb, probs.astype(np.float64), cfg.zeta_g, relative=cfg.gp_edges == "relative",
+                           zeta_f=cfg.zeta_f if cfg.high_level == "prediction" else None)
     t = torch.from_numpy(rgb.transpose(2, 0, 1)).float()[None]
     return local_propagation(t, torch.from_numpy(y).float()[None], cfg.zeta_s, cfg.num_iter, cfg.kernel_size)[0].numpy()

@@ -94,6 +94,23 @@ def test_feature_pass_is_gp_over_the_image_tree_reweighted_by_the_features():
     np.testing.assert_allclose(out.reshape(2, -1), ref, atol=1e-10)
 
 
+def test_high_level_pass_without_features_is_reweighted_by_the_first_pass_output():
+    """APro's released code: the second GP runs over the image's MST with edge weights ‖y_a − y_b‖² of the image
+    pass's own output y (brute-force minimax on that tree)."""
+    rng = np.random.default_rng(5)
+    g, v = rng.random((5, 4, 3)), rng.random((3, 5, 4))
+    a, b, w = grid_edges(g)
+    _, tree = tree_propagation(a, b, w, v.reshape(3, -1).T, 0.3)
+    first = global_propagation(g, v, 0.3).reshape(3, -1)
+    ya, yb = first[:, a[tree]], first[:, b[tree]]
+    C = _minimax_over(a[tree], b[tree], ((ya - yb) ** 2).sum(0), 20)
+    W = np.exp(-C / 0.07**2)
+    ref = (first @ W.T) / W.sum(1)
+    out = global_propagation(g, v, 0.3, zeta_f=0.07)
+    np.testing.assert_allclose(out.reshape(3, -1), ref, atol=1e-10)
+    assert np.abs(out.reshape(3, -1) - first).max() > 1e-3  # the pass does something
+
+
 def _tiny_net_and_batch():
     from models.segmentation import segmentation_net
     torch.manual_seed(0)
@@ -124,7 +141,7 @@ def test_apro_unary_terms_are_l1_to_the_propagated_predictions():
     features), over the unlabelled pixels."""
     from models.apro import AProLoss, grid_edges, rgb01
     net, images, labels = _tiny_net_and_batch()
-    cfg = _apro_cfg(zeta_f=0.5)
+    cfg = _apro_cfg(zeta_f=0.5, high_level="features")
     with torch.no_grad():
         logits, feats = net.logits_and_features(images)
     p = logits.softmax(1).double()
@@ -152,7 +169,7 @@ def test_apro_unary_terms_are_l1_to_the_propagated_predictions():
     expect = {"gp-lp-p": l1(gp(p)) + l1(lp(p)), "gp-lp-c": l1(lp(gp(p))), "lp-gp-c": l1(gp(lp(p))), "gp": l1(gp(p)),
               "lp": l1(lp(p))}
     for mode, value in expect.items():
-        out = AProLoss(_apro_cfg(propagation=mode, zeta_f=0.5))(net, (images, labels))
+        out = AProLoss(_apro_cfg(propagation=mode, zeta_f=0.5, high_level="features"))(net, (images, labels))
         assert abs(out["unary"].item() - value) < 1e-5, (mode, out["unary"].item(), value)
         # L = L_g + 0.4·L_u (the default weight, TEL's)
         assert abs(out["loss"].item() - out["partial_ce"].item() - 0.4 * value) < 1e-5, mode
