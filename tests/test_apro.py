@@ -173,6 +173,12 @@ def test_apro_unary_terms_are_l1_to_the_propagated_predictions():
         assert abs(out["unary"].item() - value) < 1e-5, (mode, out["unary"].item(), value)
         # L = L_g + 0.4·L_u (the default weight, TEL's)
         assert abs(out["loss"].item() - out["partial_ce"].item() - 0.4 * value) < 1e-5, mode
+    # high_level=prediction (the default): the second pass re-weighted by the image pass's output, not the features
+    by_output = torch.from_numpy(np.stack([global_propagation(median_scaled(rgb[i].permute(1, 2, 0).double().numpy()), p[i].numpy(),
+                                                              cfg.zeta_g, zeta_f=cfg.zeta_f) for i in range(len(p))]))
+    out = AProLoss(_apro_cfg(propagation="gp", zeta_f=0.5))(net, (images, labels))
+    assert abs(out["unary"].item() - l1(by_output)) < 1e-5
+    assert abs(l1(by_output) - expect["gp"]) > 1e-4  # the two high-level guides differ here
 
 
 def test_apro_targets_carry_no_gradient():
