@@ -28,6 +28,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "a scribbles, Table 3: block 1": ("sasformer_voc", ["sasformer.blocks=[1]"]),
     "a scribbles, Table 3: blocks 1–2": ("sasformer_voc", ["sasformer.blocks=[1,2]"]),
     "a scribbles, Table 3: blocks 1–3": ("sasformer_voc", ["sasformer.blocks=[1,2,3]"]),
+    "a scribbles, Table 3: block 4": ("sasformer_voc", ["sasformer.blocks=[4]"]),
     "a scribbles, Table 4: l2": ("sasformer_voc", ["sasformer.distance=l2"]),
     "a scribbles, Table 4: kl": ("sasformer_voc", ["sasformer.distance=kl"]),
     "a scribbles, Table 4: ce": ("sasformer_voc", ["sasformer.distance=ce"]),
