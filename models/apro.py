@@ -264,11 +264,12 @@ def rgb01(images: torch.Tensor) -> torch.Tensor:
 
 def soft_pseudo_labels(probs: torch.Tensor, rgb: torch.Tensor, features: torch.Tensor | None, cfg: AProConfig) -> list[torch.Tensor]:
     """The targets Y of L_u for ``cfg.propagation`` from detached B×K×H×W probabilities (Table 4 / Table 7):
-    ``gp``: [GP(P)]; ``lp``: [LP(P)]; ``gp-lp-p``: [GP(P), LP(P)]; ``gp-lp-c``: [LP(GP(P))]; ``lp-gp-c``: [GP(LP(P))]."""
+    ``gp``: [GP(P)]; ``lp``: [LP(P)]; ``gp-lp-p``: [GP(P), LP(P)]; ``gp-lp-c``: [LP(GP(P))]; ``lp-gp-c``: [GP(LP(P))].
+    ``features`` (B×D×H×W or None) guide GP's high-level pass (``cfg.zeta_f``); None: its own image pass's output."""
     def gp(p: torch.Tensor) -> torch.Tensor:
         g = rgb.permute(0, 2, 3, 1).cpu().double().numpy()
         f = None
-        if features is not None and cfg.zeta_f is not None and cfg.high_level == "features":
+        if features is not None:
             f = F.normalize(features.float(), dim=1).permute(0, 2, 3, 1).cpu().double().numpy()
         y = batch_global_propagation(g, p.cpu().double().numpy(), cfg.zeta_g, f, cfg.zeta_f, cfg.gp_edges == "relative")
         return torch.from_numpy(y).to(p.device, p.dtype)
@@ -327,10 +328,12 @@ class AProLoss:
             size = (images.shape[-2] // self.cfg.stride, images.shape[-1] // self.cfg.stride)
             probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
             rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
-        feats = F.interpolate(feats.detach().float(), size=probs.shape[-2:], mode="bilinear", align_corners=False)
+        guide = None  # the network's features guide GP's high-level pass only with high_level=features
+        if self.cfg.zeta_f is not None and self.cfg.high_level == "features":
+            guide = F.interpolate(feats.detach().float(), size=probs.shape[-2:], mode="bilinear", align_corners=False)
         unlabelled = F.interpolate(labels.eq(IGNORE_INDEX)[:, None].float(), size=probs.shape[-2:], mode="nearest")[:, 0] > 0
         with torch.no_grad():
-            targets = soft_pseudo_labels(probs.detach(), rgb, feats, self.cfg)
+            targets = soft_pseudo_labels(probs.detach(), rgb, guide, self.cfg)
         unary = sum((unary_l1(probs, t, unlabelled) for t in targets), probs.new_zeros(()))
         return {"loss": partial + self.cfg.unary_weight * unary, "partial_ce": partial.detach(), "unary": unary.detach()}
 
