@@ -15,7 +15,9 @@ for points, the paper's), ``blocks`` (which blocks contribute, Table 3), ``dista
 
 As the reference code, P is the softmax of the decoder's logits resized (bilinearly) to each grid, and P*_l is
 the softmax of those probabilities (Eq. 6 normalises probabilities again). The reference code sums the blocks'
-terms; the paper's Eq. 7 (here) averages them, so its α = 1.2 weighs L times more there.
+terms where the paper's Eq. 7 averages them (``block_reduction``: mean by default, sum in ``paper``), takes L_seg on
+the labels brought to the decoder's 1/4 grid (``partial_ce_at``) and leaves the crop's padding out of both terms.
+docs/sasformer.md holds the paper profile's table against the reference code.
 """
 from __future__ import annotations
 
@@ -40,17 +42,27 @@ PAPER_ALPHA = {"scribble": 1.2, "point": 0.2}
 _MIT = STANDINS["mit"].architecture  # the `mit` stand-in's architecture, the default network's
 
 
+#: the label of the crop's padding in SASFormer's training batches (the reference code's −2,
+#: ``lib/datasets/tools/collate.py:147``): neither labelled nor part of L_aff's unlabelled region
+CROP_PADDING = -2
+#: the reference code's training: ``configs/voc2012/Segformerb4_512_3.json`` (the README's config) and
+#: ``scripts/voc2012/segf/train_b4_512_3.sh``; every value with its file and line in docs/sasformer.md
+PAPER_TRAIN = {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range": [0.5, 2.0], "hflip": True,
+               "color_jitter": 0.0, "brightness_shift": 10.0, "optimizer": "sgd",
+               # base_lr 0.0005 × nbb_mult 10 reaches every parameter: segmentor/trainer.py:134 sends a parameter to the
+               # backbone group only when its name holds "backbone", and SegFormer's are encoder.* / decoder.*
+               "lr": 0.005, "head_lr_mult": 1.0, "momentum": 0.9, "weight_decay": 1e-4, "warmup_steps": 0,
+               "poly_power": 0.9, "checkpoint_every": 1000, "log_every": 50}
+
+
 @config_section("sasformer", profiles={
     "smoke": {"weights": None, "embed_dims": [16, 32, 64, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
               "decoder_dim": 32, "train": {**SMOKE_TRAIN}},
-    # MiT-B4 (ImageNet), 512 crops, SGD lr 0.001 momentum 0.9 weight decay 1e-4, batch 16, 80k iterations; flip,
-    # brightness ±10, resize 0.5–2.0, crop (paper, Sec. 4.1); the last block at stride 16 as the reference code
-    "paper": {"backbone": "pvt_v2_b4", "pretrained": True, "weights": None, "embed_dims": None, "depths": None,
-              "num_heads": None, "output_stride": 16, "decoder_dim": 768,
-              "train": {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range": [0.5, 2.0], "hflip": True,
-                        "color_jitter": 0.0, "brightness_shift": 10.0, "optimizer": "sgd", "lr": 0.001, "momentum": 0.9,
-                        "weight_decay": 1e-4, "head_lr_mult": 10.0, "warmup_steps": 0, "poly_power": 1.0,
-                        "checkpoint_every": 1000, "log_every": 50}},
+    # the reference code (docs/sasformer.md, "Paper profile and the official code"): SegFormer's MiT-B4 (mit_b4.pth),
+    # the last block at stride 16, decoder width 256, L_aff summed over the four blocks, partial CE at 1/4
+    "paper": {"backbone": "mit_b4", "pretrained": False, "weights": None, "embed_dims": None, "depths": None,
+              "num_heads": None, "output_stride": 16, "decoder_dim": 256, "block_reduction": "sum",
+              "partial_ce_at": "logits", "train": PAPER_TRAIN},
 })
 class SASFormerConfig(Section):
     """SASFormer: SegFormer on sparse labels with the hierarchical attention affinity loss (its network and schedule)."""
@@ -67,6 +79,12 @@ class SASFormerConfig(Section):
     alpha: float | None = Field(None, ge=0)  # α of Eq. 1; 0: the SegFormer baseline; None: 1.2 scribbles, 0.2 points
     blocks: list[int] = [1, 2, 3, 4]  # the encoder blocks whose attention enters L_aff (Table 3; 1 is the finest)
     distance: Distance = "l1"  # of Eq. 7 (Table 4)
+    # how Eq. 7 joins the blocks' terms: mean (1/L Σ_l, the paper's equation) or sum (Σ_l, the reference code's
+    # loss_helper.py:293, so its α = 1.2 weighs L times more)
+    block_reduction: Literal["mean", "sum"] = "mean"
+    # where L_seg's partial cross-entropy is taken: input (the logits resized bilinearly to the crop) or logits (the
+    # labels resized by nearest neighbour to the decoder's 1/4 grid, the reference code's loss_helper.py:386, 397)
+    partial_ce_at: Literal["input", "logits"] = "input"
     # 3000 steps at lr 2e-3 (AdamW), the decoder at the encoder's rate: at 1000 steps (lr 1e-3, decoder ×10) the
     # network stayed below the partial-CE flow's ResNet on style a (val 0.503 against 0.616; README, SASFormer)
     train: TrainConfig = TrainConfig(steps=3000, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=1.0, warmup_steps=50,
@@ -165,10 +183,23 @@ def block_affinity_loss(attention: torch.Tensor, logits: torch.Tensor, query_siz
 
 
 def affinity_loss(attentions: list[torch.Tensor], logits: torch.Tensor, query_sizes: list[tuple[int, int]],
-                  key_sizes: list[tuple[int, int]], unlabelled: torch.Tensor, distance: Distance = "l1") -> torch.Tensor:
-    """Eq. 7: L_aff = (1/L) Σ_l ‖Y*_l − P*_l‖ over the L given blocks (``block_affinity_loss`` each)."""
+                  key_sizes: list[tuple[int, int]], unlabelled: torch.Tensor, distance: Distance = "l1",
+                  reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+    """Eq. 7: L_aff = (1/L) Σ_l ‖Y*_l − P*_l‖ over the L given blocks (``block_affinity_loss`` each);
+    ``reduction="sum"``: Σ_l ‖Y*_l − P*_l‖, as the reference code (``lib/loss/loss_helper.py:293``)."""
     terms = [block_affinity_loss(a, logits, q, k, unlabelled, distance) for a, q, k in zip(attentions, query_sizes, key_sizes)]
-    return torch.stack(terms).mean()
+    return torch.stack(terms).sum() if reduction == "sum" else torch.stack(terms).mean()
+
+
+def labels_at(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """B×H×W integer labels resized to ``size`` by nearest neighbour (PyTorch's rule: source index ⌊i·H/h⌋), the
+    reference code's ``FSCELoss._scale_target`` (``lib/loss/loss_helper.py:392``) that brings the labels to the
+    logits' 1/4 grid.
+
+    >>> labels_at(torch.tensor([[[1, 2, 3, 4]]]), (1, 2)).tolist()
+    [[[1, 3]]]
+    """
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
 def sasformer_loss(partial_ce: torch.Tensor, l_aff: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -228,31 +259,39 @@ def sasformer(backbone: str = "pvt_v2_b1", pretrained: bool = False, weights: st
     return SASFormerNet(enc, num_classes, decoder_dim)
 
 
-def sasformer_spec(s: SASFormerConfig) -> ModelSpec:
-    """The network of a ``sasformer`` section (21 classes)."""
+def sasformer_spec(s: SASFormerConfig, num_classes: int = 21) -> ModelSpec:
+    """The network of a ``sasformer`` section (``num_classes`` classes, background included)."""
     return ModelSpec("sasformer", dict(backbone=s.backbone, pretrained=s.pretrained, weights=s.weights,
                                        output_stride=s.output_stride, embed_dims=s.embed_dims, depths=s.depths,
-                                       num_heads=s.num_heads, num_classes=21, decoder_dim=s.decoder_dim))
+                                       num_heads=s.num_heads, num_classes=num_classes, decoder_dim=s.decoder_dim))
 
 
 @dataclass
 class SASFormerLoss:
-    """One SASFormer training step (Eq. 1): partial cross-entropy of the logits (at the input's size) on the
-    labelled pixels, plus α·L_aff over the ``blocks`` (1-based) on the unlabelled ones (255: unlabelled or the
-    crop's padding). With α = 0 the attention is not read: the SegFormer baseline."""
+    """One SASFormer training step (Eq. 1): partial cross-entropy on the labelled pixels (at the crop's size, or with
+    ``partial_ce_at="logits"`` on the labels resized to the decoder's grid), plus α·L_aff over the ``blocks``
+    (1-based) on the unlabelled pixels (255); the crop's padding (``CROP_PADDING``) is in neither, as in the
+    reference code (``segmentor/trainer.py:244``). With α = 0 the attention is not read: the SegFormer baseline."""
 
     alpha: float
     blocks: tuple[int, ...] = (1, 2, 3, 4)
     distance: Distance = "l1"
+    block_reduction: Literal["mean", "sum"] = "mean"
+    partial_ce_at: Literal["input", "logits"] = "input"
 
     def __call__(self, model: torch.nn.Module, batch, step: int = 0) -> dict:
         images, labels = batch
         out = model.forward_train(images)
-        logits = F.interpolate(out.seg, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        partial = partial_cross_entropy(logits, labels)
+        unlabelled = labels.eq(IGNORE_INDEX)
+        labelled = labels.masked_fill(labels < 0, IGNORE_INDEX)  # the padding is ignored by L_seg too
+        if self.partial_ce_at == "logits":
+            partial = partial_cross_entropy(out.seg, labels_at(labelled, tuple(out.seg.shape[-2:])))
+        else:
+            logits = F.interpolate(out.seg, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            partial = partial_cross_entropy(logits, labelled)
         if self.alpha == 0:
             return {"loss": partial, "partial_ce": partial.detach(), "affinity": partial.detach() * 0}
         idx = [b - 1 for b in self.blocks]
         l_aff = affinity_loss([out.attention[i] for i in idx], out.seg, [out.query_sizes[i] for i in idx],
-                              [out.key_sizes[i] for i in idx], labels.eq(IGNORE_INDEX), self.distance)
+                              [out.key_sizes[i] for i in idx], unlabelled, self.distance, self.block_reduction)
         return {"loss": sasformer_loss(partial, l_aff, self.alpha), "partial_ce": partial.detach(), "affinity": l_aff.detach()}

@@ -12,8 +12,9 @@ from workflows.registry import define_flow, sparse_network_stages
 #: the sparse stages, the training, the pseudo labels and their score (shared with ``sasformer_voc_multistage``), val
 STAGES = sparse_network_stages(TRAIN_SASFORMER, PREDICTED_PSEUDO_LABELS)
 PROFILE_DEFAULTS: dict[str, dict] = {
-    # the reference code's multi-scale test (scales 0.5–2.0, flip), no CRF
-    "paper": {"segmentation": {"eval_scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0], "eval_flip": True, "eval_crf": False}},
+    # the reference code's multi-scale test (scales 0.5–2.0, flip; configs/voc2012/Segformerb4_512_3.json:36,
+    # segmentor/tester.py:326), no CRF; fp16 mixed precision with a gradient scaler (segmentor/trainer.py:150, 221)
+    "paper": {"amp": "fp16", "segmentation": {"eval_scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0], "eval_flip": True, "eval_crf": False}},
 }
 
 SPEC = define_flow("sasformer_voc", [*STAGES.label_stages, STAGES.own_branch],
