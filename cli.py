@@ -175,7 +175,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-_SHOWN = ("miou", "map", "threshold", "route", "coverage", "pixel_acc", "val_accuracy", "images", "final_loss", "steps", "resumed_from")
+_SHOWN = ("miou", "best_threshold_miou", "best_threshold", "map", "threshold", "route", "coverage", "pixel_acc", "val_accuracy", "images", "final_loss", "steps", "resumed_from")
 
 
 def _print_table(info: dict, per_class: bool) -> None:
@@ -183,7 +183,7 @@ def _print_table(info: dict, per_class: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.voc import CLASS_NAMES
+    from pipeline.voc import class_names_of
     console = Console()
     t = Table(title=f"{info['flow']} — {info['run_dir']}")
     for col in ("stage", "status", "seconds", "metrics"):
@@ -194,7 +194,10 @@ def _print_table(info: dict, per_class: bool) -> None:
             m = f"running: {s['progress'].get('done')}/{s['progress'].get('total')} {s['progress'].get('unit', '')}  " + m
         t.add_row(s["name"], s["status"], _fmt(s["seconds"]), m)
     console.print(t)
-    console.print("summary: " + "  ".join(f"{k}={_fmt(v)}" for k, v in info["summary"].items()))
+    console.print("summary: " + "  ".join(f"{k}={_fmt(v)}" for k, v in info["summary"].items() if k != "calibration"))
+    from pipeline.records import calibration_text
+    console.print("labels: " + (calibration_text(info["summary"].get("calibration"))
+                                or "no mask read (thresholds and route by label-free rules)"))
     if per_class:
         for s in info["stages"]:
             if "iou" not in s["metrics"]:
@@ -203,8 +206,9 @@ def _print_table(info: dict, per_class: bool) -> None:
             for col in ("class", "IoU", "FP", "FN"):
                 pc.add_column(col)
             m = s["metrics"]
-            for c, name in enumerate(CLASS_NAMES):
-                if m.get("present", [True] * len(CLASS_NAMES))[c]:
+            names = class_names_of(len(m["iou"]))  # VOC's 21 or COCO's 81
+            for c, name in enumerate(names):
+                if m.get("present", [True] * len(names))[c]:
                     pc.add_row(name, _fmt(m["iou"][c]), _fmt(m["fp"][c]), _fmt(m["fn"][c]))
             console.print(pc)
 
@@ -338,7 +342,8 @@ def compare(run_dirs, stage, as_json, out) -> None:
     for col in ("run", "flow", *result["differing_keys"], *(heads[k] for k in COLUMNS), "seconds"):
         t.add_column(col, overflow="fold")
     for r in result["runs"]:
-        t.add_row(r["run_dir"], r["flow"], *(_fmt(r["config"][k]) for k in result["differing_keys"]),
+        run_name = r["run_dir"] + (f" ({r['labels']})" if r.get("calibration") else "")  # a calibrated run is marked
+        t.add_row(run_name, r["flow"], *(_fmt(r["config"][k]) for k in result["differing_keys"]),
                   *(_fmt(r["summary"][k]) for k in COLUMNS), f"{r['seconds']:.0f}")
     console.print(t)
     if result["stage"]:
@@ -365,6 +370,19 @@ def serve(name, deployment) -> None:
     from workflows import get_flow
     spec = get_flow(name)
     spec.launch.serve(name=deployment or name)
+
+
+@main.command("docs-config")
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 if docs/configuration.md is stale.")
+@_guard
+def docs_config(check) -> None:
+    """Regenerate docs/configuration.md from the config sections and the flows (pipeline/docgen.py)."""
+    from pipeline.docgen import COMMAND, PAGE, write_page
+    from workflows import FLOWS  # importing the flows registers every config section
+    current = write_page(ROOT, FLOWS.values(), check=check)
+    if check and not current:
+        raise Failure(f"{PAGE} is stale: run `{COMMAND}` and commit it")
+    click.echo(f"{PAGE}: {'up to date' if current else 'rewritten'}")
 
 
 if __name__ == "__main__":
