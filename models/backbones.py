@@ -1,4 +1,4 @@
-"""timm backbones: a ViT whose blocks expose their softmax attention, and feature pyramids."""
+"""timm backbones: a ViT whose blocks expose their attention (softmax maps or raw logits), and feature pyramids."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,21 +12,49 @@ from pipeline.errors import UserError
 
 
 class AttentionRecorder:
-    """Keeps each block's softmax attention (B×heads×N×N, in the graph) from the last forward.
+    """Keeps each block's attention (B×heads×N×M, in the graph) from the last forward.
 
-    It switches timm's fused attention off and hooks the ``attn_drop`` module that the explicit
-    attention passes through right after its softmax.
+    ``kind="softmax"`` (every method's maps): the attention probabilities softmax(q·kᵀ·scale). It switches timm's
+    fused attention off and hooks the ``attn_drop`` module that the explicit attention passes through right after
+    its softmax.
+    ``kind="logits"``: the raw q·kᵀ before the scaling and the softmax, what AFA's released MiT hands its AFA module
+    (rulixiang/afa ``wetr/mix_transformer.py:107``, ``attn_ = q @ k.transpose(-2, -1)``, returned as ``attn_copy``
+    at line 123). It hooks the block's ``q`` and ``kv`` projections (the layout of timm's ``pvt_v2`` and of
+    SegFormer's MiT: ``kv``'s first half is k) and forms q·kᵀ per head from their outputs, so
+    softmax(scale · logits) equals the ``softmax`` maps.
     """
 
-    def __init__(self, blocks: nn.ModuleList) -> None:
+    def __init__(self, blocks: nn.ModuleList, kind: str = "softmax") -> None:
+        if kind not in ("softmax", "logits"):
+            raise ValueError(f"attention kind {kind!r}: use softmax or logits")
+        self.kind = kind
         self.maps: list[torch.Tensor | None] = [None] * len(blocks)
+        self._queries: list[torch.Tensor | None] = [None] * len(blocks)
         for i, blk in enumerate(blocks):
-            blk.attn.fused_attn = False
-            blk.attn.attn_drop.register_forward_hook(self._hook(i))
+            if kind == "softmax":
+                blk.attn.fused_attn = False
+                blk.attn.attn_drop.register_forward_hook(self._hook(i))
+            else:
+                blk.attn.q.register_forward_hook(self._query_hook(i))
+                blk.attn.kv.register_forward_hook(self._logit_hook(i, blk.attn.num_heads))
 
     def _hook(self, i: int):
         def hook(_module, _inp, out):
             self.maps[i] = out
+        return hook
+
+    def _query_hook(self, i: int):
+        def hook(_module, _inp, out):
+            self._queries[i] = out
+        return hook
+
+    def _logit_hook(self, i: int, heads: int):
+        def hook(_module, _inp, out):
+            q, self._queries[i] = self._queries[i], None
+            b, n, c = q.shape
+            q = q.reshape(b, n, heads, c // heads).transpose(1, 2)  # B×heads×N×d
+            k = out[..., :c].reshape(b, out.shape[1], heads, c // heads).transpose(1, 2)  # B×heads×M×d
+            self.maps[i] = q @ k.transpose(-2, -1)
         return hook
 
     def select(self, layers: list[int] | None = None) -> list[torch.Tensor]:

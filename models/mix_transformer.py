@@ -27,7 +27,7 @@ class MixTransformer(nn.Module):
 
     def __init__(self, name: str = "pvt_v2_b1", pretrained: bool = False, weights: str | None = None,
                  output_stride: int = 16, embed_dims: list[int] | None = None, depths: list[int] | None = None,
-                 num_heads: list[int] | None = None, record_all: bool = False) -> None:
+                 num_heads: list[int] | None = None, record_all: bool = False, attention: str = "softmax") -> None:
         super().__init__()
         kwargs = {k: tuple(v) for k, v in dict(embed_dims=embed_dims, depths=depths, num_heads=num_heads).items() if v is not None}
         try:
@@ -47,7 +47,8 @@ class MixTransformer(nn.Module):
         self.channels: list[int] = [s.norm.normalized_shape[0] for s in self.net.stages]
         #: per stage, the attention of its blocks (only the last stage's unless ``record_all``)
         self.stage_attention: list[AttentionRecorder] = [AttentionRecorder(s.blocks) for s in self.net.stages[:-1]] if record_all else []
-        self.attention = AttentionRecorder(last.blocks)
+        # the last stage's maps: softmax probabilities, or AFA's raw q·kᵀ logits (``attention="logits"``)
+        self.attention = AttentionRecorder(last.blocks, attention)
         self.stage_attention.append(self.attention)
         #: per stage, its spatial reduction ratio R (keys on a grid R times coarser than the queries)
         self.reduction: list[int] = [s.blocks[0].attn.sr.stride[0] if s.blocks[0].attn.sr is not None else 1 for s in self.net.stages]

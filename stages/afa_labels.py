@@ -68,15 +68,17 @@ def background_softmax(cams: torch.Tensor, valid: torch.Tensor, bkg: float) -> t
 
 
 def propagate_scores(scores: torch.Tensor, affinity: torch.Tensor, radius: int, beta: float = 2.0,
-                     log_t: int = 0) -> torch.Tensor:
+                     log_t: int = 0, eps: float = 1e-5) -> torch.Tensor:
     """Random walk of B×K×h×w scores over the affinity B×N×N (N = h·w), pairs beyond ``radius`` cut
-    (AFA's square neighbourhood): T = D⁻¹A^β (AFA Sec. 3.3, the paper's α), ``stages.random_walk.propagate_maps``."""
+    (AFA's square neighbourhood): T = A^β / (column sums + eps) (AFA Eq. 7, the paper's α; the released code's
+    eps 0.1, ``camutils.py:301``), ``stages.random_walk.propagate_maps``."""
     h, w = scores.shape[-2:]
-    return propagate_maps(scores, affinity * radius_mask(h, w, radius, "chebyshev", affinity.device)[None], beta, log_t)
+    return propagate_maps(scores, affinity * radius_mask(h, w, radius, "chebyshev", affinity.device)[None], beta, log_t, eps)
 
 
 def label_scores(cams: torch.Tensor, present: PresentClasses, bkg: float, size: tuple[int, int],
-                 affinity: torch.Tensor | None = None, radius: int = 8, beta: float = 2.0, log_t: int = 0) -> torch.Tensor:
+                 affinity: torch.Tensor | None = None, radius: int = 8, beta: float = 2.0, log_t: int = 0,
+                 eps: float = 1e-5) -> torch.Tensor:
     """AFA's scores for one background score: B×K×H×W (background first).
 
     ``cams`` B×(K−1)×h×w are the normalised maps of the present classes. With an ``affinity`` (on the
@@ -84,5 +86,5 @@ def label_scores(cams: torch.Tensor, present: PresentClasses, bkg: float, size: 
     """
     if affinity is None:
         return background_softmax(F.interpolate(cams, size=size, mode="bilinear", align_corners=False), present.valid, bkg)
-    scores = propagate_scores(background_softmax(cams, present.valid, bkg), affinity, radius, beta, log_t)
+    scores = propagate_scores(background_softmax(cams, present.valid, bkg), affinity, radius, beta, log_t, eps)
     return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)

@@ -37,10 +37,13 @@ def batch_cams(model: ClassMapModel, images: list[np.ndarray], classes: list[lis
     todo = [i for i, c in enumerate(classes) if c]
     if not todo:
         return out
+    own = getattr(model, "seed_cams", None)  # a network's own multi-scale rule, normalised (AFA: models/afa.py)
     with runtime.autocast():
-        cams = multiscale_cams(model, runtime.to(torch.stack([normalise(images[i]) for i in todo])), scales, flip)
+        x = runtime.to(torch.stack([normalise(images[i]) for i in todo]))
+        cams = own(x, scales, flip) if own is not None else multiscale_cams(model, x, scales, flip)
     for i, c in zip(todo, cams):
-        out[i] = normalise_cams(c[[k - 1 for k in classes[i]]]).cpu().numpy()
+        c = c[[k - 1 for k in classes[i]]]
+        out[i] = (c.float() if own is not None else normalise_cams(c)).cpu().numpy()
     return out
 
 

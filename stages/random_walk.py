@@ -33,7 +33,8 @@ def propagate(cams: torch.Tensor, affinity: torch.Tensor, beta: float = 2.0, log
     return cams @ transition_matrix(affinity, beta, log_t, eps)
 
 
-def propagate_maps(maps: torch.Tensor, affinity: torch.Tensor, beta: float = 2.0, log_t: int = 0) -> torch.Tensor:
+def propagate_maps(maps: torch.Tensor, affinity: torch.Tensor, beta: float = 2.0, log_t: int = 0,
+                   eps: float = 1e-5) -> torch.Tensor:
     """Propagate score maps over the affinity of their grid: B×K×h×w maps, B×N×N affinity (N = h·w) → B×K×h×w.
 
     The one way every stage walks maps (ACR's seeds over the AffinityNet or the attention, AFA's scores
@@ -44,4 +45,4 @@ def propagate_maps(maps: torch.Tensor, affinity: torch.Tensor, beta: float = 2.0
     torch.Size([1, 1, 1, 2])
     """
     b, k, h, w = maps.shape
-    return propagate(maps.reshape(b, k, h * w), affinity, beta=beta, log_t=log_t).reshape(b, k, h, w)
+    return propagate(maps.reshape(b, k, h * w), affinity, beta=beta, log_t=log_t, eps=eps).reshape(b, k, h, w)

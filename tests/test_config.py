@@ -112,9 +112,10 @@ def test_afa_profiles_and_table2_switches():
 
     paper = afa("paper")
     a = paper.afa
-    assert (a.backbone, a.pretrained, a.output_stride, a.attention_per_token) == ("pvt_v2_b1", True, 16, False)
-    assert tuple(a.bkg_band) == (0.35, 0.55) and (a.seg_weight, a.aff_weight, a.reg_weight) == (0.1, 0.1, 0.01)
-    assert (a.cls_warmup_steps, a.aff_warmup_steps, a.train.steps, a.train.crop_size) == (2000, 4000, 20000, 512)
+    # the released code's values (every one: tests/test_afa_official.py, docs/afa.md)
+    assert (a.backbone, a.output_stride, a.attention_per_token, a.attention) == ("mit_b1", 16, False, "logits")
+    assert tuple(a.bkg_band) == (0.35, 0.55) and (a.seg_weight, a.aff_weight, a.reg) == (0.1, 0.1, False)
+    assert (a.cls_warmup_steps, a.aff_warmup_steps, a.train.steps, a.train.crop_size) == (2001, 2001, 20000, 512)
     assert (a.radius, a.beta) == (8, 2.0) and paper.pseudo.bkg_threshold == 0.45 and paper.segmentation.eval_crf
     off = afa("default", ["afa.affinity=false", "afa.par=false", "afa.reg=false"]).afa
     assert not (off.affinity or off.par or off.reg)

@@ -30,16 +30,27 @@ PROFILE_DEFAULTS: dict[str, dict] = {
     # the peaked from-scratch CAMs still leave background labels below it (README, AFA: with 1000 steps and
     # (0.05, 0.15) the module did not beat switching it off)
     "default": {"afa": {"bkg_band": [0.02, 0.15], "train": {"steps": 1500}}},
-    # MiT-B1 with ImageNet weights, 512 crops, 20k iterations (warm-ups 2k / 4k), AdamW 6e-5, poly power 1
-    "paper": {"afa": {"backbone": "pvt_v2_b1", "pretrained": True, "embed_dims": None, "depths": None, "num_heads": None,
-                      "output_stride": 16, "decoder_dim": 256, "attention_per_token": False, "bkg_band": [0.35, 0.55],
-                      "radius": 8, "cls_warmup_steps": 2000, "aff_warmup_steps": 4000,
-                      "train": {"steps": 20000, "batch_size": 8, "crop_size": 512, "scale_range": [0.5, 2.0], "lr": 6e-5,
-                                "weight_decay": 0.01, "warmup_steps": 1500, "poly_power": 1.0, "checkpoint_every": 1000,
-                                "log_every": 50, "color_jitter": 0.3}},
+    # the released code (rulixiang/afa: configs/voc_attn_reg.yaml, launch/run_sbatch_attn_reg.sh,
+    # scripts/dist_train_voc.py, utils/camutils.py, wetr/): every value with its file:line in docs/afa.md
+    "paper": {"afa": {"backbone": "mit_b1", "pretrained": False, "weights": "pretrained/mit_b1.pth",
+                      "embed_dims": None, "depths": None, "num_heads": None,
+                      "output_stride": 16, "decoder_dim": 256, "attention_per_token": False, "attention": "logits",
+                      "label_cams": "multiscale", "label_scales": [1.0, 0.5, 1.5], "cam_fusion": "released",
+                      "walk_eps": 0.1, "seg_loss": "balanced", "par_on_box": True, "train_norm": False,
+                      "bkg_band": [0.35, 0.55], "radius": 8, "reg": False,
+                      # L_cls alone while n_iter <= 2000, then + 0.1 L_seg + 0.1 L_aff; L_seg on the PAR labels of the
+                      # CAM while n_iter <= 6000 (dist_train_voc.py:339,347)
+                      "cls_warmup_steps": 2001, "aff_warmup_steps": 2001, "seg_propagated_from": 6001,
+                      # 2 images per GPU on 2 GPUs (voc_attn_reg.yaml:24, run_sbatch_attn_reg.sh:20), crop 512 as the
+                      # launch script passes (run_sbatch_attn_reg.sh:15), no colour jitter (datasets/voc.py:107)
+                      "train": {"steps": 20000, "batch_size": 4, "crop_size": 512, "scale_range": [0.5, 2.0], "lr": 6e-5,
+                                "head_lr_mult": 10.0, "weight_decay": 0.01, "warmup_steps": 1500, "poly_power": 1.0,
+                                "checkpoint_every": 1000, "log_every": 50, "color_jitter": 0.0, "hflip": True}},
               "cam": {"scales": [1.0, 0.5, 1.5], "flip": True},
-              "pseudo": {"bkg_threshold": 0.45, "refine": ["par"], "par": {"num_iter": 10}},
-              "segmentation": {"eval_scales": [1.0, 0.75, 1.25], "eval_flip": True, "eval_crf": True}},
+              "pseudo": {"bkg_threshold": 0.45, "refine": ["par"], "par": {"num_iter": 10},
+                         # the released test script's CRF (scripts/test_msc_flip.py:106-113)
+                         "crf": {"n_iter": 10, "pos_xy_std": 3, "pos_w": 3, "bi_xy_std": 64, "bi_rgb_std": 5, "bi_w": 4}},
+              "segmentation": {"eval_scales": [1.0, 0.5, 0.75], "eval_flip": True, "eval_crf": True}},
 }
 
 SPEC = define_flow("afa_voc", [*LABEL_STAGES, OWN_BRANCH],
