@@ -43,11 +43,24 @@ def _odd(k: int) -> int:
 Propagation = Literal["gp-lp-p", "gp-lp-c", "lp-gp-c", "gp", "lp", "none"]
 
 
-@config_section("apro", profiles={"smoke": {"num_iter": 5}})
+#: the released code's propagation (CircleRadon/APro: configs/apro_box2mask/box2mask_r50_lsj_8x2_50e_voc.py:27-30,
+#: mmdet/models/dense_heads/box2mask_head.py:271-313, mmdet/models/utils/misc.py:75); docs/apro.md has the table
+PAPER_APRO = {"guide": "normalised", "gp_size": 96, "zeta_g": 0.02, "gp_edges": "absolute", "zeta_f": 0.03,
+              "high_level": "prediction", "zeta_s": 0.15, "kernel_size": 5, "num_iter": 20, "stride": 4,
+              "unary_weight": 1.0, "unary_from": 0.0, "refine_labels": False}
+
+
+@config_section("apro", profiles={"smoke": {"num_iter": 5}, "paper": PAPER_APRO})
 class AProConfig(Section):
     """APro's knobs (the network and its schedule are the ``segmentation`` section's)."""
 
     propagation: Propagation = "gp-lp-p"  # Table 4 / Table 7; none: partial cross-entropy alone
+    # the colour space GP and LP see: rgb01 (RGB in [0, 1], the default's measured choice) or normalised (the
+    # network's input, ImageNet mean/std on 0-255 pixels, as the released code: box2mask_head.py:235, maskformer.py:107)
+    guide: Literal["rgb01", "normalised"] = "rgb01"
+    # GP on a gp_size×gp_size grid (the released code's 96, misc.py:75), its target brought back bilinearly and compared
+    # with the prediction resampled the same way (box2mask_head.py:309-312); None: GP at LP's grid (1/stride)
+    gp_size: int | None = Field(None, ge=2)
     # GP on the image. relative: the edge weights in units of the image's median neighbour distance (README, APro:
     # a fixed ζ_g on RGB in [0, 1] smoothed style a into one class at 0.02 and did nothing on style b at 0.01);
     # absolute: RGB in [0, 1] as the paper's formula has it. 0.2: the largest relative ζ_g whose GP in training
@@ -262,17 +275,51 @@ def rgb01(images: torch.Tensor) -> torch.Tensor:
     return images.float() * std + mean
 
 
+def propagation_guide(images: torch.Tensor, guide: Literal["rgb01", "normalised"]) -> torch.Tensor:
+    """The image GP and LP propagate over (``apro.guide``): ``normalised`` the network's input itself,
+    (x − 255·mean)/(255·std) on 0–255 pixels with ImageNet's mean/std, the released code's scale (an edge weight
+    ≈ 19.6 times its RGB-in-[0, 1] value); ``rgb01`` RGB in [0, 1].
+
+    >>> x = torch.zeros(1, 3, 1, 1)
+    >>> propagation_guide(x, "normalised").flatten().tolist(), [round(v, 3) for v in propagation_guide(x, "rgb01").flatten().tolist()]
+    ([0.0, 0.0, 0.0], [0.485, 0.456, 0.406])
+    """
+    return images.float() if guide == "normalised" else rgb01(images)
+
+
+def resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners False, no antialiasing: ``F.interpolate``'s, as the released code's)."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def image_numpy(image: np.ndarray, guide: Literal["rgb01", "normalised"]) -> np.ndarray:
+    """An H×W×3 uint8 image in ``apro.guide``'s colour space, H×W×3 float64 (the pseudo labels' refinement)."""
+    rgb = image.astype(np.float64) / 255.0
+    return (rgb - IMAGENET_MEAN) / IMAGENET_STD if guide == "normalised" else rgb
+
+
 def soft_pseudo_labels(probs: torch.Tensor, rgb: torch.Tensor, features: torch.Tensor | None, cfg: AProConfig) -> list[torch.Tensor]:
     """The targets Y of L_u for ``cfg.propagation`` from detached B×K×H×W probabilities (Table 4 / Table 7):
     ``gp``: [GP(P)]; ``lp``: [LP(P)]; ``gp-lp-p``: [GP(P), LP(P)]; ``gp-lp-c``: [LP(GP(P))]; ``lp-gp-c``: [GP(LP(P))].
-    ``features`` (B×D×H×W or None) guide GP's high-level pass (``cfg.zeta_f``); None: its own image pass's output."""
+    ``features`` (B×D×H×W or None) guide GP's high-level pass (``cfg.zeta_f``); None: its own image pass's output.
+    ``rgb`` is the guide image in ``cfg.guide``'s colour space; with ``cfg.gp_size`` GP runs on that grid.
+
+    The high-level pass of K > 1 classes: its edge weights Σ_c (y_a,c − y_b,c)² over the first pass's K channels
+    (the released code's single mask channel is K = 1; docs/apro.md, "L_u on several classes")."""
     def gp(p: torch.Tensor) -> torch.Tensor:
-        g = rgb.permute(0, 2, 3, 1).cpu().double().numpy()
+        size = p.shape[-2:]
+        guide, feats = rgb, features
+        if cfg.gp_size is not None:  # the released code's fixed grid (misc.py:75), then back (box2mask_head.py:309)
+            grid = (cfg.gp_size, cfg.gp_size)
+            guide, p = resample(rgb.float(), grid), resample(p, grid)
+            feats = None if features is None else resample(features.float(), grid)
+        g = guide.permute(0, 2, 3, 1).cpu().double().numpy()
         f = None
-        if features is not None:
-            f = F.normalize(features.float(), dim=1).permute(0, 2, 3, 1).cpu().double().numpy()
-        y = batch_global_propagation(g, p.cpu().double().numpy(), cfg.zeta_g, f, cfg.zeta_f, cfg.gp_edges == "relative")
-        return torch.from_numpy(y).to(p.device, p.dtype)
+        if feats is not None:
+            f = F.normalize(feats.float(), dim=1).permute(0, 2, 3, 1).cpu().double().numpy()
+        y = torch.from_numpy(batch_global_propagation(g, p.cpu().double().numpy(), cfg.zeta_g, f, cfg.zeta_f,
+                                                      cfg.gp_edges == "relative")).to(p.device, p.dtype)
+        return y if cfg.gp_size is None else resample(y, size)
 
     def lp(p: torch.Tensor) -> torch.Tensor:
         return local_propagation(rgb, p, cfg.zeta_s, cfg.num_iter, cfg.kernel_size)
@@ -323,26 +370,31 @@ class AProLoss:
             zero = partial.detach() * 0
             return {"loss": partial, "partial_ce": partial.detach(), "unary": zero}
         probs = logits.float().softmax(1)
-        rgb = rgb01(images)
+        rgb = propagation_guide(images, self.cfg.guide)
         if self.cfg.stride > 1:
             size = (images.shape[-2] // self.cfg.stride, images.shape[-1] // self.cfg.stride)
-            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-            rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+            probs, rgb = resample(probs, size), resample(rgb, size)
         guide = None  # the network's features guide GP's high-level pass only with high_level=features
         if self.cfg.zeta_f is not None and self.cfg.high_level == "features":
             guide = F.interpolate(feats.detach().float(), size=probs.shape[-2:], mode="bilinear", align_corners=False)
         unlabelled = F.interpolate(labels.eq(IGNORE_INDEX)[:, None].float(), size=probs.shape[-2:], mode="nearest")[:, 0] > 0
         with torch.no_grad():
             targets = soft_pseudo_labels(probs.detach(), rgb, guide, self.cfg)
-        unary = sum((unary_l1(probs, t, unlabelled) for t in targets), probs.new_zeros(()))
+        # the prediction each target is compared with: for GP on its own fixed grid, the prediction resampled to that
+        # grid and back, as the released code's mask_preds_scaled (box2mask_head.py:310); otherwise P itself
+        preds = [probs] * len(targets)
+        if self.cfg.gp_size is not None and self.cfg.propagation in ("gp", "gp-lp-p"):
+            preds[0] = resample(resample(probs, (self.cfg.gp_size, self.cfg.gp_size)), probs.shape[-2:])
+        unary = sum((unary_l1(q, t, unlabelled) for q, t in zip(preds, targets)), probs.new_zeros(()))
         return {"loss": partial + self.cfg.unary_weight * unary, "partial_ce": partial.detach(), "unary": unary.detach()}
 
 
 def refine_predictions(image: np.ndarray, probs: np.ndarray, cfg: AProConfig) -> np.ndarray:
     """A stored pseudo label's refinement: the K×H×W probabilities of an H×W×3 uint8 image through GP on the image
     (Eq. 3–4, edges as ``gp_edges`` says; with ``zeta_f`` and ``high_level=prediction`` its high-level pass) then LP
-    (Eq. 5–6); returns K×H×W float32."""
-    rgb = image.astype(np.float64) / 255.0
+    (Eq. 5–6), in ``cfg.guide``'s colour space at the image's own size (``gp_size`` is training's); returns K×H×W
+    float32. The released code has no such step (``paper``: ``refine_labels`` false)."""
+    rgb = image_numpy(image, cfg.guide)
     y = global_propagation(rgb, probs.astype(np.float64), cfg.zeta_g, relative=cfg.gp_edges == "relative",
                            zeta_f=cfg.zeta_f if cfg.high_level == "prediction" else None)
     t = torch.from_numpy(rgb.transpose(2, 0, 1)).float()[None]

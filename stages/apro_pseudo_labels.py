@@ -28,6 +28,6 @@ def run(ctx) -> dict:
 
 
 APRO_PSEUDO_LABELS = Stage("make_pseudo_labels", run,
-                           reads=(*PREDICT_READS, "apro.refine_labels", "apro.zeta_g", "apro.gp_edges", "apro.zeta_f", "apro.high_level", "apro.zeta_s", "apro.kernel_size", "apro.num_iter"),
+                           reads=(*PREDICT_READS, "apro.refine_labels", "apro.guide", "apro.zeta_g", "apro.gp_edges", "apro.zeta_f", "apro.high_level", "apro.zeta_s", "apro.kernel_size", "apro.num_iter"),
                            writes=(PSEUDO_LABELS,), inputs=("model",),
                            description="the APro network's predictions, refined by GP and LP, as pseudo labels")

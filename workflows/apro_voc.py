@@ -13,11 +13,11 @@ from workflows.registry import define_flow, sparse_network_stages
 STAGES = sparse_network_stages(TRAIN_APRO, APRO_PSEUDO_LABELS)
 PROFILE_DEFAULTS: dict[str, dict] = {
     # the paper's WSSS setting: ResNet-101 (ImageNet), 512 crops, SGD lr 0.001 momentum 0.9 weight decay 1e-4, 80k
-    # iterations; propagation at 1/4 of the crop; L = L_g + L_u as printed (the default weighs L_u by TEL's 0.4)
+    # iterations (the release has no WSSS training script: these are the paper's). The propagation (1/4 of the crop,
+    # GP at 96×96 on the normalised input, L = L_g + L_u) is the apro section's paper profile (models/apro.py)
     "paper": {"segmentation": {"train": {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range": [0.5, 2.0],
                                          "optimizer": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 1e-4,
-                                         "head_lr_mult": 10.0, "warmup_steps": 0}},
-              "apro": {"stride": 4, "unary_weight": 1.0}},
+                                         "head_lr_mult": 10.0, "warmup_steps": 0}}},
 }
 
 SPEC = define_flow("apro_voc", [*STAGES.label_stages, STAGES.own_branch],
