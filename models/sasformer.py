@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ from models.registry import ModelSpec, register_model
 from models.segmentation import MLPHead, partial_cross_entropy
 from models.standins import STANDINS
 from pipeline.config import Count, SMOKE_TRAIN, Section, TrainConfig, config_section
+from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.voc import IGNORE_INDEX
 
 Distance = Literal["l1", "l2", "kl", "ce"]
@@ -62,7 +64,7 @@ PAPER_TRAIN = {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range"
     # the last block at stride 16, decoder width 256, L_aff summed over the four blocks, partial CE at 1/4
     "paper": {"backbone": "mit_b4", "pretrained": False, "weights": None, "embed_dims": None, "depths": None,
               "num_heads": None, "output_stride": 16, "decoder_dim": 256, "block_reduction": "sum",
-              "partial_ce_at": "logits", "train": PAPER_TRAIN},
+              "partial_ce_at": "logits", "input_order": "bgr", "train": PAPER_TRAIN},
 })
 class SASFormerConfig(Section):
     """SASFormer: SegFormer on sparse labels with the hierarchical attention affinity loss (its network and schedule)."""
@@ -85,6 +87,9 @@ class SASFormerConfig(Section):
     # where L_seg's partial cross-entropy is taken: input (the logits resized bilinearly to the crop) or logits (the
     # labels resized by nearest neighbour to the decoder's 1/4 grid, the reference code's loss_helper.py:386, 397)
     partial_ce_at: Literal["input", "logits"] = "input"
+    # the channel order the encoder sees: rgb, or bgr as the reference code (OpenCV's BGR normalised with the RGB
+    # mean/std channel by channel: Segformerb4_512_3.json:6, segmentor/trainer.py:206-211)
+    input_order: Literal["rgb", "bgr"] = "rgb"
     # 3000 steps at lr 2e-3 (AdamW), the decoder at the encoder's rate: at 1000 steps (lr 1e-3, decoder ×10) the
     # network stayed below the partial-CE flow's ResNet on style a (val 0.503 against 0.616; README, SASFormer)
     train: TrainConfig = TrainConfig(steps=3000, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=1.0, warmup_steps=50,
@@ -214,6 +219,21 @@ def sasformer_loss(partial_ce: torch.Tensor, l_aff: torch.Tensor, alpha: float) 
 # ------------------------------------------------------------------------------------------- network
 
 
+def bgr_input(x: torch.Tensor) -> torch.Tensor:
+    """Our B×3×H×W input, RGB normalised with ImageNet's RGB mean/std, as the reference code feeds its encoder:
+    the image in BGR order, channel c normalised with the RGB statistics' c-th entry, (BGR_c/255 − mean_c)/std_c.
+
+    >>> from pipeline.transforms import normalise
+    >>> px = np.array([[[200, 100, 10]]], np.uint8)  # one RGB pixel
+    >>> want = (np.array([10, 100, 200]) / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    >>> bool(np.allclose(bgr_input(normalise(px)[None]).flatten().numpy(), want, atol=1e-6))
+    True
+    """
+    mean = torch.as_tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return ((x * std + mean).flip(1) - mean) / std
+
+
 @dataclass
 class SASFormerOutputs:
     seg: torch.Tensor  # B×C×H/4×W/4 segmentation logits (the decoder's)
@@ -225,15 +245,21 @@ class SASFormerOutputs:
 class SASFormerNet(nn.Module):
     """SegFormer: a Mix Transformer recording every block's attention, and the all-MLP decoder."""
 
-    def __init__(self, encoder: MixTransformer, num_classes: int = 21, decoder_dim: int = 256) -> None:
+    def __init__(self, encoder: MixTransformer, num_classes: int = 21, decoder_dim: int = 256,
+                 input_order: Literal["rgb", "bgr"] = "rgb") -> None:
         super().__init__()
+        self.input_order = input_order
         if len(encoder.stage_attention) != len(encoder.channels):
             raise ValueError("SASFormer needs the encoder to record every block's attention (MixTransformer(record_all=True))")
         self.encoder = encoder
         self.decoder = MLPHead(encoder.channels, num_classes, decoder_dim)
 
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input in the channel order the encoder was configured for (``input_order``)."""
+        return bgr_input(x) if self.input_order == "bgr" else x
+
     def forward_train(self, x: torch.Tensor) -> SASFormerOutputs:
-        feats = self.encoder(x)
+        feats = self.encoder(self.encoder_input(x))
         seg = self.decoder(feats)
         sizes = [tuple(f.shape[-2:]) for f in feats]
         keys = [(h // r, w // r) for (h, w), r in zip(sizes, self.encoder.reduction)]
@@ -242,7 +268,8 @@ class SASFormerNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segmentation logits at the input's size (inference)."""
-        return F.interpolate(self.decoder(self.encoder(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(self.decoder(self.encoder(self.encoder_input(x))), size=x.shape[-2:], mode="bilinear",
+                             align_corners=False)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.decoder.parameters())
@@ -254,16 +281,17 @@ class SASFormerNet(nn.Module):
 @register_model
 def sasformer(backbone: str = "pvt_v2_b1", pretrained: bool = False, weights: str | None = None, output_stride: int = 16,
               embed_dims: list[int] | None = None, depths: list[int] | None = None, num_heads: list[int] | None = None,
-              num_classes: int = 21, decoder_dim: int = 256) -> SASFormerNet:
+              num_classes: int = 21, decoder_dim: int = 256, input_order: str = "rgb") -> SASFormerNet:
     enc = MixTransformer(backbone, pretrained, weights, output_stride, embed_dims, depths, num_heads, record_all=True)
-    return SASFormerNet(enc, num_classes, decoder_dim)
+    return SASFormerNet(enc, num_classes, decoder_dim, input_order)
 
 
 def sasformer_spec(s: SASFormerConfig, num_classes: int = 21) -> ModelSpec:
     """The network of a ``sasformer`` section (``num_classes`` classes, background included)."""
     return ModelSpec("sasformer", dict(backbone=s.backbone, pretrained=s.pretrained, weights=s.weights,
                                        output_stride=s.output_stride, embed_dims=s.embed_dims, depths=s.depths,
-                                       num_heads=s.num_heads, num_classes=num_classes, decoder_dim=s.decoder_dim))
+                                       num_heads=s.num_heads, num_classes=num_classes, decoder_dim=s.decoder_dim,
+                                       input_order=s.input_order))
 
 
 @dataclass

@@ -141,6 +141,25 @@ def test_crop_padding_is_marked_apart_from_the_unlabelled_pixels():
     assert out.tolist() == [[CROP_PADDING, 1, 255], [CROP_PADDING, 255, 0], [CROP_PADDING] * 3]
 
 
+def test_bgr_input_is_the_reference_codes_normalised_bgr_image():
+    """Segformerb4_512_3.json:6 (input_mode BGR) + trainer.py:206-211: the encoder sees (BGR/255 − mean)/std with the
+    RGB statistics in channel order; ours turns our RGB input into that inside the network (``input_order: bgr``)."""
+    import numpy as np
+    from models.sasformer import sasformer
+    from pipeline.transforms import normalise
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    official = (torch.from_numpy(rgb[..., ::-1].copy()).permute(2, 0, 1).float() / 255.0
+                - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    torch.manual_seed(0)
+    kw = dict(embed_dims=[8, 8, 16, 16], depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], decoder_dim=8)
+    net = sasformer(**kw, input_order="bgr").eval()
+    assert (net.encoder_input(normalise(rgb)[None])[0] - official).abs().max() <= 1e-5
+    plain = sasformer(**kw).eval()
+    plain.load_state_dict(net.state_dict())
+    with torch.no_grad():  # the same weights on the official input give the same logits
+        assert (net(normalise(rgb)[None]) - plain(official[None])).abs().max() <= 1e-5
+
+
 #: key → (the reference code's value, where it is set); docs/sasformer.md holds the same table
 OFFICIAL = {
     "sasformer.backbone": ("mit_b4", "configs/voc2012/Segformerb4_512_3.json:91"),
@@ -150,6 +169,7 @@ OFFICIAL = {
     "sasformer.block_reduction": ("sum", "lib/loss/loss_helper.py:293"),
     "sasformer.partial_ce_at": ("logits", "lib/loss/loss_helper.py:386"),
     "sasformer.distance": ("l1", "lib/loss/loss_helper.py:249"),
+    "sasformer.input_order": ("bgr", "configs/voc2012/Segformerb4_512_3.json:6"),
     "sasformer.train.steps": (80000, "scripts/voc2012/segf/train_b4_512_3.sh:29"),
     "sasformer.train.batch_size": (16, "configs/voc2012/Segformerb4_512_3.json:14"),
     "sasformer.train.crop_size": (512, "configs/voc2012/Segformerb4_512_3.json:64"),
