@@ -175,6 +175,20 @@ def test_multiclass_unary_hand_computed():
     assert unary_l1(p, y, torch.tensor([[[False, True]]])).item() == pytest.approx(0.0)  # labelled pixels: L_g only
 
 
+def test_refinement_propagates_in_the_guides_colour_space():
+    """refine_predictions (our pseudo-label step) uses ``apro.guide`` too: GP then LP on the normalised image."""
+    from models.apro import refine_predictions
+    from pipeline.transforms import normalise
+    rng = np.random.default_rng(4)
+    image = (rng.random((6, 7, 3)) * 40 + 100).astype(np.uint8)
+    probs = rng.random((3, 6, 7)).astype(np.float32)
+    cfg = AProConfig(guide="normalised", zeta_g=0.5, gp_edges="absolute", num_iter=2)
+    guide = normalise(image)
+    y = global_propagation(guide.permute(1, 2, 0).double().numpy(), probs.astype(np.float64), 0.5)
+    want = local_propagation(guide[None], torch.from_numpy(y).float()[None], 0.15, 2, 5)[0].numpy()
+    assert np.abs(refine_predictions(image, probs, cfg) - want).max() <= 1e-5
+
+
 #: key → (the released code's value, where); docs/apro.md holds the same table
 OFFICIAL = {
     "apro.guide": ("normalised", "mmdet/models/detectors/maskformer.py:107; box2mask_head.py:235"),
