@@ -105,27 +105,34 @@ def vit_cam_classifier(backbone: dict, img_size: int, num_classes: int = 20, poo
     return CAMClassifier(vit, num_classes, pooling, topk)
 
 
-def cam_classifier_spec(m: ClassifierConfig, img_size: int) -> ModelSpec:
-    """The CAM classifier of a ``model`` section, built for crops of ``img_size``."""
-    return ModelSpec("vit_cam_classifier", dict(backbone=m.vit(), img_size=img_size, num_classes=20,
+def cam_classifier_spec(m: ClassifierConfig, img_size: int, num_classes: int = 20) -> ModelSpec:
+    """The CAM classifier of a ``model`` section, built for crops of ``img_size``, scoring ``num_classes``
+    foreground classes (the dataset's: VOC 20, COCO 80)."""
+    return ModelSpec("vit_cam_classifier", dict(backbone=m.vit(), img_size=img_size, num_classes=num_classes,
                                                 pooling=m.pooling, topk=m.topk))
 
 
-def multiscale_maps(map_fn, image: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
+def multiscale_maps(map_fn, image: torch.Tensor, scales: list[float], flip: bool, input_size: int | None = None,
+                    align_corners: bool = False) -> torch.Tensor:
     """Sum over scales (and horizontal flips) of ``map_fn(batch)`` (B×K×h×w maps), upsampled to the image: K×H×W.
 
     ``image`` is one normalised 3×H×W tensor (on the model's device), or a B×3×H×W batch of images of one size
     (→ B×K×H×W, each image's maps as if alone: a GPU takes several images per forward pass). The flipped
     copies' maps are flipped back. The maps are summed in float32 whatever precision ``map_fn`` runs in.
+    ``input_size``: the image is first resized (bilinear) to that square and the scales apply to it (ACR's released
+    inference, ACR_WSSS ``myTool.py:1383``); ``align_corners``: of the maps' upsampling to H×W (released: true,
+    ``infer_cam.py:187``).
     """
     single = image.ndim == 3
     images = image[None] if single else image
     b, (h, w) = images.shape[0], images.shape[-2:]
+    if input_size is not None:
+        images = F.interpolate(images, size=(input_size, input_size), mode="bilinear", align_corners=False)
     total = 0
     for s in scales:
         x = images if s == 1 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
         batch = torch.cat([x, x.flip(-1)]) if flip else x
-        maps = F.interpolate(map_fn(batch).float(), size=(h, w), mode="bilinear", align_corners=False)
+        maps = F.interpolate(map_fn(batch).float(), size=(h, w), mode="bilinear", align_corners=align_corners)
         total = total + (maps[:b] + maps[b:].flip(-1) if flip else maps)
     return total[0] if single else total
 
@@ -139,3 +146,14 @@ def multiscale_cams(model: torch.nn.Module, image: torch.Tensor, scales: list[fl
 def normalise_cams(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Each map divided by its maximum (→ [0, 1]), as in the CAM papers."""
     return cams / (cams.flatten(1).amax(1).view(-1, 1, 1) + eps)
+
+
+def minmax_normalise_cams(cams: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each map as (x − min)/(max − min + ε) over its pixels (ACR's released seeds, ACR_WSSS ``infer_cam.py:210``).
+
+    >>> minmax_normalise_cams(torch.tensor([[[2.0, 4.0, 6.0]]]), eps=0.0).tolist()
+    [[[0.0, 0.5, 1.0]]]
+    """
+    flat = cams.flatten(1)
+    lo, hi = flat.amin(1).view(-1, 1, 1), flat.amax(1).view(-1, 1, 1)
+    return (cams - lo) / (hi - lo + eps)
