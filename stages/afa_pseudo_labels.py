@@ -5,7 +5,7 @@ Per image, as in AFA's training labels but offline and on the whole image: the s
 CAMs of ``make_seeds``) are resized to the affinity's grid, background-softmaxed with the background
 score t (``pseudo.bkg_threshold``: with ``auto`` the seeds' threshold from ``eval_seeds`` — AFA's background
 softmax keeps the argmax of [t, CAMs] —, or both ends of ``pseudo.bkg_band``), propagated by the random
-walk over σ(A) within ``afa.radius`` (T = D⁻¹A^β), resized back and refined by ``pseudo.refine``
+walk over σ(A) within ``afa.radius`` (T = A^β / (column sums + ``afa.walk_eps``)), resized back and refined by ``pseudo.refine``
 (``stages.afa_labels.label_scores``, ``stages.make_pseudo_labels.pseudo_label``).
 ``afa.propagate=false`` skips the propagation (as does a network trained with ``afa.affinity=false``,
 Table 2 without AFA), ``pseudo.refine=[]`` skips PAR. The guard (``pseudo.guard``,
@@ -44,7 +44,7 @@ def propagated_scores(cams: np.ndarray, affinity: torch.Tensor | None, grid: tup
         x = F.interpolate(x.to(device), size=grid, mode="bilinear", align_corners=False)
         affinity = affinity[None]
     return label_scores(x, PresentClasses.all_of(k, device), bkg, (h, w), affinity, cfg.radius, cfg.beta,
-                        cfg.log_t)[0].cpu().numpy()
+                        cfg.log_t, cfg.walk_eps)[0].cpu().numpy()
 
 
 def propagates(cfg: AFAConfig) -> bool:
@@ -98,7 +98,8 @@ def run(ctx) -> dict:
 
 
 MAKE_AFA_PSEUDO_LABELS = Stage("make_pseudo_labels", run,
-                               reads=(*PSEUDO_READS, "amp", "afa.affinity", "afa.propagate", "afa.radius", "afa.beta", "afa.log_t"),
+                               reads=(*PSEUDO_READS, "amp", "afa.affinity", "afa.propagate", "afa.radius", "afa.beta", "afa.log_t",
+                                      "afa.walk_eps"),
                                writes=(PSEUDO_LABELS,), inputs=("seeds", "model"), optional=("threshold",),
                                uses=lambda config: ("seeds", "model", *uses_threshold(config)), version=2,  # 2: the guard
                                description="seeds propagated over the learned affinity, PAR (CRF) (the best route on the masks) → pseudo_labels.zarr")

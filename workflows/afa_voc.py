@@ -46,6 +46,7 @@ PROFILE_DEFAULTS: dict[str, dict] = {
                       "train": {"steps": 20000, "batch_size": 4, "crop_size": 512, "scale_range": [0.5, 2.0], "lr": 6e-5,
                                 "head_lr_mult": 10.0, "weight_decay": 0.01, "warmup_steps": 1500, "poly_power": 1.0,
                                 "checkpoint_every": 1000, "log_every": 50, "color_jitter": 0.0, "hflip": True}},
+              "amp": "off",  # the released code trains and labels in float32 (no autocast in dist_train_voc.py)
               "cam": {"scales": [1.0, 0.5, 1.5], "flip": True},
               "pseudo": {"bkg_threshold": 0.45, "refine": ["par"], "par": {"num_iter": 10},
                          # the released test script's CRF (scripts/test_msc_flip.py:106-113)
