@@ -7,7 +7,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from pipeline.checkpoint import load_model_weights, load_weights
+from models.weights import STANDIN_DIR, STANDIN_PREFIX, hub_weights, load_backbone_weights, weights_file  # noqa: F401 (re-exported)
 from pipeline.errors import UserError
 
 
@@ -104,78 +104,44 @@ class TokenGrid:
         return s // self(torch.zeros(1, 3, s, s))[0]
 
 
-#: where the pretrained stand-ins live (``weights: standin:NAME``; ``models/standins.py`` makes them)
-STANDIN_DIR = Path(__file__).parent / "pretrained"
-STANDIN_PREFIX = "standin:"
-
-
-def weights_file(ref: str | Path) -> Path:
-    """A ``weights`` value → its file: ``standin:NAME`` is ``models/pretrained/NAME.safetensors``, anything else a path.
-
-    >>> weights_file("standin:vit").relative_to(STANDIN_DIR).as_posix(), weights_file("w/enc.pth").as_posix()
-    ('vit.safetensors', 'w/enc.pth')
-    """
-    s = str(ref)
-    return STANDIN_DIR / f"{s[len(STANDIN_PREFIX):]}.safetensors" if s.startswith(STANDIN_PREFIX) else Path(s)
-
-
-def load_local_weights(model: nn.Module, path: str | Path, filter_fn=None) -> None:
-    """Load backbone weights from a local file (safetensors or torch, never unpickled objects).
-
-    A pretrained stand-in (``standin:NAME``) must fit exactly (every tensor, every shape): it was made for
-    one architecture, which its sidecar names. A user's file may leave out a few tensors (a head, a norm).
-    """
-    p = weights_file(path)
-    standin = str(path).startswith(STANDIN_PREFIX)
-    if not p.is_file():
-        if standin:
-            raise UserError(f"stand-in weights {path!r} not found ({p}): regenerate them with `python cli.py run-flow pretrain` "
-                            "(README, Pretrained stand-ins) or set this weights key to null to train from scratch")
-        raise UserError(f"weights file {p} does not exist: fix model weights path")
-    sd = load_model_weights(p)
-    if filter_fn is not None:
-        sd = filter_fn(sd, model)
-    own = model.state_dict()
-    if standin:
-        bad = sorted(set(own) ^ set(sd)) + [k for k in own if k in sd and own[k].shape != sd[k].shape]
-        if bad:
-            made = load_weights(p)[1].get("architecture", "?")  # the sidecar's provenance
-            raise UserError(f"stand-in weights {path!r} do not fit this backbone (e.g. {bad[0]}): they were pretrained as {made}; "
-                            "set the backbone to that, or this weights key to null to train from scratch")
-        model.load_state_dict(sd)
-        return
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if len(missing) > len(own) // 2:
-        raise UserError(f"weights file {p} does not fit the backbone ({len(missing)} tensors missing): check the backbone name")
+def load_local_weights(model: nn.Module, path: str | Path, ignore: tuple[str, ...] | list[str] = (), name: str = "") -> None:
+    """Load a local weights file (or ``standin:NAME``) into ``model`` strictly (``models/weights.py``): the file's
+    layout converted, every tensor present, none left over, every shape equal, or one line naming the first that
+    do not fit; ``ignore`` holds glob patterns of tensors to drop from the file (a section's ``weights_ignore``)."""
+    load_backbone_weights(model, path, ignore, name)
 
 
 def create_vit(name: str, img_size: int, pretrained: bool = False, weights: str | None = None,
                patch_size: int | None = None, embed_dim: int | None = None, depth: int | None = None,
-               num_heads: int | None = None) -> nn.Module:
-    """A timm ViT without its classifier, accepting any input size (dynamic size and padding)."""
+               num_heads: int | None = None, weights_ignore: list[str] | tuple[str, ...] = ()) -> nn.Module:
+    """A timm ViT without its classifier, accepting any input size (dynamic size and padding).
+
+    Its initial weights: ``weights`` (a local file, strictly; it wins over ``pretrained``), else timm's hub when
+    ``pretrained`` (``models.weights.hub_weights``)."""
     kwargs = {k: v for k, v in dict(patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads).items() if v is not None}
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size,
-                                  dynamic_img_size=True, dynamic_img_pad=True, **kwargs)
+        with hub_weights(name, pretrained, weights) as hub:
+            model = timm.create_model(name, pretrained=hub, num_classes=0, img_size=img_size,
+                                      dynamic_img_size=True, dynamic_img_pad=True, **kwargs)
     except (RuntimeError, TypeError) as e:
         raise UserError(f"backbone {name!r} could not be created ({str(e).splitlines()[0]})") from None
     if weights:
-        from timm.models.vision_transformer import checkpoint_filter_fn
-        load_local_weights(model, weights, checkpoint_filter_fn)
+        load_backbone_weights(model, weights, weights_ignore, name)
     return model
 
 
 def create_feature_backbone(name: str, output_stride: int = 8, pretrained: bool = False, weights: str | None = None,
-                            channels: list[int] | None = None) -> nn.Module:
+                            channels: list[int] | None = None, weights_ignore: list[str] | tuple[str, ...] = ()) -> nn.Module:
     """A timm CNN returning its feature pyramid (``features_only``) at the given output stride.
 
-    ``channels`` sets a timm ResNet's stage widths (None keeps the model's own).
+    ``channels`` sets a timm ResNet's stage widths (None keeps the model's own). Initial weights as ``create_vit``.
     """
     extra = {} if channels is None else {"channels": tuple(channels)}
     try:
-        model = timm.create_model(name, pretrained=pretrained, features_only=True, output_stride=output_stride, **extra)
+        with hub_weights(name, pretrained, weights) as hub:
+            model = timm.create_model(name, pretrained=hub, features_only=True, output_stride=output_stride, **extra)
     except (RuntimeError, TypeError) as e:
         raise UserError(f"feature backbone {name!r} could not be created ({str(e).splitlines()[0]})") from None
     if weights:
-        load_local_weights(model, weights)
+        load_backbone_weights(model, weights, weights_ignore, name)
     return model

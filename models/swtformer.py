@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from models.backbones import load_local_weights
+from models.weights import hub_weights
 from models.cam_classifier import pool_scores
 from models.registry import ModelSpec, register_model
 
@@ -80,20 +81,23 @@ class SWTformerConfig(Section):
 
 def create_swin(name: str, pretrained: bool = False, weights: str | None = None, patch_size: int | None = None,
                 embed_dim: int | None = None, depths: list[int] | None = None, num_heads: list[int] | None = None,
-                window_size: int | None = None) -> nn.Module:
-    """A timm Swin Transformer without its classifier, for any input size whose sides are multiples of its stride."""
+                window_size: int | None = None, weights_ignore: list[str] | tuple[str, ...] = ()) -> nn.Module:
+    """A timm Swin Transformer without its classifier, for any input size whose sides are multiples of its stride.
+
+    Initial weights: ``weights`` (a local file, strictly, Microsoft's layout converted; it wins over ``pretrained``),
+    else timm's hub when ``pretrained`` (``models.weights.hub_weights``)."""
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(
         patch_size=patch_size, embed_dim=embed_dim, depths=depths, num_heads=num_heads, window_size=window_size).items()
         if v is not None}
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, strict_img_size=False, **kwargs)
+        with hub_weights(name, pretrained, weights) as hub:  # a local file wins: no hub access then
+            model = timm.create_model(name, pretrained=hub, num_classes=0, strict_img_size=False, **kwargs)
     except (RuntimeError, TypeError) as e:
         raise UserError(f"Swin backbone {name!r} could not be created ({str(e).splitlines()[0]}): use a timm swin_* name") from None
     if not hasattr(model, "layers") or not hasattr(model, "patch_embed"):
         raise UserError(f"backbone {name!r} is not a Swin Transformer: set swtformer.backbone to e.g. swin_tiny_patch4_window7_224")
     if weights:
-        from timm.models.swin_transformer import checkpoint_filter_fn
-        load_local_weights(model, weights, checkpoint_filter_fn)
+        load_local_weights(model, weights, weights_ignore, name)
     return model
 
 
