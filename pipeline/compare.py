@@ -2,14 +2,16 @@
 
 ``compare_runs`` takes each run's ``inspect`` object and resolved config and returns one object: per run its
 summary (seed / pseudo / coverage / seg / cls mAP), its total seconds, the values of the config keys in which the
-runs differ, and the per-class IoU of one evaluation stage; ``differing_keys`` lists those keys.
+runs differ, and the per-class IoU of one evaluation stage; ``differing_keys`` lists those keys. A run whose labelling
+read masks (``pseudo.calibrate``) carries ``calibration`` ({"split", "images"}) and its ``labels`` text says so
+("calibrated on 50 images of train"); the others read "no mask read".
 """
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.records import finite
-from pipeline.voc import CLASS_NAMES
+from pipeline.records import calibration_text, finite
+from pipeline.voc import CLASS_NAMES, class_names_of
 
 #: the summary columns, in the order a table shows them
 COLUMNS = ("seed_miou", "pseudo_miou", "pseudo_coverage", "seg_miou", "cls_map")
@@ -63,12 +65,15 @@ def compare_runs(infos: list[dict], configs: list[dict], stage: str | None = Non
         flat = flatten(config)
         scored = next((s for s in info["stages"] if s["name"] == stage), None)
         iou = (scored or {}).get("metrics", {}).get("iou")
-        present = (scored or {}).get("metrics", {}).get("present", [True] * len(CLASS_NAMES))
+        names = class_names_of(len(iou)) if iou else CLASS_NAMES  # VOC's 21 or COCO's 81
+        present = (scored or {}).get("metrics", {}).get("present", [True] * len(names))
         runs.append({
             "run_dir": info["run_dir"], "flow": info["flow"],
+            "calibration": info["summary"].get("calibration"),
+            "labels": calibration_text(info["summary"].get("calibration")) or "no mask read",
             "summary": {k: info["summary"].get(k) for k in COLUMNS},
             "seconds": round(sum(s["seconds"] or 0.0 for s in info["stages"] if s["status"] in ("completed", "cached")), 1),
             "config": {k: flat.get(k) for k in keys},
-            "per_class": {name: (iou[c] if iou and present[c] else None) for c, name in enumerate(CLASS_NAMES)},
+            "per_class": {name: (iou[c] if iou and present[c] else None) for c, name in enumerate(names)},
         })
     return finite({"stage": stage, "differing_keys": keys, "runs": runs})

@@ -196,15 +196,24 @@ class CrfConfig(Section):
     bi_w: NonNegative = 10
 
 
+class CalibrateConfig(Section):
+    """A split whose masks may choose the labelling's thresholds and route (docs/labels.md): its images are left out
+    of every seed / pseudo-label score, and inspect, compare and run.json say the run was calibrated."""
+
+    split: str  # a split list of ImageSets/Segmentation whose images have masks (e.g. 50 images of train)
+
+
 class PseudoConfig(Section):
     # background score appended to the max-normalised maps: a number, or auto — the threshold that the stage
-    # scoring the maps chose (best of cam.sweep on the masks of data.score_split; Otsu without masks)
+    # scoring the maps chose by a rule that reads no mask (Otsu's threshold of the top scores, stages/eval_seeds.py);
+    # with pseudo.calibrate: the best of cam.sweep on the calibration split's masks
     bkg_threshold: Fraction | Literal["auto"] = "auto"
     bkg_band: BkgBand | None = None  # (low, high): reliable labels, 255 where only the low score says foreground
     refine: list[Literal["par", "crf"]] = ["par"]
-    # label by the route (refined or not; the random walk's maps or the seeds before it) that scores best on the
-    # masks of data.score_split, the method's on a tie (stages/make_pseudo_labels.py); false: always the method's
+    # with pseudo.calibrate only: label by the route (refined or not; the random walk's maps or the seeds before it)
+    # that scores best on the calibration masks, the method's on a tie; without calibration the method's route
     guard: bool = True
+    calibrate: CalibrateConfig | None = None  # null: no mask is read while labelling (CONTRACT.md)
     par: ParConfig = ParConfig(num_iter=20)
     crf: CrfConfig = CrfConfig()
 

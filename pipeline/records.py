@@ -88,6 +88,15 @@ def finite(value: Any) -> Any:
     return value
 
 
+def calibration_text(calibration: dict | None) -> str | None:
+    """How inspect and compare mark a calibrated run.
+
+    >>> calibration_text({"split": "train", "images": 50}), calibration_text(None)
+    ('calibrated on 50 images of train', None)
+    """
+    return None if not calibration else f"calibrated on {calibration['images']} images of {calibration['split']}"
+
+
 def summarise(run_dir: Path, flow: str, stages: list[dict]) -> dict[str, Any]:
     """The ``inspect --json`` object of a run: every stage's status, seconds and metrics (``stages``: the flow's
     ``[{"name", "summary"}]``), and the summary that the stages' ``summary`` declarations fill from their metrics."""
@@ -108,4 +117,7 @@ def summarise(run_dir: Path, flow: str, stages: list[dict]) -> dict[str, Any]:
         for key, metric in stage.get("summary", {}).items():
             v = metrics.get(metric) if status in ("completed", "cached") else None
             summary[key] = float(v) if isinstance(v, (int, float)) else None
+    # the masks the labelling read: {"split", "images"} of pseudo.calibrate (run.json, pipeline.runs.calibration_summary)
+    desc = Path(run_dir) / "run.json"
+    summary["calibration"] = read_json_file(desc, "run description", RUN_SCHEMA).get("calibration") if desc.is_file() else None
     return finite({"flow": flow, "run_dir": str(run_dir), "stages": out, "summary": summary})

@@ -107,7 +107,9 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "config.yaml", self.config.to_yaml())
         desc = {"schema": RUN_SCHEMA, "flow": self.config.flow, "profile": self.config.profile, "command": command,
-                "updated": time.time()}
+                "updated": time.time(),
+                # which masks the labelling read (null: none; inspect's summary.calibration)
+                "calibration": calibration_summary(self.config, self.dataset)}
         if stages is not None:
             desc["stages"] = stage_entries(stages)
         atomic_write_text(self.dir / "run.json", json.dumps({**desc, **(provenance or {})}, indent=1))
@@ -147,8 +149,9 @@ class Run:
     def splits(self) -> list[str]:
         """Every split the run's stages may read."""
         d = self.config.data
+        cal = self.config.pseudo.calibrate
         return sorted({d.train_split, d.label_split, d.val_split, d.score_split or d.label_split,
-                       self.config.segmentation.eval_split})
+                       self.config.segmentation.eval_split, *([cal.split] if cal is not None else [])})
 
     @cached_property
     def data_fingerprint(self) -> str:
@@ -200,6 +203,56 @@ class Run:
 VALIDATED_FILE = "validated.json"
 
 
+def calibration_images(config, dataset) -> list[str] | None:
+    """The images whose masks may choose the labelling's thresholds and route (``pseudo.calibrate``): those of the
+    calibration split that get labels (``data.label_split``) and have a mask; None without calibration. ``config`` and
+    ``dataset(split)`` are a run's or a stage context's (a stage must declare ``pseudo.calibrate`` and
+    ``data.label_split`` among its reads)."""
+    cal = config.pseudo.calibrate
+    if cal is None:
+        return None
+    labelled = set(dataset(config.data.label_split).ids)
+    ds = dataset(cal.split)
+    return [i for i in ds.ids if i in labelled and ds.has_mask(i)]
+
+
+def calibration_summary(config, dataset) -> dict | None:
+    """``{"split": NAME, "images": N}`` of a calibrated run (``inspect --json``'s ``summary.calibration``), else None."""
+    ids = calibration_images(config, dataset)
+    return None if ids is None else {"split": config.pseudo.calibrate.split, "images": len(ids)}
+
+
+def check_calibration(run: Run) -> None:
+    """Refuse, before any stage, with one line: a calibration split (``pseudo.calibrate.split``) without a split list,
+    without a labelled image that has a mask, overlapping the scored split (``data.score_split``), or holding every
+    scored image (nothing would be left to score)."""
+    cfg = run.config
+    cal = cfg.pseudo.calibrate
+    if cal is None:
+        return
+    try:
+        run.dataset(cal.split)
+    except UserError as e:
+        raise UserError(f"pseudo.calibrate.split={cal.split} is not a split of the data ({e}): name a split list of "
+                        "calibration images, or remove pseudo.calibrate") from None
+    ids = calibration_images(cfg, run.dataset)
+    if not ids:
+        raise UserError(f"pseudo.calibrate.split={cal.split} has no image with a mask among the {cfg.data.label_split} "
+                        "images that get labels: add their masks or choose a split of labelled images with masks")
+    chosen = set(ids)
+    d = cfg.data
+    if d.score_split is not None:
+        both = [i for i in run.dataset(d.score_split).ids if i in chosen]
+        if both:
+            raise UserError(f"pseudo.calibrate.split={cal.split} and data.score_split={d.score_split} share {len(both)} "
+                            f"images (e.g. {both[0]}): calibration images are never scored; choose disjoint splits")
+    else:
+        ds = run.dataset(d.label_split)
+        if not any(ds.has_mask(i) for i in ds.ids if i not in chosen):
+            raise UserError(f"pseudo.calibrate.split={cal.split} holds every {d.label_split} image with a mask: nothing "
+                            "is left to score; calibrate on fewer images")
+
+
 def validate_data(run: Run, stages: list[Stage]) -> None:
     """Check, before any stage, every image and mask the run's splits list (``UserError``: one line naming the
     file and the fix): each image decodes whole, is 8-bit and within ``data.max_pixels``; each mask has its image's
@@ -207,6 +260,7 @@ def validate_data(run: Run, stages: list[Stage]) -> None:
     (``segmentation.eval_split``, ``data.score_split``) have masks. A run folder remembers the data it checked
     (``validated.json``: the data's fingerprint and the cap), so a resumed run checks again only what changed."""
     cfg = run.config
+    check_calibration(run)
     stamp = {"data": run.data_fingerprint, "max_pixels": cfg.data.max_pixels}
     done = run.dir / VALIDATED_FILE
     if done.is_file():

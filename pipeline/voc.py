@@ -160,17 +160,21 @@ class VOCFolder:
             raise UserError(f"mask {p} cannot be read ({e}): replace or remove it") from None
 
     def image_labels(self, image_id: str) -> np.ndarray:
-        """Multi-hot vector over the 20 foreground classes (index c-1 for class c)."""
+        """Multi-hot vector over the 20 foreground classes (index c-1 for class c): the objects of
+        ``Annotations/<id>.xml`` (as IRN/SIPE make their class labels, ``data/make_cls_labels.py`` of SIPE:
+        ``load_image_label_list_from_xml``); only an image without an annotation file takes the classes of its
+        mask. So the tags, and every label made from them, do not change when masks are removed (CONTRACT.md,
+        "Ground truth and datasets")."""
         lab = np.zeros(NUM_CLASSES - 1, np.float32)
-        m = self.mask(image_id)
-        if m is not None:
+        xml = self.root / "Annotations" / f"{image_id}.xml"
+        if not xml.is_file():
+            m = self.mask(image_id)
+            if m is None:
+                raise UserError(f"image {image_id!r} has neither a mask nor {xml}: image-level labels are needed")
             cls = np.unique(m)
             cls = cls[(cls > 0) & (cls < NUM_CLASSES)]
             lab[cls - 1] = 1
             return lab
-        xml = self.root / "Annotations" / f"{image_id}.xml"
-        if not xml.is_file():
-            raise UserError(f"image {image_id!r} has neither a mask nor {xml}: image-level labels are needed")
         try:
             tree = ET.parse(xml)
         except ET.ParseError as e:

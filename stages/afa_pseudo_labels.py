@@ -89,7 +89,7 @@ def run(ctx) -> dict:
                                                    propagate, r), {"propagated": propagate})
 
     routes = routes_of(propagates(cfg.afa))
-    if not guards(cfg.pseudo.guard, cfg.pseudo.bkg_band):
+    if not guards(cfg.pseudo):  # the guard: only with a calibration split (pseudo.calibrate)
         routes = routes[:1]
     elif propagates(cfg.afa):
         routes += routes_of(False)

@@ -1,4 +1,5 @@
-"""Stage ``eval_pseudo_labels``: pseudo-label mIoU (ignored pixels skipped) and coverage, beside the seeds
+"""Stage ``eval_pseudo_labels``: pseudo-label mIoU (ignored pixels skipped) and coverage on the scored images
+(``stages.eval_seeds.score_ids``: never a calibration image), beside the seeds
 scored at the same background threshold (``seed_miou_at_threshold``, from the ``seed_sweep`` input), so
 that "refinement helps" is read at matched thresholds; ``route`` repeats which route made the labels."""
 from __future__ import annotations
@@ -23,7 +24,8 @@ def run(ctx) -> dict:
     return out
 
 
-EVAL_PSEUDO_LABELS = Stage("eval_pseudo_labels", run, reads=("data.score_split", "data.label_split", "data.max_images"),
+EVAL_PSEUDO_LABELS = Stage("eval_pseudo_labels", run, reads=("data.score_split", "pseudo.calibrate", "data.label_split",
+                                                           "data.max_images"),
                            inputs=("labels",), optional=("seed_sweep",),
                            summary={"pseudo_miou": "miou", "pseudo_coverage": "coverage", "pseudo_threshold": "threshold",
                                     "seed_miou_matched": "seed_miou_at_threshold"},

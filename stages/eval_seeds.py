@@ -1,33 +1,52 @@
-"""Stage ``eval_seeds``: seed mIoU at the best background threshold of a sweep, with FP/FN per class, and the
-background threshold that ``pseudo.bkg_threshold: auto`` uses (``threshold.json``).
+"""Stage ``eval_seeds``: the background threshold that ``pseudo.bkg_threshold: auto`` uses (``threshold.json``),
+chosen without reading a mask, and the seeds' score: mIoU at that threshold, and at the best threshold of a sweep
+(``best_threshold_miou``, as IRN and the papers report CAMs), with FP/FN per class.
 
-The threshold rule (``choose_threshold``): where the scored split has masks, the threshold of
-``cam.sweep`` with the best mIoU on them — the field tunes it on train masks (IRN, AFA) — and, when that
-best lies at the sweep's edge (``cam.sweep_widen``), the sweep goes on past the edge by halving
-(``widen_sweep``); where no image has a mask, Otsu's threshold of the per-pixel top scores
-(``stages.evaluate.otsu_threshold``).
+The threshold rule (``choose_threshold``, docs/labels.md): Otsu's threshold of the per-pixel top scores of every
+labelled image (``stages.evaluate.otsu_threshold``) — a statistic of the maps alone, so the labels do not change
+when masks are removed (CONTRACT.md, "Ground truth and datasets"). With a calibration split
+(``pseudo.calibrate``) it is the threshold of ``cam.sweep`` with the best mIoU on that split's masks, widened past
+the sweep's edge by halving where the best lies there (``cam.sweep_widen``, ``widen_sweep``). Scores are taken on
+the scored images (``data.score_split``, or every labelled image with a mask) less the calibration images.
 """
 from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_text
+from pipeline.parallel import map_images, sum_arrays
+from pipeline.metrics import scores
+from pipeline.runs import calibration_images
 from pipeline.stage import Stage
 from pipeline.store import LabelStore
 from stages.common import image_pool
-from stages.evaluate import evaluate_sweep, otsu_threshold, scored_ids
+from stages.evaluate import SweepWorker, otsu_threshold, score_report, scored_ids
 
-#: what scoring score maps over the threshold sweep reads
-SWEEP_READS = ("cam.sweep", "cam.sweep_widen", "data.score_split", "data.label_split", "data.max_images")
-#: the chosen background threshold, its rule and the sweep: {"threshold", "rule", "sweep": [[t, mIoU], ...]}
+#: what scoring score maps over the threshold sweep, and choosing their threshold, reads
+SWEEP_READS = ("cam.sweep", "cam.sweep_widen", "pseudo.calibrate", "data.score_split", "data.label_split", "data.max_images")
+#: the chosen background threshold, its rule and the scored sweep:
+#: {"threshold", "rule", "sweep": [[t, mIoU], ...], "best_threshold", "best_miou"}
 THRESHOLD = "threshold.json"
 
 
+def calibration(ctx) -> list[str] | None:
+    """The calibration images of a stage's run (``pipeline.runs.calibration_images``), None without calibration."""
+    return calibration_images(ctx.config, ctx.dataset)
+
+
 def score_ids(ctx) -> list[str] | None:
-    """The images to score: those of ``data.score_split`` (None: every image with a mask)."""
+    """The images to score: those of ``data.score_split`` (None: every image with a mask), less the calibration
+    images (``pseudo.calibrate``), which are never scored."""
     s = ctx.config.data.score_split
-    return ctx.dataset(s).ids if s else None
+    ids = ctx.dataset(s).ids if s else None
+    cal = calibration(ctx)
+    if cal:
+        left = set(cal)
+        ids = [i for i in (ids if ids is not None else ctx.dataset(ctx.config.data.label_split).ids) if i not in left]
+    return ids
 
 
 def widen_sweep(sweep: list[float], best: float, floor: float = 1e-4, ceiling: float = 0.995) -> list[float]:
@@ -56,44 +75,88 @@ def widen_sweep(sweep: list[float], best: float, floor: float = 1e-4, ceiling: f
     return out
 
 
+def sweep_confusions_of(ctx, store: LabelStore, ids: list[str], thresholds: list[float], what: str) -> np.ndarray | None:
+    """T×C×C confusions of the maps of ``store`` on the masks of ``ids`` at every threshold (None: no image)."""
+    if not ids:
+        return None
+    return sum_arrays(map_images(SweepWorker(ctx.run.voc_root, store.path, thresholds), ids, image_pool(ctx),
+                                 f"{ctx.stage.name} {what}"))
+
+
+def best_of_sweep(ctx, store: LabelStore, ids: list[str], sweep: list[float], widen: bool, what: str) -> dict | None:
+    """The threshold of ``sweep`` (widened past its edge with ``widen``: ``widen_sweep``) with the best mIoU on the masks
+    of ``ids``: ``{"threshold", "miou", "sweep": {t: mIoU}, "confusions": {t: C×C}}``, or None when nothing can be
+    scored."""
+    sweep = sorted(set(sweep))
+    conf = sweep_confusions_of(ctx, store, ids, sweep, what)
+    if conf is None:
+        return None
+    per_t = {t: scores(c)["miou"] for t, c in zip(sweep, conf)}
+    if np.isnan(list(per_t.values())).all():  # every mask void: nothing to choose by
+        return None
+    best = max(per_t, key=lambda t: (not np.isnan(per_t[t]), per_t[t] if not np.isnan(per_t[t]) else 0, -t))
+    confusions = dict(zip(sweep, conf))
+    more = widen_sweep(sweep, best) if widen else []
+    if more:  # one more pass over the thresholds beyond the edge; the best of all wins
+        wide = best_of_sweep(ctx, store, ids, more, False, f"{what} (widened)")
+        if wide is not None:
+            per_t.update(wide["sweep"])
+            confusions.update(wide["confusions"])
+            if wide["miou"] > per_t[best]:
+                best = wide["threshold"]
+    return {"threshold": best, "miou": per_t[best], "sweep": per_t, "confusions": confusions}
+
+
 def choose_threshold(ctx, store: LabelStore) -> dict:
-    """Score the maps of ``store`` over ``cam.sweep`` and choose the background threshold by rule (module
-    docstring); writes ``threshold.json`` and returns the metrics (``threshold``, ``threshold_rule``)."""
+    """The background threshold of the maps of ``store`` by rule (module docstring), and their score; writes
+    ``threshold.json`` and returns the metrics: ``threshold``, ``threshold_rule``, ``miou`` (and FP/FN, IoU) at that
+    threshold, ``best_threshold`` and ``best_threshold_miou`` of the sweep on the scored images."""
     cfg = ctx.config
     if not len(store):  # e.g. ACR's unrefined seeds outside grad_aff mode: no maps, no threshold
         rule = "no maps to score (the store is empty)"
         atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": None, "rule": rule, "sweep": []}))
-        return {"miou": None, "threshold": None, "images": 0, "sweep": {}, "threshold_rule": rule}
+        return {"miou": None, "threshold": None, "images": 0, "sweep": {}, "threshold_rule": rule,
+                "best_threshold": None, "best_threshold_miou": None}
+    cal = calibration(ctx)
+    sweep = sorted(cfg.cam.sweep)
+    if cal is None:  # the label-free rule: the maps alone
+        t = round(otsu_threshold(store, store.ids(), image_pool(ctx)), 4)
+        rule = f"Otsu's threshold of the top scores of {len(store)} images (no mask read)"
+        calibrated = {}
+    else:
+        have = set(store.ids())
+        ids = [i for i in cal if i in have]
+        found = best_of_sweep(ctx, store, ids, sweep, cfg.cam.sweep_widen, "calibration sweep")
+        if found is None:
+            raise UserError(f"pseudo.calibrate.split={cfg.pseudo.calibrate.split}: its {len(ids)} masks hold no scorable "
+                            "pixel: choose a calibration split whose masks label objects")
+        t = found["threshold"]
+        lo, hi = min(found["sweep"]), max(found["sweep"])
+        rule = f"best mIoU of cam.sweep on the {len(ids)} masks of calibration split {cfg.pseudo.calibrate.split}"
+        if lo < min(sweep) or hi > max(sweep):
+            rule += f" (widened past its edge to {lo:g}–{hi:g})"
+        if t in (lo, hi):
+            rule += " (at the edge of the sweep: widen cam.sweep to look further)"
+        calibrated = {"calibration": {"split": cfg.pseudo.calibrate.split, "images": len(ids)},
+                      "calibration_miou": round(float(found["miou"]), 5)}
     ds = ctx.dataset(cfg.data.label_split)
     only = score_ids(ctx)
-    n = len(scored_ids(ds, store, only))
-    if only is not None and not n and scored_ids(ds, store):
+    scored = scored_ids(ds, store, only)
+    if cfg.data.score_split is not None and not scored and scored_ids(ds, store):
         raise UserError(f"data.score_split={cfg.data.score_split} has no image with a mask among the "
                         f"{cfg.data.label_split} images that get labels: choose a split that overlaps data.label_split")
-    sweep = sorted(cfg.cam.sweep)
-    out = evaluate_sweep(ds, store, sweep, image_pool(ctx), only, f"{ctx.stage.name} sweep") if n else None
-    widened = []
-    if out is not None and out["miou"] is not None and cfg.cam.sweep_widen:
-        widened = widen_sweep(sweep, out["threshold"])
-        if widened:  # one more pass over the thresholds beyond the edge; the best of all wins
-            more = evaluate_sweep(ds, store, widened, image_pool(ctx), only, f"{ctx.stage.name} sweep (widened)")
-            merged = {**out["sweep"], **more["sweep"]}
-            out = (more if more["miou"] is not None and more["miou"] > out["miou"] else out) | {"sweep": merged}
-            sweep = sorted({*sweep, *widened})
-    if out is not None and out["miou"] is not None:
-        rule = f"best mIoU of cam.sweep on {n} masks of {cfg.data.score_split or cfg.data.label_split}"
-        if widened:
-            rule += f" (widened past its edge to {min(sweep):g}–{max(sweep):g})"
-        if out["threshold"] in (min(sweep), max(sweep)):
-            rule += " (at the edge of the sweep: widen cam.sweep to look further)"
-    else:
-        why = "no masks to score" if out is None else "the masks hold no scorable pixel"
-        out = {"miou": None, "threshold": round(otsu_threshold(store, store.ids(), image_pool(ctx)), 4), "images": 0,
-               "sweep": {}}
-        rule = f"Otsu's threshold of the top scores ({why})"
-    per_t = [[t, out["sweep"][f"{t:g}"]] for t in sweep] if out["sweep"] else []
-    atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": out["threshold"], "rule": rule, "sweep": per_t}))
-    return {**out, "threshold_rule": rule}
+    report = best_of_sweep(ctx, store, scored, [*sweep, t], cfg.cam.sweep_widen, "sweep")  # the sweep holds t
+    out = {"miou": None, "images": len(scored), "best_threshold": None, "best_threshold_miou": None}
+    per_t: list = []
+    if report is not None:
+        out = {**score_report(report["confusions"][t]), "images": len(scored), "best_threshold": report["threshold"],
+               "best_threshold_miou": float(report["miou"])}
+        per_t = [[k, round(float(m), 5)] for k, m in sorted(report["sweep"].items())]
+        out["miou"] = None if np.isnan(out["miou"]) else out["miou"]
+    atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": t, "rule": rule, "sweep": per_t,
+                                                         "best_threshold": out["best_threshold"],
+                                                         "best_miou": out["best_threshold_miou"]}))
+    return {**out, "threshold": t, "threshold_rule": rule, "sweep": {f"{k:g}": m for k, m in per_t}, **calibrated}
 
 
 def miou_at(threshold_file, t: float) -> float | None:
@@ -106,6 +169,7 @@ def run(ctx) -> dict:
     return choose_threshold(ctx, LabelStore(ctx.input("seeds")))
 
 
-EVAL_SEEDS = Stage("eval_seeds", run, reads=SWEEP_READS, writes=(THRESHOLD,), inputs=("seeds",), summary={"seed_miou": "miou"},
-                   version=3,  # 2: writes threshold.json; 3: widens the sweep past its edge
-                   description="seed mIoU at the best background threshold (the auto threshold), FP/FN")
+EVAL_SEEDS = Stage("eval_seeds", run, reads=SWEEP_READS, writes=(THRESHOLD,), inputs=("seeds",),
+                   summary={"seed_miou": "miou", "seed_miou_best_threshold": "best_threshold_miou"},
+                   version=4,  # 2: writes threshold.json; 3: widens the sweep past its edge; 4: the threshold reads no mask
+                   description="the background threshold by a label-free rule; seed mIoU at it and at the sweep's best, FP/FN")

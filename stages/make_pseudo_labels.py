@@ -2,17 +2,17 @@
 
 Scores are [t, CAM_1..CAM_K] with the background score t (``stages.labels.with_background``; t is
 ``pseudo.bkg_threshold``, or with ``auto`` the threshold that the stage wired to the ``threshold`` input
-chose — ``eval_seeds`` or ``random_walk``, ``stages.eval_seeds.choose_threshold``);
+chose by its label-free rule — ``eval_seeds`` or ``eval_random_walk``, ``stages.eval_seeds.choose_threshold``);
 ``refine`` applies PAR (``stages.refine.par``) and then a dense CRF (``stages.crf.dense_crf``) to
 them; the label is the argmax. With a ``bkg_band`` (low, high) this is done at both scores and
 combined by ``stages.labels.reliable_labels`` (foreground from ``high``, background where both agree,
 255 between). The ``scores`` input is any store of per-image K×H×W maps with their ``classes``.
 
-The guard (``pseudo.guard``, ``guarded_route``): the method's labels are one *route* (these maps, refined);
-the others are the same maps unrefined and, where a flow wires them (``ALTERNATIVE_MAPS``: ACR's seeds before
-the walk and its seeds before their affinity refinement), those maps refined and unrefined, each at its own
-chosen threshold. Where the scored images have masks, the
-stage labels every image by the route that scores best on them, the method's on a tie, and says which.
+No mask is read: every image is labelled by the method's *route* (these maps, refined as ``pseudo.refine`` says).
+Only with a calibration split (``pseudo.calibrate``) does the guard (``pseudo.guard``, ``guarded_route``) compare it
+with the other routes — the same maps unrefined and, where a flow wires them (``ALTERNATIVE_MAPS``: ACR's seeds
+before the walk and its seeds before their affinity refinement), those maps refined and unrefined, each at its own
+threshold — on the calibration split's masks alone, and label every image by the best, the method's on a tie.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from pipeline.store import LabelStore
 from pipeline.voc import VOCFolder
 from stages.common import fill_store, image_pool
 from stages.crf import dense_crf
-from stages.eval_seeds import score_ids
+from stages.eval_seeds import calibration
 from stages.evaluate import label_confusion, score_report, scored_ids
 from stages.labels import reliable_labels, with_background
 from stages.refine import par
@@ -41,7 +41,7 @@ from stages.refine import par
 PSEUDO_LABELS = "pseudo_labels.zarr"
 #: the keys of ``make_pseudo_label`` and of the guard
 PSEUDO_READS = ("pseudo.bkg_threshold", "pseudo.bkg_band", "pseudo.refine", "pseudo.par", "pseudo.crf", "pseudo.guard",
-                "data.score_split", "data.label_split", "data.max_images")
+                "pseudo.calibrate", "data.label_split", "data.max_images")
 
 
 def refine_scores(image: np.ndarray, scores: np.ndarray, refine: list[str], par_cfg: ParConfig,
@@ -106,10 +106,12 @@ def background_threshold(ctx, role: str = "threshold") -> tuple[float | None, st
 ALTERNATIVE_MAPS = (("seeds", "seed_threshold"), ("unrefined_seeds", "unrefined_threshold"))
 
 
-def guards(guard: bool, bkg_band) -> bool:
-    """Whether the guard compares routes: ``pseudo.guard`` on, and dense labels (a ``bkg_band`` leaves pixels
-    unlabelled, which a dense route's score cannot be compared with)."""
-    return bool(guard) and bkg_band is None
+def guards(pseudo) -> bool:
+    """Whether the guard compares routes: a calibration split (``pseudo.calibrate``) with ``pseudo.guard`` on, and
+    dense labels (a ``bkg_band`` leaves pixels unlabelled, which a dense route's score cannot be compared with).
+    ``pseudo``: the section, or its JSON dump."""
+    get = pseudo.get if isinstance(pseudo, dict) else lambda k: getattr(pseudo, k)
+    return bool(get("guard")) and get("calibrate") is not None and get("bkg_band") is None
 
 
 def uses_threshold(config, role: str = "threshold") -> tuple[str, ...]:
@@ -169,8 +171,9 @@ class RouteScores:
     labelers: list
 
     def __call__(self, image_id: str) -> np.ndarray:
-        gt = VOCFolder(self.root).mask(image_id)
-        return np.stack([label_confusion(image_id, gt, label(image_id)) for label in self.labelers])
+        folder = VOCFolder(self.root)
+        gt = folder.mask(image_id)
+        return np.stack([label_confusion(image_id, gt, label(image_id), folder.num_classes) for label in self.labelers])
 
 
 def choose_route(mious: list[float | None]) -> int:
@@ -201,30 +204,32 @@ def chosen_before(ctx, routes: list[Route]) -> tuple[Route, dict] | None:
 
 
 def guarded_route(ctx, routes: list[Route], maps: LabelStore) -> tuple[Route, dict]:
-    """The route that labels every image (module docstring): ``routes[0]`` (the method's) unless another scores
-    higher on the masks of ``data.score_split`` among the images with ``maps`` (``pseudo.guard``); with the
-    metrics that say why. A resumed stage keeps the route it started with (``chosen_before``)."""
+    """The route that labels every image (module docstring): ``routes[0]`` (the method's) unless a calibration split
+    is named (``pseudo.calibrate``, with ``pseudo.guard``) and another route scores higher on its masks among the
+    images with ``maps``; with the metrics that say why. A resumed stage keeps the route it started with
+    (``chosen_before``)."""
     cfg = ctx.config
     before = chosen_before(ctx, routes)
     if before is not None:
         return before
+    cal = calibration(ctx)
+    if cal is None:
+        return routes[0], {"route": routes[0].name, "guard": "the method's route (no calibration split: no mask read)"}
     if not cfg.pseudo.guard:
         return routes[0], {"route": routes[0].name, "guard": "off (pseudo.guard=false)"}
     if len(routes) == 1:
         why = "pseudo.bkg_band labels are not dense" if cfg.pseudo.bkg_band is not None else "no other route"
         return routes[0], {"route": routes[0].name, "guard": f"nothing to compare ({why})"}
-    ds = ctx.dataset(cfg.data.label_split)
-    ids = scored_ids(ds, maps, score_ids(ctx))
-    if not ids:
-        return routes[0], {"route": routes[0].name, "guard": "no scored image has a mask to compare routes on"}
-    conf = sum_arrays(map_images(RouteScores(ds.root, [r.labeler for r in routes]), ids, image_pool(ctx),
+    ids = scored_ids(ctx.dataset(cfg.data.label_split), maps, cal)
+    conf = sum_arrays(map_images(RouteScores(ctx.run.voc_root, [r.labeler for r in routes]), ids, image_pool(ctx),
                                  f"{ctx.stage.name} guard"))
     mious = [score_report(c)["miou"] for c in conf]
     mious = [None if m is None or np.isnan(m) else round(float(m), 5) for m in mious]
     best = choose_route(mious)
-    rule = (f"best mIoU of {len(routes)} routes on {len(ids)} masks of {cfg.data.score_split or cfg.data.label_split}; "
+    rule = (f"best mIoU of {len(routes)} routes on the {len(ids)} masks of calibration split {cfg.pseudo.calibrate.split}; "
             + ("the method's route" if best == 0 else f"the method's route ({routes[0].name}) scored {mious[0]}, below"))
-    return routes[best], {"route": routes[best].name, "guard": rule, "routes": {r.name: m for r, m in zip(routes, mious)}}
+    return routes[best], {"route": routes[best].name, "guard": rule, "routes": {r.name: m for r, m in zip(routes, mious)},
+                          "calibration": {"split": cfg.pseudo.calibrate.split, "images": len(ids)}}
 
 
 @dataclass
@@ -273,7 +278,7 @@ def run(ctx) -> dict:
                               lambda r: MapLabeler(cfg, ctx.run.voc_root, store.path, threshold[0], r))
 
     routes = routes_of("scores", "threshold")
-    if not guards(cfg.pseudo.guard, cfg.pseudo.bkg_band):
+    if not guards(cfg.pseudo):
         routes = routes[:1]
     else:  # the maps before the method's refinements, each at its own threshold
         for maps, threshold in ALTERNATIVE_MAPS:
@@ -286,11 +291,11 @@ def run(ctx) -> dict:
 def uses(config) -> tuple[str, ...]:
     """The inputs that ``config`` makes ``make_pseudo_labels`` read (the alternative maps only for the guard)."""
     alternatives = (tuple(role for maps, threshold in ALTERNATIVE_MAPS for role in (maps, *uses_threshold(config, threshold)))
-                    if guards(config["pseudo"]["guard"], config["pseudo"]["bkg_band"]) else ())
+                    if guards(config["pseudo"]) else ())
     return ("scores", *uses_threshold(config), *alternatives)
 
 
 MAKE_PSEUDO_LABELS = Stage("make_pseudo_labels", run, reads=PSEUDO_READS,
                            writes=(PSEUDO_LABELS,), inputs=("scores",), optional=("threshold", *(role for pair in ALTERNATIVE_MAPS for role in pair)),
-                           uses=uses, version=2,  # 2: the guard
-                           description="background threshold, PAR, CRF (the best route on the masks) → pseudo_labels.zarr")
+                           uses=uses, version=3,  # 2: the guard; 3: the guard only on a calibration split
+                           description="background threshold, PAR, CRF (the method's route; with a calibration split the best on its masks) → pseudo_labels.zarr")

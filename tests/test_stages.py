@@ -79,17 +79,19 @@ def test_a_fixed_threshold_frees_the_pseudo_labels_from_the_threshold_stage(flow
 
 
 def test_the_guard_reads_the_seeds_before_the_walk_only_when_it_compares_routes():
-    """acr_voc's pseudo labels use the seeds and ACR* seeds and their thresholds for the guard only; the guard moves
-    the key."""
+    """acr_voc's pseudo labels use the seeds and ACR* seeds and their thresholds for the guard only, which compares
+    routes only on a calibration split (pseudo.calibrate); calibrating moves the key."""
     spec = get_flow("acr_voc")
     pseudo = next(s for s in spec.stages if s.name == "make_pseudo_labels")
     both = {"seeds", "unrefined_seeds"}
-    for sets, used in (([], {"scores", "threshold", "seed_threshold", "unrefined_threshold", *both}),
-                       (["pseudo.guard=false"], {"scores", "threshold"}),
-                       (["pseudo.bkg_band=[0.1, 0.4]"], {"scores"}),
-                       (["pseudo.bkg_threshold=0.3"], {"scores", *both})):
+    cal = "pseudo.calibrate.split=calib"
+    for sets, used in (([], {"scores", "threshold"}),
+                       ([cal], {"scores", "threshold", "seed_threshold", "unrefined_threshold", *both}),
+                       ([cal, "pseudo.guard=false"], {"scores", "threshold"}),
+                       ([cal, "pseudo.bkg_band=[0.1, 0.4]"], {"scores"}),
+                       ([cal, "pseudo.bkg_threshold=0.3"], {"scores", *both})):
         assert set(pseudo.used_sources(spec.resolve("smoke", sets).model_dump(mode="json"))) == used, sets
-    on, off = (spec.resolve("smoke", s).model_dump(mode="json") for s in ([], ["pseudo.guard=false"]))
+    on, off = (spec.resolve("smoke", s).model_dump(mode="json") for s in ([cal], []))
     assert stage_key(pseudo, on, "f") != stage_key(pseudo, off, "f")
 
 

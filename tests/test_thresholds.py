@@ -1,5 +1,6 @@
 """The background threshold by rule: Otsu without masks, checked against a brute-force Otsu."""
 import numpy as np
+import pytest
 
 from pipeline.parallel import ImagePool
 from pipeline.store import LabelStore
@@ -66,8 +67,9 @@ def test_sweep_keeps_every_threshold_apart(synthetic_root, tmp_path):
     assert list(out["sweep"]) == ["0.001", "0.002", "0.005", "0.075"]
 
 
-def _eval_seeds_on(store_maker, root, tmp_path, sets=()):
-    """``eval_seeds``'s rule on a store of maps made from each image's mask, in a throwaway run."""
+def _eval_seeds_on(store_maker, root, tmp_path, sets=(), mask_root=None):
+    """``eval_seeds``'s rule on a store of maps made from each image's mask (read from ``mask_root``, default ``root``),
+    in a throwaway run on ``root``."""
     import json
 
     from pipeline.runs import Run
@@ -78,7 +80,7 @@ def _eval_seeds_on(store_maker, root, tmp_path, sets=()):
     cfg = get_flow("cam_voc").resolve("smoke", ["cam.sweep=[0.01, 0.05, 0.1]", "data.max_images=6", *sets], str(root))
     run = Run.create(tmp_path / "run", cfg)
     run.stage_dir("eval_seeds").mkdir(parents=True)
-    ds = VOCDataset(root, "train", 6)
+    ds = VOCDataset(mask_root or root, "train", 6)
     store = LabelStore(tmp_path / "seeds.zarr")
     for i in ds.ids:
         store_maker(store, i, ds.mask(i))
@@ -93,13 +95,53 @@ def _faint(store, i, mask):
     store.write(i, maps, {"classes": classes})
 
 
-def test_a_best_threshold_at_the_sweeps_edge_widens_the_sweep(synthetic_root, tmp_path):
-    out, saved = _eval_seeds_on(_faint, synthetic_root, tmp_path)
-    assert out["threshold"] < 0.003 and out["miou"] > 0.9
-    assert "widened past its edge" in out["threshold_rule"]
-    assert [t for t, _ in saved["sweep"]][:3] == [0.00015625, 0.0003125, 0.000625] and saved["threshold"] == out["threshold"]
-    off, _ = _eval_seeds_on(_faint, synthetic_root, tmp_path / "off", ["cam.sweep_widen=false"])
+def _noisy(store, i, mask):
+    """Maps of each object class: high on the object, low and noisy elsewhere (seeded by the image id)."""
+    rng = np.random.default_rng(sum(map(ord, i)))
+    classes = [int(c) for c in np.unique(mask) if c not in (0, 255)]
+    maps = np.stack([np.clip(np.where(mask == c, 0.7, 0.15) + rng.normal(0, 0.1, mask.shape), 0, 1) for c in classes])
+    store.write(i, maps.astype(np.float16), {"classes": classes})
+
+
+@pytest.fixture(scope="module")
+def calib_root(synthetic_root, tmp_path_factory):
+    """The session's synthetic data with a calibration split (its first 3 training images)."""
+    import shutil
+    root = tmp_path_factory.mktemp("thr") / "VOC2012"
+    shutil.copytree(synthetic_root, root)
+    lists = root / "ImageSets" / "Segmentation"
+    lists.joinpath("calib.txt").write_text("\n".join(lists.joinpath("train.txt").read_text().split()[:3]) + "\n")
+    return root
+
+
+def test_a_best_threshold_at_the_sweeps_edge_widens_the_calibration_sweep(calib_root, tmp_path):
+    out, saved = _eval_seeds_on(_faint, calib_root, tmp_path, ["pseudo.calibrate.split=calib"])
+    assert out["threshold"] < 0.003 and out["calibration_miou"] > 0.9 and out["miou"] > 0.9
+    assert "widened past its edge" in out["threshold_rule"] and "3 masks of calibration split calib" in out["threshold_rule"]
+    assert out["calibration"] == {"split": "calib", "images": 3} and out["images"] == 3  # the other 3 are scored
+    assert saved["threshold"] == out["threshold"]
+    off, _ = _eval_seeds_on(_faint, calib_root, tmp_path / "off", ["pseudo.calibrate.split=calib", "cam.sweep_widen=false"])
     assert off["threshold"] == 0.01 and off["miou"] < 0.5 and "at the edge of the sweep" in off["threshold_rule"]
+
+
+def test_the_default_threshold_reads_no_mask_and_the_best_is_reported_beside_it(synthetic_root, tmp_path):
+    """Without calibration: Otsu's threshold of the maps, the same when every training mask is gone; the seeds are
+    scored at it (``miou``) and at the best threshold of the sweep (``best_threshold_miou``, as the papers report)."""
+    import shutil
+    out, saved = _eval_seeds_on(_noisy, synthetic_root, tmp_path / "with")
+    store = LabelStore(tmp_path / "with" / "seeds.zarr")
+    assert out["threshold"] == round(otsu_threshold(store, store.ids(), ImagePool()), 4)
+    assert out["threshold_rule"].startswith("Otsu's threshold") and "no mask read" in out["threshold_rule"]
+    assert 0.3 < out["threshold"] < 0.6 and out["images"] == 6
+    assert out["best_threshold_miou"] >= out["miou"] > 0.5
+    assert saved["best_threshold"] == out["best_threshold"] and saved["best_miou"] == out["best_threshold_miou"]
+    assert [t for t, _ in saved["sweep"]] == sorted({0.01, 0.05, 0.1, out["threshold"], *[t for t, _ in saved["sweep"]]})
+    bare = tmp_path / "VOC2012"
+    shutil.copytree(synthetic_root, bare)
+    for png in (bare / "SegmentationClass").glob("synth_train_*.png"):
+        png.unlink()
+    none, _ = _eval_seeds_on(_noisy, bare, tmp_path / "without", mask_root=synthetic_root)
+    assert none["threshold"] == out["threshold"] and none["miou"] is None and none["images"] == 0
 
 
 def test_an_empty_store_has_no_threshold(synthetic_root, tmp_path):
