@@ -240,7 +240,7 @@ def _cell(text: str) -> str:
 
 
 def _value(v: Any) -> str:
-    return f"`{json.dumps(v, ensure_ascii=False)}`"
+    return "required" if v is REQUIRED else f"`{json.dumps(v, ensure_ascii=False)}`"
 
 
 def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -265,10 +265,34 @@ def _rows(model: type[BaseModel], defaults: dict, profiles: dict[str, dict], pre
             rows += _rows(ann, defaults.get(name, {}), {p: v.get(name, {}) for p, v in profiles.items()}, key + ".")
             continue
         default = defaults.get(name)
+        sub = _optional_section(ann)
         by_profile = "; ".join(f"{p}: {_value(v[name])}" for p, v in profiles.items() if name in v and v[name] != default)
         rows.append((f"`{key}`", f"`{texts.get(name) or _plain(ann)}`", describe_range(ann, info.metadata),
-                     _value(default), by_profile, comment))
+                     _value(default), by_profile, comment or (_doc(sub) if sub else "")))
+        if sub is not None:  # a section that may be null: its keys, with their own defaults (REQUIRED when none)
+            sub_defaults = {n: (f.get_default(call_default_factory=True) if not f.is_required() else REQUIRED)
+                            for n, f in sub.model_fields.items()}
+            sub_defaults = {n: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for n, v in sub_defaults.items()}
+            rows += _rows(sub, default if isinstance(default, dict) else sub_defaults,
+                          {p: v[name] for p, v in profiles.items() if isinstance(v.get(name), dict)}, key + ".")
     return rows
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+
+#: the default shown for a key that has none (a key of a section that may be null, which must be given when it is set)
+REQUIRED = _Required()
+
+
+def _optional_section(ann: Any) -> type[BaseModel] | None:
+    """The section type of a ``Section | None`` key (None for any other annotation)."""
+    if typing.get_origin(ann) in (Union, types.UnionType):
+        models = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return models[0] if len(models) == 1 else None
+    return None
 
 
 def _table(rows: list[tuple[str, ...]]) -> list[str]:

@@ -160,3 +160,5 @@ def test_configuration_page_has_every_key_with_default_range_and_comment(config_
     assert cells["data.train_split"][4] == 'paper: `"train_aug"`'  # a profile's override
     assert cells["amp"][4] == 'paper: `"bf16"`'  # the base keys' profiles
     assert "### cam_voc" in config_page and "### afa_voc" in config_page
+    # a section that may be null (pseudo.calibrate: null by default) still lists its keys
+    assert cells["pseudo.calibrate"][3] == "`null`" and cells["pseudo.calibrate.split"][3] == "required"
