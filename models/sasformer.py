@@ -64,7 +64,8 @@ PAPER_TRAIN = {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range"
     # the last block at stride 16, decoder width 256, L_aff summed over the four blocks, partial CE at 1/4
     "paper": {"backbone": "mit_b4", "pretrained": False, "weights": None, "embed_dims": None, "depths": None,
               "num_heads": None, "output_stride": 16, "decoder_dim": 256, "block_reduction": "sum",
-              "partial_ce_at": "logits", "input_order": "bgr", "train": PAPER_TRAIN},
+              "partial_ce_at": "logits", "input_order": "bgr", "augment": "reference",
+              "train": PAPER_TRAIN},
 })
 class SASFormerConfig(Section):
     """SASFormer: SegFormer on sparse labels with the hierarchical attention affinity loss (its network and schedule)."""
@@ -90,6 +91,10 @@ class SASFormerConfig(Section):
     # the channel order the encoder sees: rgb, or bgr as the reference code (OpenCV's BGR normalised with the RGB
     # mean/std channel by channel: Segformerb4_512_3.json:6, segmentor/trainer.py:206-211)
     input_order: Literal["rgb", "bgr"] = "rgb"
+    # the training augmentation: pipeline (the shared train_transform: rescale, flip, brightness, crop padded with the
+    # mean colour) or reference (the reference code's: flip, resize with aspect 0.9-1.1 bicubic, crop, pad with 0,
+    # integer brightness shift; stages/train_sasformer.py:reference_augment)
+    augment: Literal["pipeline", "reference"] = "pipeline"
     # 3000 steps at lr 2e-3 (AdamW), the decoder at the encoder's rate: at 1000 steps (lr 1e-3, decoder ×10) the
     # network stayed below the partial-CE flow's ResNet on style a (val 0.503 against 0.616; README, SASFormer)
     train: TrainConfig = TrainConfig(steps=3000, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=1.0, warmup_steps=50,

@@ -160,6 +160,37 @@ def test_bgr_input_is_the_reference_codes_normalised_bgr_image():
         assert (net(normalise(rgb)[None]) - plain(official[None])).abs().max() <= 1e-5
 
 
+class _MidRng:
+    """A generator whose draws are fixed: random() 0.9 (no flip), uniform the interval's middle, integers its low end."""
+
+    def random(self):
+        return 0.9
+
+    def uniform(self, lo, hi):
+        return (lo + hi) / 2
+
+    def integers(self, lo, hi):
+        return lo
+
+
+def test_reference_augmentation_geometry_padding_and_shift():
+    """reference_augment on a 4×6 image into a 10 crop at scale 1.5, aspect 1.0 (the middles): resized to
+    (⌊6·1.5⌋, ⌊4·1.5⌋) = 9×6, crop min(10, side) = 6×9 at (0, 0), padded at (0, 0) to 10×10 with 0 and −2, then the
+    shift −3 (integers' low end) on every pixel, clipped at 0."""
+    import numpy as np
+    from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from stages.train_sasformer import reference_augment
+    image = np.full((4, 6, 3), 100, np.uint8)
+    label = np.full((4, 6), 255, np.uint8)
+    label[1, 2] = 7
+    img, lab = reference_augment(image, label, 10, (1.0, 2.0), 3, _MidRng())
+    assert tuple(img.shape) == (3, 10, 10) and tuple(lab.shape) == (10, 10)
+    assert (lab[:6, :9] != CROP_PADDING).all() and (lab[6:] == CROP_PADDING).all() and (lab[:, 9:] == CROP_PADDING).all()
+    assert set(lab[:6, :9].flatten().tolist()) == {7, 255}
+    pixels = img.permute(1, 2, 0).numpy() * IMAGENET_STD + IMAGENET_MEAN
+    assert np.allclose(pixels[:6, :9] * 255, 97, atol=1e-3) and np.allclose(pixels[6:] * 255, 0, atol=1e-3)
+
+
 #: key → (the reference code's value, where it is set); docs/sasformer.md holds the same table
 OFFICIAL = {
     "sasformer.backbone": ("mit_b4", "configs/voc2012/Segformerb4_512_3.json:91"),
@@ -170,6 +201,7 @@ OFFICIAL = {
     "sasformer.partial_ce_at": ("logits", "lib/loss/loss_helper.py:386"),
     "sasformer.distance": ("l1", "lib/loss/loss_helper.py:249"),
     "sasformer.input_order": ("bgr", "configs/voc2012/Segformerb4_512_3.json:6"),
+    "sasformer.augment": ("reference", "configs/voc2012/Segformerb4_512_3.json:47-70, collate.py:147, trainer.py:194"),
     "sasformer.train.steps": (80000, "scripts/voc2012/segf/train_b4_512_3.sh:29"),
     "sasformer.train.batch_size": (16, "configs/voc2012/Segformerb4_512_3.json:14"),
     "sasformer.train.crop_size": (512, "configs/voc2012/Segformerb4_512_3.json:64"),
