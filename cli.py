@@ -385,5 +385,41 @@ def docs_config(check) -> None:
     click.echo(f"{PAGE}: {'up to date' if current else 'rewritten'}")
 
 
+@main.command("check-weights")
+@click.argument("file", type=click.Path())
+@click.option("--flow", "flow_name", required=True, help="The flow whose backbones the file is checked against.")
+@click.option("--profile", type=click.Choice(["smoke", "default", "paper"]), default="paper", show_default=True)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key (dotted path); repeatable.")
+@click.option("--section", "only", multiple=True, metavar="NAME", help="Check only this backbone section; repeatable.")
+@_guard
+def check_weights_cmd(file, flow_name, profile, sets, only) -> None:
+    """What weights FILE gives each backbone of a flow: layout, matched / missing / unexpected / mis-shaped tensors.
+
+    Exit 0 when the file fits every --section named, or (without --section) at least one backbone; 1 otherwise."""
+    from workflows import get_flow
+    from models.weights import backbone_sections, weights_file
+    from models.weights_check import check_weights
+    spec = get_flow(flow_name)
+    cfg = spec.resolve(profile, sets)
+    sections = backbone_sections(cfg, [r for st in spec.stages for r in st.reads])
+    unknown = [s for s in only if s not in sections]
+    if unknown:
+        raise UserError(f"--section {unknown[0]}: {flow_name} has no such backbone section (it has {', '.join(sections)})")
+    sections = {k: v for k, v in sections.items() if not only or k in only}
+    if not weights_file(file).is_file():
+        raise UserError(f"weights file {file} does not exist")
+    crop = getattr(getattr(cfg, "train_classifier", None), "crop_size", 384)
+    matches = check_weights(file, sections, crop)
+    click.echo(f"{file}: checked against the backbones of {flow_name} ({profile})")
+    for name, m in matches.items():
+        click.echo(f"{name}.weights → {sections[name].backbone}: {'fits' if m.ok else 'does NOT fit'}")
+        for line in m.report():
+            click.echo(line)
+    fits = [n for n, m in matches.items() if m.ok]
+    click.echo(f"fits: {', '.join(fits) or 'no backbone of ' + flow_name}")
+    if not (all(m.ok for m in matches.values()) if only else fits):
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -113,6 +113,9 @@ def prepare_run(spec: FlowSpec, run_dir: str | Path, config: RunConfigBase, argv
     and the notes for the user (what was reused, what will be recomputed)."""
     from pipeline.provenance import run_provenance
     from pipeline.runtime import Runtime
+    from models.weights import backbone_sections, check_initial_weights
+    # a backbone's weights file that is missing, or hub weights that do not exist: one line before anything is written
+    check_initial_weights(backbone_sections(config, [r for st in spec.stages for r in st.reads]))
     run_dir = Path(run_dir)
     run = Run(run_dir, config)
     run.check_folder()
