@@ -75,19 +75,19 @@ class AFALoss:
         p = self.par
         return par(images, scores, p.dilations, p.num_iter, p.w_rgb, p.w_pos, p.w_mix)
 
-    def labels(self, rgb: torch.Tensor, cams: torch.Tensor, present: PresentClasses, valid: torch.Tensor,
-               affinities: list[torch.Tensor | None]) -> list[torch.Tensor]:
-        """Reliable labels (B×H×W) of the CAMs, once per entry of ``affinities`` (None: no propagation).
+    def labels(self, rgb: torch.Tensor, routes: list[tuple[torch.Tensor, torch.Tensor | None]], present: PresentClasses,
+               valid: torch.Tensor) -> list[torch.Tensor]:
+        """Reliable labels (B×H×W) of each route (CAMs of the present classes, affinity or None: not propagated).
 
-        ``cams`` (present classes) lie on the affinity's grid, or anywhere for None. The score maps go through PAR
-        in one call (its kernel is computed once), on the crop downscaled by ``afa.par_downscale``; with
-        ``afa.par_on_box`` the propagated scores are refined image by image on the image's box instead (``box_refined``).
+        A route's CAMs lie on its affinity's grid (anywhere without one). The score maps go through PAR in one call
+        (its kernel is computed once), on the crop downscaled by ``afa.par_downscale``; with ``afa.par_on_box`` the
+        propagated scores are refined image by image on the image's box instead (``box_refined``).
         """
         c, size = self.cfg, rgb.shape[-2:]
         small = (size[0] // c.par_downscale, size[1] // c.par_downscale)
-        on_box = [c.par and c.par_on_box and aff is not None for aff in affinities for _ in range(2)]
+        on_box = [c.par and c.par_on_box and aff is not None for _, aff in routes for _ in range(2)]
         scores = [label_scores(cams, present, bkg, size if box else small, aff, c.radius, c.beta, c.log_t, c.walk_eps)
-                  for aff in affinities for bkg in (c.bkg_band[1], c.bkg_band[0])
+                  for cams, aff in routes for bkg in (c.bkg_band[1], c.bkg_band[0])
                   for box in [c.par and c.par_on_box and aff is not None]]
         whole = [i for i, box in enumerate(on_box) if not box]
         if c.par and whole:
@@ -121,9 +121,8 @@ class AFALoss:
             else:
                 cams = cams_on_grid = present.gather(normalise_batch_cams(out.cam.detach().float()))
                 aff = torch.sigmoid(out.aff.detach().float())
-            cam_labels = self.labels(rgb, cams, present, valid, [None])[0]
-            seg_labels = self.labels(rgb, cams_on_grid, present, valid, [aff])[0] if propagated else cam_labels
-        return cam_labels, seg_labels
+            found = self.labels(rgb, [(cams, None)] + ([(cams_on_grid, aff)] if propagated else []), present, valid)
+        return found[0], found[-1]
 
     def __call__(self, model: torch.nn.Module, batch, step: int = 0) -> dict:
         images, labels, valid = batch
