@@ -23,6 +23,7 @@ from pydantic import Field
 
 from models.cam_classifier import multiscale_cams, normalise_cams, pool_scores
 from models.mix_transformer import MiTName, MixTransformer
+from models.weights_mit import segformer_mit_name
 from models.pairs import pair_labels, radius_mask
 from models.registry import ModelSpec, register_model
 from models.segmentation import MLPHead
@@ -44,6 +45,7 @@ class AFAConfig(Section):
     # a local .safetensors / .pth file of encoder weights, or standin:NAME (models/standins.py); null: from scratch.
     # From scratch by default: from the `mit` stand-in the seeds fell from 0.348 to 0.145 on style a (README, AFA)
     weights: str | None = None
+    weights_ignore: list[str] = []  # glob patterns of the weights file's tensors to drop (e.g. [head.*]); the rest loads strictly (docs/weights.md)
     embed_dims: list[Count] | None = [32, 64, 128, 160]  # from-scratch overrides (None keeps timm's)
     depths: list[Count] | None = [1, 1, 2, 2]
     num_heads: list[Count] | None = [1, 2, 4, 4]
@@ -313,7 +315,7 @@ class AFANet(nn.Module):
 
 def afa_spec(a: AFAConfig, num_classes: int = 20) -> ModelSpec:
     """The network of an ``afa`` section, for ``num_classes`` foreground classes (VOC 20, COCO 80)."""
-    return ModelSpec("afa_mit", dict(backbone=a.backbone, pretrained=a.pretrained, weights=a.weights,
+    return ModelSpec("afa_mit", dict(backbone=a.backbone, pretrained=a.pretrained, weights=a.weights, weights_ignore=list(a.weights_ignore),
                                      output_stride=a.output_stride, embed_dims=a.embed_dims, depths=a.depths,
                                      num_heads=a.num_heads, num_classes=num_classes, pooling=a.pooling, topk=a.topk,
                                      decoder_dim=a.decoder_dim, attention_per_token=a.attention_per_token,
@@ -321,22 +323,21 @@ def afa_spec(a: AFAConfig, num_classes: int = 20) -> ModelSpec:
 
 
 @register_model
-def afa_mit(backbone: str = "pvt_v2_b1", pretrained: bool = False, weights: str | None = None, output_stride: int = 16,
+def afa_mit(backbone: str = "pvt_v2_b1", pretrained: bool = False, weights: str | None = None,
+            weights_ignore: list[str] | None = None, output_stride: int = 16,
             embed_dims: list[int] | None = None, depths: list[int] | None = None, num_heads: list[int] | None = None,
             num_classes: int = 20, pooling: str = "gmp", topk: float = 0.1, decoder_dim: int = 256,
             attention_per_token: bool = False, attention: str = "softmax", cam_fusion: str = "sum",
             train_norm: bool = True) -> AFANet:
-    enc = MixTransformer(backbone, pretrained, weights, output_stride, embed_dims, depths, num_heads, attention=attention)
+    enc = MixTransformer(backbone, pretrained, weights, output_stride, embed_dims, depths, num_heads, attention=attention,
+                         weights_ignore=weights_ignore or ())
     return AFANet(enc, num_classes, pooling, topk, decoder_dim, attention_per_token, cam_fusion, train_norm)
 
 
 def segformer_encoder_state(state: dict[str, torch.Tensor], encoder: MixTransformer) -> dict[str, torch.Tensor]:
     """SegFormer's MiT keys (``patch_embed1.proj.weight``, ``block1.0.attn.q.weight``, ``norm1.weight``, ...) → the
-    names of ``encoder.net``: unchanged when the network uses SegFormer's layout, else timm's ``pvt_v2`` remapping."""
-    if set(state) == set(encoder.net.state_dict()):
-        return dict(state)
-    from timm.models.pvt_v2 import checkpoint_filter_fn
-    return checkpoint_filter_fn(state, encoder.net)
+    names of ``encoder.net`` (timm's ``pvt_v2``), by the backbone's converter (``models.weights_mit``)."""
+    return {segformer_mit_name(k): v for k, v in state.items()}
 
 
 def released_state_dict(state: dict[str, torch.Tensor], model: AFANet, backbone: str,

@@ -562,3 +562,15 @@ def test_run_flow_labels_a_dataset_with_the_released_network_without_training(re
     assert torch.equal(state["encoder.net.stages.3.blocks.0.attn.q.weight"], sd["module.encoder.block4.0.attn.q.weight"])
     labels = LabelStore(run_dir / "stages" / "make_pseudo_labels" / "pseudo_labels.zarr")
     assert len(labels.ids()) == 2 and info["summary"]["pseudo_miou"] is not None
+
+
+def test_paper_network_starts_from_segformers_mit_b1_file(tmp_path):
+    """wetr/model_attn_aff.py:23-27: SegFormer's ImageNet mit_b1.pth, its classifier popped, loaded strictly."""
+    layout = official_encoder_layout(MIT_B1["dims"], MIT_B1["heads"], MIT_B1["depths"]) | {"head.weight": (1000, 512),
+                                                                                         "head.bias": (1000,)}
+    sd = fabricate(layout, seed=5)
+    path = tmp_path / "mit_b1.pth"
+    torch.save(sd, path)
+    model = afa_spec(paper_afa(weights=str(path))).build()
+    assert torch.equal(model.encoder.net.stages[2].blocks[1].attn.sr.weight, sd["block3.1.attn.sr.weight"])
+    assert torch.equal(model.encoder.net.patch_embed.proj.weight, sd["patch_embed1.proj.weight"])
