@@ -31,6 +31,7 @@ class AffinityConfig(Section):
     channels: list[Count] | None = [32, 64, 128, 192]  # a timm ResNet's stage widths (None: the model's own)
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     weights: str | None = "standin:resnet"  # a local file, or standin:NAME (models/standins.py); null: from scratch
+    weights_ignore: list[str] = []  # glob patterns of the weights file's tensors to drop (e.g. [head.*]); the rest loads strictly (docs/weights.md)
     dims: tuple[Count, Count, Count] = (32, 64, 128)  # embedding channels from the last three feature levels
     radius: Count = 5  # pairs within this radius (feature pixels, PSA's ‖Δ‖ < r) are trained and propagated over
     label_seeds: Literal["unrefined", "refined"] = "unrefined"  # ACR*: seeds without affinity refinement
@@ -74,14 +75,16 @@ class AffinityNet(nn.Module):
 
 @register_model
 def affinity_net(backbone: str = "resnet18", dims: tuple[int, ...] = (64, 128, 256), pretrained: bool = False,
-                 weights: str | None = None, radius: int = 5, channels: list[int] | None = None) -> AffinityNet:
-    return AffinityNet(create_feature_backbone(backbone, 8, pretrained, weights, channels), tuple(dims), radius)
+                 weights: str | None = None, radius: int = 5, channels: list[int] | None = None,
+                 weights_ignore: list[str] | None = None) -> AffinityNet:
+    return AffinityNet(create_feature_backbone(backbone, 8, pretrained, weights, channels, weights_ignore or ()), tuple(dims), radius)
 
 
 def affinity_spec(a: AffinityConfig) -> ModelSpec:
     """The AffinityNet of an ``affinity`` section."""
     return ModelSpec("affinity_net", dict(backbone=a.backbone, dims=list(a.dims), pretrained=a.pretrained,
-                                          weights=a.weights, radius=a.radius, channels=a.channels))
+                                          weights=a.weights, radius=a.radius, channels=a.channels,
+                                          weights_ignore=list(a.weights_ignore)))
 
 
 def _shifted(t: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ class ClassifierConfig(Section):
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file of backbone weights, or standin:NAME (models/standins.py); null: from scratch
     weights: str | None = "standin:vit_hybrid"
+    weights_ignore: list[str] = []  # glob patterns of the weights file's tensors to drop (e.g. [head.*]); the rest loads strictly (docs/weights.md)
     patch_size: Count | None = 2  # overrides of timm's ViT (None keeps timm's); a hybrid's patch is on its stem's features
     embed_dim: Count | None = 128
     depth: Count | None = 4
@@ -40,7 +41,7 @@ class ClassifierConfig(Section):
 
     def vit(self) -> dict:
         """The ``create_vit`` arguments of this ViT."""
-        return dict(name=self.backbone, pretrained=self.pretrained, weights=self.weights, patch_size=self.patch_size,
+        return dict(name=self.backbone, pretrained=self.pretrained, weights=self.weights, weights_ignore=list(self.weights_ignore), patch_size=self.patch_size,
                     embed_dim=self.embed_dim, depth=self.depth, num_heads=self.num_heads)
 
 

@@ -74,6 +74,7 @@ class SASFormerConfig(Section):
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file of encoder weights, or standin:NAME (models/standins.py); null: from scratch
     weights: str | None = "standin:mit"
+    weights_ignore: list[str] = []  # glob patterns of the weights file's tensors to drop (e.g. [head.*]); the rest loads strictly (docs/weights.md)
     embed_dims: list[Count] | None = list(_MIT["embed_dims"])  # architecture overrides (None keeps timm's)
     depths: list[Count] | None = list(_MIT["depths"])
     num_heads: list[Count] | None = list(_MIT["num_heads"])
@@ -284,16 +285,18 @@ class SASFormerNet(nn.Module):
 
 
 @register_model
-def sasformer(backbone: str = "pvt_v2_b1", pretrained: bool = False, weights: str | None = None, output_stride: int = 16,
+def sasformer(backbone: str = "pvt_v2_b1", pretrained: bool = False, weights: str | None = None,
+              weights_ignore: list[str] | None = None, output_stride: int = 16,
               embed_dims: list[int] | None = None, depths: list[int] | None = None, num_heads: list[int] | None = None,
               num_classes: int = 21, decoder_dim: int = 256, input_order: str = "rgb") -> SASFormerNet:
-    enc = MixTransformer(backbone, pretrained, weights, output_stride, embed_dims, depths, num_heads, record_all=True)
+    enc = MixTransformer(backbone, pretrained, weights, output_stride, embed_dims, depths, num_heads, record_all=True,
+                         weights_ignore=weights_ignore or ())
     return SASFormerNet(enc, num_classes, decoder_dim, input_order)
 
 
 def sasformer_spec(s: SASFormerConfig, num_classes: int = 21) -> ModelSpec:
     """The network of a ``sasformer`` section (``num_classes`` classes, background included)."""
-    return ModelSpec("sasformer", dict(backbone=s.backbone, pretrained=s.pretrained, weights=s.weights,
+    return ModelSpec("sasformer", dict(backbone=s.backbone, pretrained=s.pretrained, weights=s.weights, weights_ignore=list(s.weights_ignore),
                                        output_stride=s.output_stride, embed_dims=s.embed_dims, depths=s.depths,
                                        num_heads=s.num_heads, num_classes=num_classes, decoder_dim=s.decoder_dim,
                                        input_order=s.input_order))

@@ -68,8 +68,9 @@ class SegmentationNet(nn.Module):
 
 @register_model
 def segmentation_net(backbone: str = "resnet18", head: str = "aspp", num_classes: int = 21, output_stride: int = 8,
-                     pretrained: bool = False, weights: str | None = None, channels: list[int] | None = None) -> SegmentationNet:
-    bb = create_feature_backbone(backbone, output_stride, pretrained, weights, channels)
+                     pretrained: bool = False, weights: str | None = None, channels: list[int] | None = None,
+                     weights_ignore: list[str] | None = None) -> SegmentationNet:
+    bb = create_feature_backbone(backbone, output_stride, pretrained, weights, channels, weights_ignore or ())
     chans = bb.feature_info.channels()
     if head == "aspp":
         # the DeepLab head reads the deepest level; the MLP head reads levels from stride 4 down
@@ -97,7 +98,8 @@ def partial_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 def segmentation_spec(s: SegmentationConfig) -> ModelSpec:
     """The segmentation network of the ``segmentation`` section (21 classes)."""
     return ModelSpec("segmentation_net", dict(backbone=s.backbone, head=s.head, num_classes=21, output_stride=s.output_stride,
-                                              pretrained=s.pretrained, weights=s.weights, channels=s.channels))
+                                              pretrained=s.pretrained, weights=s.weights, channels=s.channels,
+                                              weights_ignore=list(s.weights_ignore)))
 
 
 class _DropFirst(nn.Module):

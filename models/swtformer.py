@@ -55,6 +55,7 @@ class SWTformerConfig(Section):
     # a local .safetensors / .pth file of backbone weights; null: from scratch (the `swin` stand-in did not learn
     # its corpus in 1000 steps, so it is not shipped: README, Pretrained stand-ins)
     weights: str | None = None
+    weights_ignore: list[str] = []  # glob patterns of the weights file's tensors to drop (e.g. [head.*]); the rest loads strictly (docs/weights.md)
     patch_size: Count | None = 2  # overrides of timm's Swin (None keeps timm's): the stride is patch_size × 8
     embed_dim: Count | None = 32
     depths: list[Count] | None = [1, 1, 2, 1]
@@ -75,7 +76,7 @@ class SWTformerConfig(Section):
 
     def swin(self) -> dict:
         """The ``create_swin`` arguments of this Swin."""
-        return dict(name=self.backbone, pretrained=self.pretrained, weights=self.weights, patch_size=self.patch_size,
+        return dict(name=self.backbone, pretrained=self.pretrained, weights=self.weights, weights_ignore=list(self.weights_ignore), patch_size=self.patch_size,
                     embed_dim=self.embed_dim, depths=self.depths, num_heads=self.num_heads, window_size=self.window_size)
 
 

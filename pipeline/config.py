@@ -234,6 +234,7 @@ class SegmentationConfig(Section):
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file, or standin:NAME (models/standins.py); null trains from scratch
     weights: str | None = "standin:resnet"
+    weights_ignore: list[str] = []  # glob patterns of the weights file's tensors to drop (e.g. [head.*]); the rest loads strictly (docs/weights.md)
     head: Literal["aspp", "mlp"] = "aspp"
     output_stride: Literal[8, 16, 32] = 8
     train: TrainConfig = TrainConfig(steps=1200, batch_size=8, crop_size=96, lr=2e-3, head_lr_mult=1.0)

@@ -39,7 +39,7 @@ DATA_KEYS = ("data.root", "data.synthetic")
 EXECUTION_KEYS = ("device", "devices", "workers")
 #: keys added after runs existed, left out of a key at this value, so those runs' stages stay cached (a key
 #: ending a dotted path, as ``train.brightness_shift`` ends ``segmentation.train.brightness_shift``)
-LATER_KEYS = {"amp": "off", "train.brightness_shift": 0.0,
+LATER_KEYS = {"amp": "off", "train.brightness_shift": 0.0, "weights_ignore": [],  # docs/weights.md
               # AFA's switches toward its released code (models/afa.py), at their from-scratch values
               "afa.attention": "softmax", "afa.label_cams": "train", "afa.label_scales": [1.0, 0.5, 1.5],
               "afa.cam_fusion": "sum", "afa.walk_eps": 1e-5, "afa.seg_loss": "ce", "afa.seg_propagated_from": 0,

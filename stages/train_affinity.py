@@ -104,7 +104,7 @@ def run(ctx) -> dict:
 
 TRAIN_AFFINITY = Stage(
     "train_affinity", run,
-    reads=("amp", "affinity.source", "affinity.backbone", "affinity.channels", "affinity.pretrained", "affinity.weights", "affinity.dims",
+    reads=("amp", "affinity.source", "affinity.backbone", "affinity.channels", "affinity.pretrained", "affinity.weights", "affinity.weights_ignore", "affinity.dims",
            "affinity.radius", "affinity.label_seeds", "affinity.bkg_band", "affinity.label_refine", "affinity.train",
            "pseudo.par", "pseudo.crf", "seed", "data.label_split", "data.max_images"),
     writes=(AFFINITY_LABELS, MODEL_FILE), inputs=("seeds",), optional=("unrefined_seeds",),

@@ -58,7 +58,7 @@ def run(ctx) -> dict:
 
 
 #: what a segmentation network's training reads (its architecture, schedule and data)
-SEGMENTATION_READS = ("amp", "segmentation.backbone", "segmentation.channels", "segmentation.pretrained", "segmentation.weights",
+SEGMENTATION_READS = ("amp", "segmentation.backbone", "segmentation.channels", "segmentation.pretrained", "segmentation.weights", "segmentation.weights_ignore",
                       "segmentation.head", "segmentation.output_stride", "segmentation.train", "seed", "data.train_split",
                       "data.max_images")
 

@@ -43,8 +43,8 @@ def test_ill_typed_value_names_the_key():
     ("swtformer_voc", "swtformer.backbone", "resnet18", "'resnet18' is a timm resnet model, this key takes a swin_transformer one"),
     ("cam_voc", "model.backbone", "resnet18", "timm resnet model, this key takes a vision_transformer or vision_transformer_hybrid one"),
     ("acr_voc", "model.backbone", "pvt_v2_b1", "timm pvt_v2 model"),
-    ("sasformer_voc", "sasformer.backbone", "swin_tiny_patch4_window7_224", "takes a pvt_v2 one: use e.g. pvt_v2_b1"),
-    ("afa_voc", "afa.backbone", "vit_small_patch16_224", "takes a pvt_v2 one"),
+    ("sasformer_voc", "sasformer.backbone", "swin_tiny_patch4_window7_224", "takes a pvt_v2 or mix_transformer one: use e.g. mit_b1"),
+    ("afa_voc", "afa.backbone", "vit_small_patch16_224", "takes a pvt_v2 or mix_transformer one"),
     ("supervised_voc", "segmentation.backbone", "resnet1", "no timm model is called 'resnet1': use e.g. resnet18"),
     ("acr_voc", "affinity.backbone", "resnt50", "no timm model is called 'resnt50'"),
 ])

@@ -349,3 +349,22 @@ def test_check_weights_prints_what_loads_where(mit_b1_file, tmp_path):
     wrong = _save(tmp_path, "cut.pth", {k: v for k, v in sd.items() if not k.startswith("block4.1.")})
     run = CliRunner().invoke(command_line.main, ["check-weights", str(wrong), "--flow", "afa_voc", "--profile", "paper"])
     assert run.exit_code == 1 and "does NOT fit" in run.output and "missing: stages.3.blocks.1." in run.output
+
+
+def test_weights_ignore_is_a_key_of_every_backbone_section_and_reaches_the_loader(tmp_path):
+    from safetensors.torch import save_file
+    from models.segmentation import segmentation_spec
+    from workflows import get_flow
+    for flow, section in (("afa_voc", "afa"), ("sasformer_voc", "sasformer"), ("cam_voc", "model"),
+                          ("swtformer_voc", "swtformer"), ("acr_voc", "affinity"), ("apro_voc", "segmentation")):
+        assert getattr(get_flow(flow).resolve("smoke"), section).weights_ignore == []
+    net = create_feature_backbone("resnet18", 8, channels=[8, 16, 24, 32])
+    path = tmp_path / "seg.safetensors"
+    save_file({k: v.clone() for k, v in net.state_dict().items()} | {"decoder.w": _t(2)}, str(path))
+    sets = ["segmentation.backbone=resnet18", "segmentation.channels=[8,16,24,32]", f"segmentation.weights={path}"]
+    cfg = get_flow("apro_voc").resolve("smoke", sets)
+    with pytest.raises(UserError, match=r"unexpected \(decoder\.w\)"):
+        segmentation_spec(cfg.segmentation).build()
+    cfg = get_flow("apro_voc").resolve("smoke", [*sets, 'segmentation.weights_ignore=["decoder.*"]'])
+    built = segmentation_spec(cfg.segmentation).build()
+    assert torch.equal(built.backbone.state_dict()["conv1.weight"], net.state_dict()["conv1.weight"])
