@@ -1,5 +1,7 @@
-"""The Mix Transformer (MiT) of SegFormer as AFA uses it, on timm's ``pvt_v2_b*`` (the same family:
-overlapping patch embedding, spatial-reduction attention, Mix-FFN).
+"""The Mix Transformer (MiT) of SegFormer as AFA and SASFormer use it: ``mit_b0`` … ``mit_b5`` registered in timm on
+timm's ``PyramidVisionTransformerV2`` with SegFormer's hyperparameters (``MIT_VARIANTS``, ``MIT_COMMON``; the paper
+profiles), or timm's own ``pvt_v2_b*`` (the same family with other MLP ratios; the ``mit`` stand-in). Initial
+weights: SegFormer's released ``mit_b*.pth`` loaded strictly (``models/weights_mit.py``, docs/weights.md).
 
 AFA keeps the last stage at 1/16: its patch merging runs at stride 1 (``output_stride=16``). For
 small images ``output_stride=8`` also runs the third stage's merging at stride 1. The last stage's
