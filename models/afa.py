@@ -87,6 +87,7 @@ class AFAConfig(Section):
     # whole crop (released: refine_cams_with_cls_label, camutils.py:200-223)
     par_on_box: bool = False
     train_norm: bool = True  # false: the encoder's norm layers are not trained (released: lr 0, dist_train_voc.py:256)
+    crop_pad: Literal["mean", "black"] = "mean"  # what fills a training crop beyond the image (released: black, datasets/voc.py:112)
     # a trained AFA network of the released code (its wetr_iter_*.pth, a WeTr state dict): train_single_stage stores it
     # (keys mapped, loaded strictly) instead of training, and the flow labels with it; null: train
     checkpoint: str | None = None

@@ -31,7 +31,7 @@ from pipeline.checkpoint import MODEL_FILE, load_model_weights, save_weights
 from pipeline.config import ParConfig, TrainConfig
 from pipeline.errors import UserError
 from pipeline.stage import Stage
-from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
+from pipeline.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise, train_transform
 from pipeline.voc import IGNORE_INDEX, VOCFolder
 from stages.afa_labels import PresentClasses, label_scores, normalise_batch_cams
 from stages.common import labelled_images, run_training
@@ -47,12 +47,15 @@ class SingleStageSamples:
     ids: list[str]
     labels: np.ndarray
     cfg: TrainConfig
+    pad: str = "mean"  # ``afa.crop_pad``: black fills the padding as AFA's released crop does (datasets/voc.py:112)
 
     def __call__(self, i: int, rng: np.random.Generator):
         image = VOCFolder(self.root).image(self.ids[i])
         # a mask of ones comes back as 1 on image pixels and 255 on the crop's padding
         img, inside = train_transform(image, np.ones(image.shape[:2], np.uint8), self.cfg.crop_size, self.cfg.scale_range,
                                       self.cfg.hflip, self.cfg.color_jitter, rng, self.cfg.brightness_shift)
+        if self.pad == "black":  # 0 then normalised, as the released random_crop (datasets/transforms.py:117-126)
+            img = torch.where(inside[None] == 1, img, normalise(np.zeros((1, 1, 3), np.uint8)))
         return img, torch.from_numpy(self.labels[i]), inside == 1
 
 
@@ -201,7 +204,7 @@ def run(ctx) -> dict:
     ds = ctx.dataset(cfg.data.train_split)
     ids, labels = labelled_images(ds)
     tcfg = cfg.afa.train
-    metrics = run_training(ctx, afa_spec(cfg.afa, num_classes=labels.shape[1]), SingleStageSamples(ds.root, ids, labels, tcfg),
+    metrics = run_training(ctx, afa_spec(cfg.afa, num_classes=labels.shape[1]), SingleStageSamples(ds.root, ids, labels, tcfg, cfg.afa.crop_pad),
                            len(ids), lambda model: AFALoss(cfg.afa, cfg.pseudo.par), tcfg)
     # images without any image-level label (COCO's unannotated ones) are not trained on: counted here
     return {**metrics, "unlabelled_images": len(ds) - len(ids)}

@@ -335,6 +335,24 @@ def test_norm_layers_are_left_out_of_training():
     assert len(everything.backbone_parameters()) == len(list(everything.encoder.parameters()))
 
 
+def test_the_crop_is_padded_with_black_as_the_released_crop(tmp_path):
+    """datasets/transforms.py:110-126 with datasets/voc.py:112: the image pasted on a black canvas, then normalised
+    ((0 − 123.675)/58.395, … per channel); the padding is outside the image box (255 in every label)."""
+    from PIL import Image
+    from pipeline.config import TrainConfig
+    from stages.train_single_stage import SingleStageSamples
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(root / "JPEGImages" / "a.jpg", quality=100)
+    tcfg = TrainConfig(crop_size=48, scale_range=(1.0, 1.0), hflip=False, color_jitter=0.0)
+    img, _, inside = SingleStageSamples(root, ["a"], np.zeros((1, 20), np.float32), tcfg, "black")(0, np.random.default_rng(0))
+    black = (torch.tensor([0.0, 0.0, 0.0]) - torch.tensor([123.675, 116.28, 103.53])) / torch.tensor([58.395, 57.12, 57.375])
+    assert int(inside.sum()) == 20 * 30
+    assert (img[:, ~inside] - black[:, None]).abs().max() <= TOL
+    mean, _, _ = SingleStageSamples(root, ["a"], np.zeros((1, 20), np.float32), tcfg)(0, np.random.default_rng(0))
+    assert torch.equal(mean[:, inside], img[:, inside]) and (mean[:, ~inside].abs().max() < 0.05)  # the mean colour: ≈ 0
+
+
 # ---------------------------------------------------------------- issue 35 item 3: the released trained network
 
 def official_encoder_layout(dims, heads, depths, sr=(8, 4, 2, 1), mlp=4, in_ch=3) -> dict[str, tuple]:
@@ -480,6 +498,7 @@ RELEASED = {
     "afa.aff_warmup_steps": (2001, "scripts/dist_train_voc.py:347-350 (L_seg and L_aff start together)"),
     "afa.seg_propagated_from": (6001, "scripts/dist_train_voc.py:339 (n_iter <= 6000: the PAR labels)"),
     "afa.train_norm": (False, "scripts/dist_train_voc.py:256"),
+    "afa.crop_pad": ("black", "datasets/voc.py:112 (mean_rgb=[0,0,0])"),
     "afa.train.steps": (20000, "configs/voc_attn_reg.yaml:25"),
     "afa.train.batch_size": (4, "configs/voc_attn_reg.yaml:24 × launch/run_sbatch_attn_reg.sh:20 (2 per GPU × 2)"),
     "afa.train.crop_size": (512, "launch/run_sbatch_attn_reg.sh:15 (the config's 320 is overridden)"),
@@ -537,7 +556,8 @@ def test_default_and_smoke_keep_their_from_scratch_choices():
     for profile in ("default", "smoke"):
         a = get_flow("afa_voc").resolve(profile, []).afa
         assert (a.attention, a.label_cams, a.cam_fusion, a.walk_eps, a.seg_loss, a.seg_propagated_from,
-                a.par_on_box, a.train_norm, a.checkpoint) == ("softmax", "train", "sum", 1e-5, "ce", 0, False, True, None)
+                a.par_on_box, a.train_norm, a.crop_pad, a.checkpoint) == ("softmax", "train", "sum", 1e-5, "ce", 0, False,
+                                                                          True, "mean", None)
 
 
 def test_run_flow_labels_a_dataset_with_the_released_network_without_training(released_b1, tmp_path, env):
