@@ -40,7 +40,7 @@ from pipeline.voc import IGNORE_INDEX
 class AFAConfig(Section):
     """AFA single-stage training (Ru et al., CVPR 2022): MiT encoder, CAM, affinity from attention, segmentation."""
 
-    backbone: MiTName = "pvt_v2_b1"  # a timm Mix Transformer (pvt_v2_b*; the paper's MiT-B1)
+    backbone: MiTName = "pvt_v2_b1"  # a Mix Transformer: SegFormer's mit_b* (paper: mit_b1) or timm's pvt_v2_b*
     pretrained: bool = False  # ImageNet weights through timm (needs the hub)
     # a local .safetensors / .pth file of encoder weights, or standin:NAME (models/standins.py); null: from scratch.
     # From scratch by default: from the `mit` stand-in the seeds fell from 0.348 to 0.145 on style a (README, AFA)
@@ -99,8 +99,8 @@ class AFAConfig(Section):
     reg_sigma_rgb: Positive = 15.0
     reg_sigma_xy: Positive = 6.0
     reg_scale: Positive = 0.5  # L_reg on predictions and images resized by this factor
-    cls_warmup_steps: NonNegInt = 200  # classification only before this step (paper: 2k of 20k)
-    aff_warmup_steps: NonNegInt = 400  # + affinity before this step, then segmentation too (paper: 4k)
+    cls_warmup_steps: NonNegInt = 200  # classification only before this step (released: 2001 of 20k, L_cls alone while n_iter <= 2000)
+    aff_warmup_steps: NonNegInt = 400  # + affinity before this step, then segmentation too (released: 2001, both at once)
     train: TrainConfig = TrainConfig(steps=1000, batch_size=8, crop_size=96, lr=1e-3, head_lr_mult=10.0, warmup_steps=50,
                                      poly_power=1.0)
 
