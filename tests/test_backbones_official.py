@@ -199,3 +199,85 @@ def test_apro_resnet101_hyperparameters():
     assert all(m.eps == t["bn_eps"] for m in net.modules() if isinstance(m, nn.BatchNorm2d))
     # output stride 8 (DeepLab's): the last two stages dilate instead of striding
     assert net.layer3[0].conv2.stride == (1, 1) and net.layer3[1].conv2.dilation == (2, 2) and net.layer4[1].conv2.dilation == (4, 4)
+
+
+def _ms_relative_position_index(ws: int) -> torch.Tensor:
+    """Microsoft's WindowAttention index (swin_transformer.py, WindowAttention.__init__; ACR's vendored copy lines
+    144-158): pairwise coordinate differences shifted to ≥ 0, row-major over a (2·ws − 1)² table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+    return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+
+
+def _windows(x: torch.Tensor, ws: int) -> torch.Tensor:
+    B, H, W, C = x.shape
+    return x.view(B, H // ws, ws, W // ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, C)
+
+
+def _ms_attn_mask(H: int, W: int, ws: int, shift: int) -> torch.Tensor:
+    """Microsoft's SwinTransformerBlock mask: regions of the shifted image labelled by slices, −100 across regions."""
+    img = torch.zeros(1, H, W, 1)
+    cnt = 0
+    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+            img[:, hs, wsl, :] = cnt
+            cnt += 1
+    mw = _windows(img, ws).squeeze(-1)
+    m = mw[:, None, :] - mw[:, :, None]
+    return m.masked_fill(m != 0, -100.0).masked_fill(m == 0, 0.0)
+
+
+def reference_ms_swin(sd: dict, x: torch.Tensor, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24), ws: int = 7) -> torch.Tensor:
+    """Microsoft's SwinTransformer.forward_features on its own names, written from its equations: PatchEmbed (conv
+    4×4 stride 4, LayerNorm), blocks x + W-MSA(LN(x)) with the cyclic shift of ⌊ws/2⌋ in odd blocks, relative
+    position bias and mask, x + MLP(LN(x)); PatchMerging [x₀₀, x₁₀, x₀₁, x₁₁] → LN → linear at the end of
+    stages 0-2; the final LayerNorm (ε 1e-5 everywhere: nn.LayerNorm)."""
+    x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=4)
+    B, C, H, W = x.shape
+    x = _layer_norm(x.flatten(2).transpose(1, 2), sd, "patch_embed.norm", 1e-5)
+    for i, (depth, h) in enumerate(zip(depths, heads)):
+        w = min(ws, H, W)
+        for j in range(depth):
+            b = f"layers.{i}.blocks.{j}."
+            shift = w // 2 if j % 2 == 1 and min(H, W) > ws else 0
+            y = _layer_norm(x, sd, b + "norm1", 1e-5).view(B, H, W, C)
+            if shift:
+                y = torch.roll(y, (-shift, -shift), (1, 2))
+            win = _windows(y, w)
+            n = w * w
+            qkv = F.linear(win, sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"]).reshape(-1, n, 3, h, C // h).permute(2, 0, 3, 1, 4)
+            attn = (qkv[0] * (C // h) ** -0.5) @ qkv[1].transpose(-2, -1)
+            bias = sd[b + "attn.relative_position_bias_table"][_ms_relative_position_index(w).flatten()].view(n, n, h)
+            attn = attn + bias.permute(2, 0, 1)[None]
+            if shift:
+                mask = _ms_attn_mask(H, W, w, shift)
+                attn = (attn.view(B, mask.shape[0], h, n, n) + mask[None, :, None]).view(-1, h, n, n)
+            o = (attn.softmax(-1) @ qkv[2]).transpose(1, 2).reshape(-1, n, C)
+            o = F.linear(o, sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"])
+            o = o.view(B, H // w, W // w, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
+            if shift:
+                o = torch.roll(o, (shift, shift), (1, 2))
+            x = x + o.reshape(B, H * W, C)
+            y = F.gelu(F.linear(_layer_norm(x, sd, b + "norm2", 1e-5), sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"]))
+            x = x + F.linear(y, sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"])
+        if i < len(depths) - 1:
+            g = x.view(B, H, W, C)
+            g = torch.cat([g[:, 0::2, 0::2], g[:, 1::2, 0::2], g[:, 0::2, 1::2], g[:, 1::2, 1::2]], -1).view(B, -1, 4 * C)
+            p = f"layers.{i}.downsample."
+            x = F.linear(_layer_norm(g, sd, p + "norm", 1e-5), sd[p + "reduction.weight"])
+            H, W, C = H // 2, W // 2, 2 * C
+    return _layer_norm(x, sd, "norm", 1e-5).view(B, H, W, C)
+
+
+def test_swin_t_forward_equals_microsofts_equations_on_a_released_layout_file(tmp_path):
+    from tests.test_weights import ms_swin_tiny_file
+    torch.manual_seed(4)
+    wrapped = ms_swin_tiny_file()
+    path = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    torch.save(wrapped, path)
+    swin = create_swin("swin_tiny_patch4_window7_224", weights=str(path)).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ours, ref = swin.forward_features(x), reference_ms_swin(wrapped["model"], x)
+    assert ours.shape == ref.shape == (1, 7, 7, 768)
+    assert (ours - ref).abs().max().item() <= 1e-5
