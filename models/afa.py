@@ -88,6 +88,9 @@ class AFAConfig(Section):
     par_on_box: bool = False
     train_norm: bool = True  # false: the encoder's norm layers are not trained (released: lr 0, dist_train_voc.py:256)
     crop_pad: Literal["mean", "black"] = "mean"  # what fills a training crop beyond the image (released: black, datasets/voc.py:112)
+    # the decoder's fusion conv starts as torch's default (torch) or as mmcv's ConvModule initialises it (mmcv: He normal,
+    # fan_out, the released SegFormerHead's linear_fuse, wetr/segformer_head.py:49-54)
+    decoder_init: Literal["torch", "mmcv"] = "torch"
     # a trained AFA network of the released code (its wetr_iter_*.pth, a WeTr state dict): train_single_stage stores it
     # (keys mapped, loaded strictly) instead of training, and the flow labels with it; null: train
     checkpoint: str | None = None
@@ -244,7 +247,7 @@ class AFANet(nn.Module):
 
     def __init__(self, encoder: MixTransformer, num_classes: int = 20, pooling: str = "gmp", topk: float = 0.1,
                  decoder_dim: int = 256, attention_per_token: bool = False, cam_fusion: str = "sum",
-                 train_norm: bool = True) -> None:
+                 train_norm: bool = True, decoder_init: str = "torch") -> None:
         super().__init__()
         self.encoder = encoder
         self.attention_per_token = attention_per_token
@@ -252,6 +255,8 @@ class AFANet(nn.Module):
         self.pooling, self.topk = pooling, topk
         self.classifier = nn.Conv2d(encoder.channels[-1], num_classes, 1, bias=False)
         self.decoder = MLPHead(encoder.channels, num_classes + 1, decoder_dim)
+        if decoder_init == "mmcv":  # ConvModule's kaiming_init (mode fan_out, relu, normal); its BatchNorm 1 and 0 as torch's
+            nn.init.kaiming_normal_(self.decoder.fuse[0].weight, mode="fan_out", nonlinearity="relu")
         self.attn_proj = nn.Conv2d(encoder.attention_maps, 1, 1, bias=True)
         nn.init.kaiming_normal_(self.attn_proj.weight, a=5 ** 0.5, mode="fan_out")  # as the reference code
 
@@ -320,7 +325,8 @@ def afa_spec(a: AFAConfig, num_classes: int = 20) -> ModelSpec:
                                      output_stride=a.output_stride, embed_dims=a.embed_dims, depths=a.depths,
                                      num_heads=a.num_heads, num_classes=num_classes, pooling=a.pooling, topk=a.topk,
                                      decoder_dim=a.decoder_dim, attention_per_token=a.attention_per_token,
-                                     attention=a.attention, cam_fusion=a.cam_fusion, train_norm=a.train_norm))
+                                     attention=a.attention, cam_fusion=a.cam_fusion, train_norm=a.train_norm,
+                                     decoder_init=a.decoder_init))
 
 
 @register_model
@@ -329,10 +335,10 @@ def afa_mit(backbone: str = "pvt_v2_b1", pretrained: bool = False, weights: str 
             embed_dims: list[int] | None = None, depths: list[int] | None = None, num_heads: list[int] | None = None,
             num_classes: int = 20, pooling: str = "gmp", topk: float = 0.1, decoder_dim: int = 256,
             attention_per_token: bool = False, attention: str = "softmax", cam_fusion: str = "sum",
-            train_norm: bool = True) -> AFANet:
+            train_norm: bool = True, decoder_init: str = "torch") -> AFANet:
     enc = MixTransformer(backbone, pretrained, weights, output_stride, embed_dims, depths, num_heads, attention=attention,
                          weights_ignore=weights_ignore or ())
-    return AFANet(enc, num_classes, pooling, topk, decoder_dim, attention_per_token, cam_fusion, train_norm)
+    return AFANet(enc, num_classes, pooling, topk, decoder_dim, attention_per_token, cam_fusion, train_norm, decoder_init)
 
 
 def segformer_encoder_state(state: dict[str, torch.Tensor], encoder: MixTransformer) -> dict[str, torch.Tensor]:

@@ -44,7 +44,7 @@ LATER_KEYS = {"amp": "off", "train.brightness_shift": 0.0, "weights_ignore": [],
               "afa.attention": "softmax", "afa.label_cams": "train", "afa.label_scales": [1.0, 0.5, 1.5],
               "afa.cam_fusion": "sum", "afa.walk_eps": 1e-5, "afa.seg_loss": "ce", "afa.seg_propagated_from": 0,
               "afa.par_on_box": False, "afa.train_norm": True, "afa.checkpoint": None,
-              "afa.crop_pad": "mean"}
+              "afa.crop_pad": "mean", "afa.decoder_init": "torch"}
 
 
 def _is_later_default(path: str, value: Any) -> bool:

@@ -353,6 +353,17 @@ def test_the_crop_is_padded_with_black_as_the_released_crop(tmp_path):
     assert torch.equal(mean[:, inside], img[:, inside]) and (mean[:, ~inside].abs().max() < 0.05)  # the mean colour: ≈ 0
 
 
+def test_decoder_fusion_starts_as_mmcvs_conv_module():
+    """The released linear_fuse is an mmcv ConvModule (segformer_head.py:49-54): its conv He-normal with fan_out
+    (std √(2/256) for 256 outputs of a 1×1 kernel), no bias; BatchNorm weight 1, bias 0."""
+    torch.manual_seed(0)
+    conv, bn = afa_mit("mit_b0", decoder_dim=256, decoder_init="mmcv", **SMALL).decoder.fuse[:2]
+    assert conv.bias is None and abs(float(conv.weight.detach().std()) / math.sqrt(2 / 256) - 1) < 0.05
+    assert torch.equal(bn.weight, torch.ones(256)) and torch.equal(bn.bias, torch.zeros(256))
+    torch_default = afa_mit("mit_b0", decoder_dim=256, **SMALL).decoder.fuse[0].weight
+    assert float(torch_default.detach().std()) < 0.5 * math.sqrt(2 / 256)  # torch's kaiming_uniform(a=√5) over fan_in 4·256
+
+
 # ---------------------------------------------------------------- issue 35 item 3: the released trained network
 
 def official_encoder_layout(dims, heads, depths, sr=(8, 4, 2, 1), mlp=4, in_ch=3) -> dict[str, tuple]:
@@ -499,6 +510,7 @@ RELEASED = {
     "afa.seg_propagated_from": (6001, "scripts/dist_train_voc.py:339 (n_iter <= 6000: the PAR labels)"),
     "afa.train_norm": (False, "scripts/dist_train_voc.py:256"),
     "afa.crop_pad": ("black", "datasets/voc.py:112 (mean_rgb=[0,0,0])"),
+    "afa.decoder_init": ("mmcv", "wetr/segformer_head.py:49-54 (mmcv ConvModule)"),
     "afa.train.steps": (20000, "configs/voc_attn_reg.yaml:25"),
     "afa.train.batch_size": (4, "configs/voc_attn_reg.yaml:24 × launch/run_sbatch_attn_reg.sh:20 (2 per GPU × 2)"),
     "afa.train.crop_size": (512, "launch/run_sbatch_attn_reg.sh:15 (the config's 320 is overridden)"),
@@ -556,8 +568,8 @@ def test_default_and_smoke_keep_their_from_scratch_choices():
     for profile in ("default", "smoke"):
         a = get_flow("afa_voc").resolve(profile, []).afa
         assert (a.attention, a.label_cams, a.cam_fusion, a.walk_eps, a.seg_loss, a.seg_propagated_from,
-                a.par_on_box, a.train_norm, a.crop_pad, a.checkpoint) == ("softmax", "train", "sum", 1e-5, "ce", 0, False,
-                                                                          True, "mean", None)
+                a.par_on_box, a.train_norm, a.crop_pad, a.decoder_init, a.checkpoint) == (
+            "softmax", "train", "sum", 1e-5, "ce", 0, False, True, "mean", "torch", None)
 
 
 def test_run_flow_labels_a_dataset_with_the_released_network_without_training(released_b1, tmp_path, env):

@@ -37,6 +37,7 @@ PROFILE_DEFAULTS: dict[str, dict] = {
                       "output_stride": 16, "decoder_dim": 256, "attention_per_token": False, "attention": "logits",
                       "label_cams": "multiscale", "label_scales": [1.0, 0.5, 1.5], "cam_fusion": "released",
                       "walk_eps": 0.1, "seg_loss": "balanced", "par_on_box": True, "train_norm": False, "crop_pad": "black",
+                      "decoder_init": "mmcv",
                       "bkg_band": [0.35, 0.55], "radius": 8, "reg": False,
                       # L_cls alone while n_iter <= 2000, then + 0.1 L_seg + 0.1 L_aff; L_seg on the PAR labels of the
                       # CAM while n_iter <= 6000 (dist_train_voc.py:339,347)
