@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from models.backbones import create_feature_backbone, create_vit
 from models.mix_transformer import MixTransformer
 from models.swtformer import create_swin
-from tests.test_weights import SEGFORMER, segformer_mit_file
+from tests.test_weights import SEGFORMER, _in_memory, mit_b1_file, ms_swin_tiny_file  # noqa: F401 (a fixture)
 
 # --------------------------------------------------------------------------------------------------------- MiT
 #: NVlabs/SegFormer mmseg/models/backbones/mix_transformer.py: mit_b1 lines 383-388, mit_b4 lines 410-415
@@ -113,11 +113,8 @@ def reference_mit(sd: dict, x: torch.Tensor, variant: str, strides=(4, 2, 2, 2))
 
 
 @pytest.mark.parametrize("output_stride,strides", [(32, (4, 2, 2, 2)), (16, (4, 2, 2, 1))])
-def test_mit_b1_forward_equals_segformers_equations_on_a_released_layout_file(tmp_path, output_stride, strides):
-    torch.manual_seed(0)
-    sd = segformer_mit_file("mit_b1")
-    path = tmp_path / "mit_b1.pth"
-    torch.save(sd, path)
+def test_mit_b1_forward_equals_segformers_equations_on_a_released_layout_file(mit_b1_file, output_stride, strides):
+    path, sd = mit_b1_file
     enc = MixTransformer("mit_b1", weights=str(path), output_stride=output_stride).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
@@ -269,12 +266,12 @@ def reference_ms_swin(sd: dict, x: torch.Tensor, depths=(2, 2, 6, 2), heads=(3, 
     return _layer_norm(x, sd, "norm", 1e-5).view(B, H, W, C)
 
 
-def test_swin_t_forward_equals_microsofts_equations_on_a_released_layout_file(tmp_path):
-    from tests.test_weights import ms_swin_tiny_file
+def test_swin_t_forward_equals_microsofts_equations_on_a_released_layout_file(tmp_path, monkeypatch):
     torch.manual_seed(4)
     wrapped = ms_swin_tiny_file()
     path = tmp_path / "swin_tiny_patch4_window7_224.pth"
-    torch.save(wrapped, path)
+    path.touch()  # read from memory (``_in_memory``): the loader's conversion and checks run, no 110 MB written
+    _in_memory(monkeypatch, wrapped["model"])
     swin = create_swin("swin_tiny_patch4_window7_224", weights=str(path)).eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
