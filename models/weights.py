@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import fnmatch
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,9 +172,15 @@ class WeightsMatch:
                  f"  matched {len(self.matched)} / {len(self.matched) + len(self.missing) + len(self.misshaped)} backbone "
                  f"tensors; missing {len(self.missing)}, unexpected {len(self.unexpected)}, "
                  f"mis-shaped {len(self.misshaped)}, ignored {len(self.ignored)}, dropped {len(self.dropped)}"]
-        renamed = [(self.source[k], k) for k in self.matched if self.source.get(k, k) != k]
+        renamed, kinds = [], set()
+        for k in self.matched:  # one renaming per kind of name (patch_embed#, block#, norm#, ...)
+            src = self.source.get(k, k)
+            kind = re.sub(r"\d+", "#", src.split(".")[0])
+            if src != k and kind not in kinds and len(renamed) < 4:
+                kinds.add(kind)
+                renamed.append((src, k))
         if renamed:
-            lines.append("  e.g. " + "; ".join(f"{a} → {b}" for a, b in renamed[:3]))
+            lines.append("  e.g. " + "; ".join(f"{a} → {b}" for a, b in renamed))
         for label, names in (("missing", self.missing), ("unexpected", self.unexpected), ("ignored", self.ignored)):
             if names:
                 lines.append(f"  {label}: {_first(names, 5)}")
