@@ -136,14 +136,6 @@ def test_multiscale_label_cams_match_the_released_rule(size):
     assert grid == (int(1.5 * size[0]) // 4, int(1.5 * size[1]) // 4)
 
 
-def test_seed_cams_of_the_paper_network_are_the_released_multi_scale_cam():
-    """make_seeds calls the network's own rule: with cam_fusion=released the released ``multi_scale_cam``."""
-    model = small_afa(cam_fusion="released", attention="logits")
-    x = torch.randn(1, 3, 64, 72)
-    want, _ = ref_multi_scale_cam_with_aff_mat(model.maps_and_affinity, x, [1.0, 0.5, 1.5])
-    assert (model.seed_cams(x, [1.0, 0.5, 1.5], True) - want).abs().max() <= TOL
-
-
 # ---------------------------------------------------------------- item 3: the random walk
 
 def ref_radius_mask(h, w, radius):
@@ -606,3 +598,25 @@ def test_paper_network_starts_from_segformers_mit_b1_file(tmp_path):
     model = afa_spec(paper_afa(weights=str(path))).build()
     assert torch.equal(model.encoder.net.stages[2].blocks[1].attn.sr.weight, sd["block3.1.attn.sr.weight"])
     assert torch.equal(model.encoder.net.patch_embed.proj.weight, sd["patch_embed1.proj.weight"])
+
+
+def test_make_seeds_takes_the_networks_rule_and_default_seeds_are_unchanged():
+    """``make_seeds`` asks the network for its multi-scale maps: the default AFA network's are the shared rule's (the
+    seeds of every run so far), the paper network's the released rule's; batched images come out as if alone."""
+    from models.cam_classifier import multiscale_cams, normalise_cams
+    from pipeline.transforms import normalise
+    from stages.make_seeds import batch_cams
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 72, 3)).astype(np.uint8) for _ in range(2)]
+    classes = [[1, 5], [20]]
+    default = small_afa()
+    got = batch_cams(default, images, classes, [1.0, 0.5], True)
+    for im, c, g in zip(images, classes, got):
+        want = normalise_cams(multiscale_cams(default, normalise(im), [1.0, 0.5], True)[[k - 1 for k in c]])
+        assert np.abs(g - want.numpy()).max() <= TOL
+    paper = small_afa(cam_fusion="released", attention="logits")
+    got = batch_cams(paper, images, classes, [1.0, 0.5, 1.5], True)
+    for im, c, g in zip(images, classes, got):
+        with torch.no_grad():
+            want, _ = ref_multi_scale_cam_with_aff_mat(paper.maps_and_affinity, normalise(im)[None], [1.0, 0.5, 1.5])
+        assert np.abs(g - want[0, [k - 1 for k in c]].numpy()).max() <= TOL
