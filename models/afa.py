@@ -9,7 +9,10 @@ One network with three branches on a shared MiT encoder:
 
 The pure functions below are the paper's equations; ``AFALoss`` in ``stages/train_single_stage.py``
 wires them into one training step, and ``stages/afa_labels.py`` holds AFA's label rules (scores at a
-background score, propagated over the learned affinity).
+background score, propagated over the learned affinity). Where the released code (rulixiang/afa) differs from
+the paper, a named ``afa`` key selects it (the ``paper`` profile takes every one: docs/afa.md, "Paper profile and
+the official code"): the raw-logit attention, the multi-scale label CAMs and their fusion (``multiscale_cams_and_affinity``),
+the balanced L_seg (``balanced_seg_loss``), the released trained network's key mapping (``released_state_dict``).
 """
 from __future__ import annotations
 
