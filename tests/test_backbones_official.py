@@ -278,3 +278,51 @@ def test_swin_t_forward_equals_microsofts_equations_on_a_released_layout_file(tm
         ours, ref = swin.forward_features(x), reference_ms_swin(wrapped["model"], x)
     assert ours.shape == ref.shape == (1, 7, 7, 768)
     assert (ours - ref).abs().max().item() <= 1e-5
+
+
+def reference_torchvision_resnet(sd: dict, x: torch.Tensor, blocks, output_stride: int = 8) -> list[torch.Tensor]:
+    """torchvision's ResNet (torchvision/models/resnet.py: conv1 7×7/2 + bn + relu, maxpool 3×3/2, Bottleneck
+    1×1 → 3×3 (stride, dilation) → 1×1 ×4 with BatchNorm (eval, ε 1e-5) and ReLU, downsample 1×1 + bn;
+    ``replace_stride_with_dilation``: a dilated stage's first block keeps the previous dilation), written out on
+    its names; returns the stem's activation and the four stages (timm's features_only levels)."""
+    def bn(t, p):
+        return F.batch_norm(t, sd[p + "running_mean"], sd[p + "running_var"], sd[p + "weight"], sd[p + "bias"], False, 0.0, 1e-5)
+    x = F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1."))
+    feats = [x]
+    x = F.max_pool2d(x, 3, 2, 1)
+    stride_so_far, dilation = 4, 1
+    for layer, n in enumerate(blocks, start=1):
+        stride = 1 if layer == 1 else 2
+        previous = dilation
+        if stride_so_far >= output_stride and stride > 1:
+            dilation, stride = dilation * stride, 1
+        stride_so_far *= stride
+        for j in range(n):
+            b = f"layer{layer}.{j}."
+            d = previous if j == 0 else dilation
+            s = stride if j == 0 else 1
+            y = F.relu(bn(F.conv2d(x, sd[b + "conv1.weight"]), b + "bn1."))
+            y = F.relu(bn(F.conv2d(y, sd[b + "conv2.weight"], stride=s, padding=d, dilation=d), b + "bn2."))
+            y = bn(F.conv2d(y, sd[b + "conv3.weight"]), b + "bn3.")
+            short = bn(F.conv2d(x, sd[b + "downsample.0.weight"], stride=s), b + "downsample.1.") if j == 0 else x
+            x = F.relu(y + short)
+        feats.append(x)
+    return feats
+
+
+def test_resnet_features_equal_torchvisions_equations_on_a_released_layout_file(tmp_path, monkeypatch):
+    """The bottleneck ResNet at output stride 8 (the paper segmentation networks' DeepLab setting), on a fabricated
+    torchvision-layout file (ResNet-26's blocks, 2-2-2-2: ResNet-101's 3-4-23-3 differ only in repetitions)."""
+    from tests.test_weights import torchvision_resnet_file
+    torch.manual_seed(5)
+    sd = torchvision_resnet_file(blocks=(2, 2, 2, 2))
+    path = tmp_path / "resnet26.pth"
+    path.touch()
+    _in_memory(monkeypatch, sd)
+    net = create_feature_backbone("resnet26", 8, weights=str(path)).eval()
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        ours, ref = net(x), reference_torchvision_resnet(sd, x, (2, 2, 2, 2))
+    assert [f.shape[-1] for f in ours] == [40, 20, 10, 10, 10]
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-5
