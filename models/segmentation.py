@@ -95,9 +95,10 @@ def partial_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
 
-def segmentation_spec(s: SegmentationConfig) -> ModelSpec:
-    """The segmentation network of the ``segmentation`` section (21 classes)."""
-    return ModelSpec("segmentation_net", dict(backbone=s.backbone, head=s.head, num_classes=21, output_stride=s.output_stride,
+def segmentation_spec(s: SegmentationConfig, num_classes: int = 21) -> ModelSpec:
+    """The segmentation network of the ``segmentation`` section for ``num_classes`` classes, background included
+    (VOC 21, COCO 81)."""
+    return ModelSpec("segmentation_net", dict(backbone=s.backbone, head=s.head, num_classes=num_classes, output_stride=s.output_stride,
                                               pretrained=s.pretrained, weights=s.weights, channels=s.channels,
                                               weights_ignore=list(s.weights_ignore)))
 

@@ -134,6 +134,10 @@ class SparseConfig(Section):
 
 class DataConfig(Section):
     root: str | None = None  # None: the embedded synthetic dataset
+    # the dataset under root: voc (PASCAL VOC 2012) | coco (MS COCO 2014: official layout or JPEGImages/{train,val});
+    # null: detected from what root holds (pipeline.voc.detect_layout). Without root: the embedded synthetic data
+    # in that dataset's layout (null: VOC)
+    dataset: Literal["voc", "coco"] | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
     train_split: str = "train"  # images the networks train on (paper: train_aug)
     label_split: str = "train"  # images that get seeds and pseudo labels, scored against their masks
@@ -153,6 +157,9 @@ class TrainConfig(Section):
     batch_size: Count = 8
     crop_size: Annotated[int, Field(ge=16)] = 96
     scale_range: ScaleRange = (0.7, 1.3)  # random rescale before the crop
+    # instead of scale_range: the long side resized to a whole number of pixels drawn uniformly from [a, b]
+    # (ACR's released training: [345, 438] = [0.9, 1/0.875] × the 384 crop); null: scale_range
+    resize_long: tuple[Count, Count] | None = None
     hflip: bool = True
     color_jitter: Fraction = 0.3  # brightness/contrast/saturation strength; 0 switches it off
     brightness_shift: float = Field(0.0, ge=0, le=255)  # add one value in [−s, s] grey levels to every pixel (SASFormer: 10)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.voc import CLASS_NAMES, IGNORE_INDEX, PALETTE  # noqa: E402
+from pipeline.voc import CLASS_NAMES, IGNORE_INDEX, PALETTE, class_names_of  # noqa: E402
 
 
 def plot_curves(log_path: Path, out: Path, title: str = "") -> None:
@@ -56,7 +56,7 @@ def draw_grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], out: Path, c
         axes[r][0].text(-2, 0, image_id, fontsize=7, ha="right", va="top", rotation=90)
     if classes:
         from matplotlib.patches import Patch
-        handles = [Patch(color=PALETTE[c] / 255 if c != IGNORE_INDEX else (1, 1, 1), label=CLASS_NAMES[c] if c != IGNORE_INDEX else "void / ignored")
+        handles = [Patch(color=PALETTE[c] / 255 if c != IGNORE_INDEX else (1, 1, 1), label=class_names_of(81 if c >= len(CLASS_NAMES) else 21)[c] if c != IGNORE_INDEX else "void / ignored")
                    for c in classes]
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
         fig.tight_layout(rect=(0, 0.04 * (1 + (len(handles) - 1) // 6), 1, 1))

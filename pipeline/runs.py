@@ -140,8 +140,8 @@ class Run:
         d = self.config.data
         if d.root is None:
             s = d.synthetic
-            return embedded_dataset(s.train, s.val, s.seed, s.min_size, s.max_size, s.style)
-        return find_voc_root(Path(d.root).resolve())  # absolute: per-image workers may run in another directory
+            return embedded_dataset(s.train, s.val, s.seed, s.min_size, s.max_size, s.style, d.dataset or "voc")
+        return find_voc_root(Path(d.root).resolve(), d.dataset)  # absolute: per-image workers may run in another directory
 
     def dataset(self, split: str) -> VOCDataset:
         return VOCDataset(self.voc_root, split, self.config.data.max_images)
@@ -159,17 +159,15 @@ class Run:
         each listed image's image, masks and annotation (size and modification time, or contents with
         ``data.fingerprint=content``)."""
         h = hashlib.sha256(str(self.voc_root.resolve()).encode())
-        lists = self.voc_root / "ImageSets" / "Segmentation"
+        folder = VOCFolder(self.voc_root)  # the reader of the root's layout (VOC, COCO)
         ids: set[str] = set()
         for split in self.splits():
-            p = lists / f"{split}.txt"
-            text = p.read_bytes() if p.is_file() else b""
+            text, split_ids = folder.split_identity(split)  # VOC: the split list's bytes; COCO: its instances file
             h.update(text)
-            ids.update(ln.split()[0] for ln in text.decode(errors="replace").splitlines() if ln.strip())
+            ids.update(split_ids)
         marker = self.voc_root / "synthetic.json"
         if marker.is_file():
             h.update(marker.read_bytes())
-        folder = VOCFolder(self.voc_root)
         files = [f for i in sorted(ids) for f in folder.files_of(i)]
         h.update(files_fingerprint(files, self.config.data.fingerprint).encode())
         return h.hexdigest()[:16]

@@ -452,8 +452,134 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("WSSS_CACHE", Path.home() / ".cache" / "wsss_pipeline"))
 
 
-def embedded_dataset(n_train: int, n_val: int, seed: int, min_size: int, max_size: int, style: str = "a") -> Path:
-    """The embedded synthetic dataset for these parameters, generated once and cached."""
+def embedded_dataset(n_train: int, n_val: int, seed: int, min_size: int, max_size: int, style: str = "a",
+                     fmt: str = "voc") -> Path:
+    """The embedded synthetic dataset for these parameters, generated once and cached: in VOC layout, or with
+    ``fmt="coco"`` in the official COCO 2014 layout (``make_synthetic_coco``)."""
     ident = [n_train, n_val, seed, min_size, max_size, GENERATOR_VERSION] + ([style, STYLE_B_VERSION] if style != "a" else [])
     key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:10]
+    if fmt == "coco":
+        return make_synthetic_coco(default_cache_dir() / f"synthetic-coco-{key}", n_train, n_val, seed, min_size, max_size, style)
     return make_synthetic(default_cache_dir() / f"synthetic-{key}", n_train, n_val, seed, min_size, max_size, style)
+
+
+# ------------------------------------------------------------------------------------------- COCO 2014 layout
+
+#: the COCO category of each synthetic class (VOC index → COCO id: the same object kind)
+COCO_CATEGORY_OF = {1: 5, 3: 16, 7: 3, 8: 17, 12: 18, 15: 1,  # style a: aeroplane bird car cat dog person
+                    2: 2, 5: 44, 9: 62, 11: 67, 13: 19, 17: 20}  # style b: bicycle bottle chair table horse sheep
+COCO_SYNTH_VERSION = 1
+
+
+def uncompressed_rle(region: np.ndarray) -> dict:
+    """COCO's uncompressed RLE of a boolean H×W region: run lengths over the column-major pixels, starting with
+    background (as the crowd annotations of the instances files hold them).
+
+    >>> uncompressed_rle(np.array([[0, 1], [0, 1]], bool))
+    {'size': [2, 2], 'counts': [2, 2]}
+    """
+    flat = np.asarray(region, bool).ravel(order="F")
+    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.r_[0, change, flat.size]
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts = [0, *counts]
+    return {"size": list(region.shape), "counts": [int(c) for c in counts]}
+
+
+def region_polygons(region: np.ndarray) -> list[list[float]]:
+    """Polygons ([x1, y1, x2, y2, ...] in COCO's pixel-corner coordinates) of a boolean region's outer outlines."""
+    from skimage.measure import approximate_polygon, find_contours
+    polys = []
+    for contour in find_contours(np.pad(region.astype(np.float32), 1), 0.5):
+        c = approximate_polygon(contour - 1, tolerance=0.5)  # (row, col) of pixel centres
+        if len(c) >= 4:  # closed: first == last
+            xy = np.clip(c[:-1, ::-1] + 0.5, 0, [region.shape[1], region.shape[0]])
+            polys.append([round(float(v), 2) for v in xy.ravel()])
+    return polys
+
+
+def coco_annotations(label: np.ndarray, crowd: bool) -> list[dict]:
+    """The instance annotations of a synthetic label (void filled from its nearest labelled pixel): one per object
+    region, a polygon list where the region has no hole, a compressed RLE where it has one; with ``crowd`` the
+    largest region becomes a crowd annotation (``iscrowd: 1``, uncompressed RLE)."""
+    from pycocotools import mask as mask_utils
+    from scipy.ndimage import distance_transform_edt
+    void = label == IGNORE_INDEX
+    filled = label[tuple(distance_transform_edt(void, return_distances=False, return_indices=True))] if void.any() else label
+    anns = []
+    for cls in sorted(set(np.unique(filled).tolist()) - {0, IGNORE_INDEX}):
+        regions = connected_components(filled == cls)
+        for r in range(1, regions.max() + 1):
+            region = regions == r
+            if region.sum() < 12:
+                continue
+            from scipy.ndimage import binary_fill_holes
+            if binary_fill_holes(region).sum() > region.sum():
+                rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
+                seg = {"size": list(region.shape), "counts": rle["counts"].decode()}
+            else:
+                seg = region_polygons(region)
+                if not seg:
+                    continue
+            ys, xs = np.nonzero(region)
+            anns.append({"category_id": COCO_CATEGORY_OF[cls], "segmentation": seg, "iscrowd": 0, "area": int(region.sum()),
+                         "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1], "_region": region})
+    if crowd and anns:
+        big = max(anns, key=lambda a: a["area"])
+        big.update(iscrowd=1, segmentation=uncompressed_rle(big["_region"]))
+    for a in anns:
+        del a["_region"]
+    return anns
+
+
+def make_synthetic_coco(out_dir: Path, n_train: int = 200, n_val: int = 60, seed: int = 0,
+                        min_size: int = 96, max_size: int = 144, style: str = "a") -> Path:
+    """Write the synthetic images of ``style`` in the official COCO 2014 layout under ``out_dir`` (the root, returned):
+    ``train2014/COCO_train2014_<id>.jpg``, ``val2014/…``, ``annotations/instances_{train,val}2014.json`` with all 80
+    categories (``pipeline.coco.COCO_CATEGORIES``), the objects as polygons (compressed RLE where a region has a
+    hole), the largest object of the second image of each split a crowd region (uncompressed RLE), and the last
+    training image without any annotation (background only). Image ``i`` of a split is the VOC generator's image
+    ``i`` (same seed); deterministic; assembled aside and renamed into place."""
+    from pipeline.coco import COCO_CATEGORIES, SPLIT_DIRS
+    out_dir = Path(out_dir)
+    if style not in STYLES:
+        raise ValueError(f"unknown synthetic style {style!r}: choose {', '.join(STYLES)}")
+    params = dict(n_train=n_train, n_val=n_val, seed=seed, min_size=min_size, max_size=max_size, version=GENERATOR_VERSION,
+                  style=style, format="coco", coco_version=COCO_SYNTH_VERSION)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if _own_marker(out_dir) == params:
+            return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-coco-", dir=out_dir.parent))
+    categories = [{"id": cid, "name": name, "supercategory": "synthetic"} for cid, name in COCO_CATEGORIES]
+    ann_id = 1
+    for split_no, (split, n) in enumerate((("train", n_train), ("val", n_val))):
+        folder = SPLIT_DIRS[split]
+        (tmp / folder).mkdir(parents=True)
+        images, anns = [], []
+        for i in range(n):
+            coco_id = split_no * 500000 + i + 1
+            file_name = f"COCO_{folder}_{coco_id:012d}.jpg"
+            rng = np.random.default_rng([seed, split_no, i])
+            img, label, _ = STYLES[style](rng, min_size, max_size)
+            unannotated = split == "train" and i == n - 1 and n > 1
+            if unannotated:  # the same size, no object
+                bg = (_background if style == "a" else _background_b)(*label.shape, rng)
+                img = np.clip(bg, 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp / folder / file_name, quality=95)
+            images.append({"id": coco_id, "file_name": file_name, "height": int(label.shape[0]), "width": int(label.shape[1])})
+            for a in ([] if unannotated else coco_annotations(label, crowd=i == 1)):
+                anns.append({"id": ann_id, "image_id": coco_id, **a})
+                ann_id += 1
+        (tmp / "annotations").mkdir(exist_ok=True)
+        (tmp / "annotations" / f"instances_{folder}.json").write_text(json.dumps(
+            {"info": {"description": "wsss-pipeline synthetic data, COCO 2014 layout"}, "licenses": [],
+             "images": images, "annotations": anns, "categories": categories}))
+    (tmp / "synthetic.json").write_text(json.dumps(params))
+    if out_dir.exists():
+        if any(out_dir.iterdir()):
+            _own_marker(out_dir)  # refuses a folder this generator did not write
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir

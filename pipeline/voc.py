@@ -58,15 +58,66 @@ def save_label_png(path: Path, label: np.ndarray) -> None:
     im.save(path)
 
 
-def find_voc_root(root: Path) -> Path:
-    """The VOC2012 folder: ``root`` itself, ``root/VOC2012`` or ``root/VOCdevkit/VOC2012``."""
+def class_names_of(num_classes: int) -> tuple[str, ...]:
+    """The class names of a score over ``num_classes`` classes (how ``inspect`` names per-class rows): VOC's 21,
+    COCO 2014's 81 (``pipeline.coco.CLASS_NAMES``), else ``class_<k>``.
+
+    >>> class_names_of(21)[20], class_names_of(81)[80], class_names_of(3)[2]
+    ('tvmonitor', 'toothbrush', 'class_2')
+    """
+    from pipeline.coco import CLASS_NAMES as COCO_NAMES
+    for names in (CLASS_NAMES, COCO_NAMES):
+        if len(names) == num_classes:
+            return names
+    return ("background", *(f"class_{k}" for k in range(1, num_classes)))
+
+
+#: the layouts ``detect_layout`` tells apart, and the dataset (``data.dataset``) each holds
+LAYOUTS = {"voc": "voc", "coco": "coco", "coco_masks": "coco"}
+
+
+def _is_coco_mask_layout(root: Path) -> bool:
+    return any((root / "JPEGImages" / sub).is_dir() for sub in ("train", "val", "train2014", "val2014"))
+
+
+def detect_layout(root: Path, dataset: str | None = None) -> tuple[str, Path] | None:
+    """The layout of the data under ``root`` and its folder, or None: ``coco`` (the official COCO 2014 layout,
+    ``root/annotations/instances_*2014.json``), ``coco_masks`` (COCO as the WSSS repos keep it:
+    ``root/JPEGImages/{train,val}/``) or ``voc`` (``root``, ``root/VOC2012`` or ``root/VOCdevkit/VOC2012`` with
+    ``JPEGImages/``). ``dataset`` (``voc`` | ``coco``) looks for that dataset's layouts only."""
+    from pipeline.coco import is_coco_root
+    root = Path(root)
+    if dataset in (None, "coco"):
+        if is_coco_root(root):
+            return "coco", root
+        if _is_coco_mask_layout(root):
+            return "coco_masks", root
+    if dataset in (None, "voc"):
+        for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+            if (cand / "JPEGImages").is_dir() and not _is_coco_mask_layout(cand):
+                return "voc", cand
+    return None
+
+
+def find_voc_root(root: Path, dataset: str | None = None) -> Path:
+    """The folder of the dataset under ``root`` (``detect_layout``): the VOC2012 folder (``root`` itself,
+    ``root/VOC2012`` or ``root/VOCdevkit/VOC2012``) or a COCO 2014 root; ``dataset`` (``data.dataset``) names the
+    dataset to find there, where detection is not wanted."""
     root = Path(root)
     if not root.exists():
-        raise UserError(f"data root {root} does not exist: give --data-root a VOC2012 folder")
-    for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
-        if (cand / "JPEGImages").is_dir():
-            return cand
-    raise UserError(f"{root} holds no JPEGImages/: give --data-root a VOC2012 folder (or one holding VOC2012/ or VOCdevkit/VOC2012/)")
+        raise UserError(f"data root {root} does not exist: give --data-root a VOC2012 folder or a COCO 2014 folder")
+    found = detect_layout(root, dataset)
+    if found is not None:
+        return found[1]
+    if dataset == "coco":
+        raise UserError(f"{root} holds neither annotations/instances_train2014.json / instances_val2014.json nor "
+                        "JPEGImages/train/ (data.dataset=coco): give --data-root a COCO 2014 folder (train2014/, "
+                        "val2014/, annotations/), or set data.dataset=voc")
+    if dataset == "voc" and detect_layout(root, "coco") is not None:
+        raise UserError(f"{root} is a COCO 2014 folder but data.dataset=voc: set data.dataset=coco (or leave it "
+                        "unset to detect it), or give --data-root a VOC2012 folder")
+    raise UserError(f"{root} holds no JPEGImages/: give --data-root a VOC2012 folder (or one holding VOC2012/ or "
+                    "VOCdevkit/VOC2012/), or a COCO 2014 folder (train2014/, val2014/, annotations/instances_*2014.json)")
 
 
 @dataclass
@@ -77,9 +128,38 @@ class VOCFolder:
     ``SegmentationClass`` (palette PNGs, 255 = void). Image-level labels come from the mask when
     there is one, else from ``Annotations/<id>.xml``. Per-image workers hold one of these: unlike
     ``VOCDataset`` it reads no split list.
+
+    ``VOCFolder(root)`` of a COCO 2014 root (``detect_layout``) is that layout's reader, ``pipeline.coco.COCOFolder``
+    or ``COCOMaskFolder`` (and ``VOCDataset(root, split)`` a ``COCODataset`` or ``COCOMaskDataset``): same methods,
+    its own ``class_names``, so a stage reads any dataset through this one interface.
     """
 
     root: Path
+    class_names = CLASS_NAMES  # index order: 0 background, then the dataset's classes
+
+    def __new__(cls, *args, **kwargs):
+        if args or "root" in kwargs:  # (not when unpickled: then no arguments)
+            root = args[0] if args else kwargs["root"]
+            cls = _layout_class(cls, root)
+        return super().__new__(cls)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a label index, background included (VOC 21, COCO 81)."""
+        return len(self.class_names)
+
+    def list_split(self, split: str) -> tuple[str, list[str]]:
+        """(where the split's list is, its image ids as written): ``ImageSets/Segmentation/<split>.txt``."""
+        lst = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not lst.is_file():
+            raise UserError(f"split list {lst} is missing: add it or choose another split with --set data.<split key>=NAME")
+        return str(lst), [ln.split()[0] for ln in lst.read_text().splitlines() if ln.strip()]
+
+    def split_identity(self, split: str) -> tuple[bytes, list[str]]:
+        """What identifies a split in the data fingerprint (its list's bytes; b"" when missing) and its ids."""
+        p = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        text = p.read_bytes() if p.is_file() else b""
+        return text, [ln.split()[0] for ln in text.decode(errors="replace").splitlines() if ln.strip()]
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
@@ -119,10 +199,10 @@ class VOCFolder:
         if m.shape != tuple(size):
             raise UserError(f"mask {p} is {m.shape[1]}×{m.shape[0]} but its image is {size[1]}×{size[0]}: "
                             "masks must have their image's size")
-        bad = np.setdiff1d(np.unique(m), np.r_[np.arange(NUM_CLASSES), IGNORE_INDEX])
+        bad = np.setdiff1d(np.unique(m), np.r_[np.arange(self.num_classes), IGNORE_INDEX])
         if bad.size:
-            raise UserError(f"mask {p} holds values {bad[:5].tolist()} outside 0–{NUM_CLASSES - 1} and {IGNORE_INDEX}: "
-                            "save it with VOC label indices (255 = void)")
+            raise UserError(f"mask {p} holds values {bad[:5].tolist()} outside 0–{self.num_classes - 1} and {IGNORE_INDEX}: "
+                            "save it with the dataset's label indices (255 = void)")
         return True
 
     def image(self, image_id: str) -> np.ndarray:
@@ -196,10 +276,7 @@ class VOCDataset(VOCFolder):
 
     def __post_init__(self) -> None:
         self.root = find_voc_root(self.root)
-        lst = self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
-        if not lst.is_file():
-            raise UserError(f"split list {lst} is missing: add it or choose another split with --set data.<split key>=NAME")
-        ids = [ln.split()[0] for ln in lst.read_text().splitlines() if ln.strip()]
+        lst, ids = self.list_split(self.split)
         for i in ids:
             problem = image_id_problem(i)
             if problem:
@@ -226,3 +303,18 @@ class VOCDataset(VOCFolder):
     @cached_property
     def label_matrix(self) -> np.ndarray:
         return np.stack([self.image_labels(i) for i in self._ids])
+
+
+def _layout_class(cls: type, root) -> type:
+    """The reader class of ``root``'s layout for ``cls`` (``VOCFolder`` or ``VOCDataset``; a subclass stays itself)."""
+    if cls not in (VOCFolder, VOCDataset):
+        return cls
+    try:
+        found = detect_layout(Path(root))
+    except OSError:
+        found = None
+    if found is None or found[0] == "voc":
+        return cls
+    from pipeline import coco
+    return {("coco", VOCFolder): coco.COCOFolder, ("coco", VOCDataset): coco.COCODataset,
+            ("coco_masks", VOCFolder): coco.COCOMaskFolder, ("coco_masks", VOCDataset): coco.COCOMaskDataset}[found[0], cls]

@@ -105,8 +105,9 @@ def image_scores(model: ClassMapModel, image: np.ndarray, runtime: Runtime = Run
 def run(ctx) -> dict:
     cfg = ctx.config
     ds = ctx.dataset(cfg.data.val_split)
+    names = ds.class_names[1:]  # the dataset's foreground classes (VOC 20, COCO 80), in the scores' order
     if not len(ds):
-        return {"map": None, "ap": dict.fromkeys(FOREGROUND), "positives": dict.fromkeys(FOREGROUND, 0),
+        return {"map": None, "ap": dict.fromkeys(names), "positives": dict.fromkeys(names, 0),
                 "classes": 0, "images": 0}
     runtime = Runtime.from_config(cfg)
     model = trained_model(ctx.input("model"), runtime)
@@ -119,8 +120,8 @@ def run(ctx) -> dict:
     ap = average_precision(np.stack(rows), targets)
     scored = ~np.isnan(ap)
     return {"map": round(float(ap[scored].mean()), 5) if scored.any() else None,
-            "ap": {name: (round(float(v), 5) if ok else None) for name, v, ok in zip(FOREGROUND, ap, scored)},
-            "positives": dict(zip(FOREGROUND, targets.sum(0).tolist())),
+            "ap": {name: (round(float(v), 5) if ok else None) for name, v, ok in zip(names, ap, scored)},
+            "positives": dict(zip(names, targets.sum(0).tolist())),
             "classes": int(scored.sum()), "images": len(ds)}
 
 

@@ -14,15 +14,16 @@ from pipeline.voc import NUM_CLASSES, VOCDataset, VOCFolder
 from stages.labels import threshold_labels
 
 
-def sweep_confusions(gt: np.ndarray, cams: np.ndarray, classes: list[int], thresholds: np.ndarray) -> np.ndarray:
-    """T×C×C confusion matrices of the seeds at every threshold, in one pass."""
+def sweep_confusions(gt: np.ndarray, cams: np.ndarray, classes: list[int], thresholds: np.ndarray,
+                     num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """T×C×C confusion matrices of the seeds at every threshold, in one pass (C = ``num_classes``, the dataset's)."""
     preds = threshold_labels(cams, classes, thresholds)
-    valid = (gt < NUM_CLASSES).ravel()
+    valid = (gt < num_classes).ravel()
     g = gt.ravel()[valid].astype(np.int64)
-    out = np.empty((len(thresholds), NUM_CLASSES, NUM_CLASSES), np.int64)
+    out = np.empty((len(thresholds), num_classes, num_classes), np.int64)
     for t, p in enumerate(preds):
-        idx = g * NUM_CLASSES + p.ravel()[valid]
-        out[t] = np.bincount(idx, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+        idx = g * num_classes + p.ravel()[valid]
+        out[t] = np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
     return out
 
 
@@ -34,15 +35,17 @@ class SweepWorker:
 
     def __call__(self, image_id: str) -> np.ndarray:
         st = LabelStore(self.store)
-        gt = VOCFolder(self.root).mask(image_id)
-        return sweep_confusions(gt, st.read(image_id).astype(np.float32), st.read_attrs(image_id)["classes"], np.asarray(self.thresholds))
+        folder = VOCFolder(self.root)
+        return sweep_confusions(folder.mask(image_id), st.read(image_id).astype(np.float32), st.read_attrs(image_id)["classes"],
+                                np.asarray(self.thresholds), folder.num_classes)
 
 
-def label_confusion(image_id: str, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """The C×C confusion of one image's label ``pred`` against its mask ``gt``; a size mismatch names the image."""
+def label_confusion(image_id: str, gt: np.ndarray, pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """The C×C confusion (C = ``num_classes``, the dataset's) of one image's label ``pred`` against its mask ``gt``;
+    a size mismatch names the image."""
     if pred.shape != gt.shape:
         raise ValueError(f"{image_id}: label {pred.shape} and mask {gt.shape} differ in size")
-    return confusion_matrix(gt, pred, NUM_CLASSES)
+    return confusion_matrix(gt, pred, num_classes)
 
 
 @dataclass
@@ -51,9 +54,10 @@ class ScoreWorker:
     store: Path
 
     def __call__(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        gt = VOCFolder(self.root).mask(image_id)
+        folder = VOCFolder(self.root)
+        gt = folder.mask(image_id)
         pred = LabelStore(self.store).read(image_id)
-        return label_confusion(image_id, gt, pred), np.array(coverage(pred, gt))
+        return label_confusion(image_id, gt, pred, folder.num_classes), np.array(coverage(pred, gt))
 
 
 def scored_ids(ds: VOCDataset, store: LabelStore, only: list[str] | None = None) -> list[str]:

@@ -9,6 +9,7 @@ from models.segmentation import segmentation_spec
 from pipeline.checkpoint import MODEL_FILE
 from pipeline.stage import Stage
 from pipeline.store import LabelStore
+from pipeline.voc import VOCFolder
 from stages.common import run_training
 from stages.train_segmentation import SEGMENTATION_READS, SegmentationSamples
 
@@ -18,7 +19,8 @@ def run(ctx) -> dict:
     store = LabelStore(ctx.input("labels"))
     ids, tcfg = store.ids(), cfg.segmentation.train
     loss = AProLoss(cfg.apro, tcfg.steps)
-    metrics = run_training(ctx, segmentation_spec(cfg.segmentation), SegmentationSamples(ctx.run.voc_root, ids, store.path, tcfg),
+    metrics = run_training(ctx, segmentation_spec(cfg.segmentation, VOCFolder(ctx.run.voc_root).num_classes),
+                           SegmentationSamples(ctx.run.voc_root, ids, store.path, tcfg),
                            len(ids), lambda model: loss, tcfg)
     return {**metrics, "labels": ctx.input_stage("labels"), "propagation": cfg.apro.propagation}
 

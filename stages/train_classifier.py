@@ -36,7 +36,8 @@ class ClassificationSamples:
     def __call__(self, i: int, rng: np.random.Generator):
         ds = VOCFolder(self.root)
         img, _ = train_transform(ds.image(self.ids[i]), None, self.cfg.crop_size, self.cfg.scale_range,
-                                 self.cfg.hflip, self.cfg.color_jitter, rng, self.cfg.brightness_shift)
+                                 self.cfg.hflip, self.cfg.color_jitter, rng, self.cfg.brightness_shift,
+                                 self.cfg.resize_long)
         # the last entry seeds the batch's random view (ACR); the same step always gets the same view
         return img, torch.from_numpy(self.labels[i]), int(rng.integers(1 << 62))
 
@@ -58,8 +59,10 @@ def classifier_samples(ctx) -> tuple[ClassificationSamples, int]:
 def run(ctx) -> dict:
     cfg = ctx.config
     samples, n = classifier_samples(ctx)
-    spec = cam_classifier_spec(cfg.model, cfg.train_classifier.crop_size)
-    return run_training(ctx, spec, samples, n, lambda model: classification_loss, cfg.train_classifier)
+    spec = cam_classifier_spec(cfg.model, cfg.train_classifier.crop_size, num_classes=samples.labels.shape[1])
+    metrics = run_training(ctx, spec, samples, n, lambda model: classification_loss, cfg.train_classifier)
+    # images without any image-level label (COCO's unannotated ones) are not trained on: counted here
+    return {**metrics, "unlabelled_images": len(ctx.dataset(cfg.data.train_split)) - n}
 
 
 TRAIN_CLASSIFIER = Stage("train_classifier", run, reads=CLASSIFIER_READS, writes=(MODEL_FILE,),

@@ -52,7 +52,8 @@ def run(ctx) -> dict:
         ds = ctx.dataset(cfg.data.train_split)
         ids, labels, source = [i for i in ds.ids if ds.has_mask(i)], None, "ground_truth"
     tcfg = cfg.segmentation.train
-    metrics = run_training(ctx, segmentation_spec(cfg.segmentation), SegmentationSamples(ctx.run.voc_root, ids, labels, tcfg),
+    metrics = run_training(ctx, segmentation_spec(cfg.segmentation, VOCFolder(ctx.run.voc_root).num_classes),
+                           SegmentationSamples(ctx.run.voc_root, ids, labels, tcfg),
                            len(ids), lambda model: segmentation_loss, tcfg)
     return {**metrics, "labels": source}
 

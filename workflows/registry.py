@@ -144,6 +144,25 @@ def prepare_run(spec: FlowSpec, run_dir: str | Path, config: RunConfigBase, argv
     return run, lock, notes
 
 
+#: every ``*_coco`` flow's data section: MS COCO 2014 (``pipeline/coco.py``; without ``--data-root``, the embedded
+#: synthetic data in the COCO layout)
+COCO_DATA = {"data": {"dataset": "coco"}}
+#: and under the ``paper`` profile: train on train2014, label and score train2014 (AFA configs/coco_attn_reg.yaml:23,
+#: ``train: split: train``), evaluate on val2014
+COCO_PAPER_DATA = {"data": {"train_split": "train", "label_split": "train", "score_split": None}}
+
+
+def coco_settings(voc: FlowSpec, paper: dict | None = None) -> tuple[dict, dict[str, dict]]:
+    """(defaults, profile defaults) of the MS COCO 2014 twin of the VOC flow ``voc``: its own with the COCO data
+    section (``COCO_DATA``; ``COCO_PAPER_DATA`` and the method's COCO settings ``paper`` over its ``paper``
+    profile). A ``*_coco`` flow is ``define_flow(NAME, voc.stages, DESCRIPTION, *coco_settings(voc, PAPER))``: the
+    same stages, as the class count (81) comes from the data."""
+    from pipeline.config import deep_update
+    profiles = {p: dict(v) for p, v in voc.profile_defaults.items()}
+    profiles["paper"] = deep_update(deep_update(profiles.get("paper", {}), COCO_PAPER_DATA), paper or {})
+    return deep_update(voc.defaults, COCO_DATA), profiles
+
+
 def get_flow(name: str) -> FlowSpec:
     if name not in FLOWS:
         raise unknown_flow(name, FLOWS)

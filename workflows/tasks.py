@@ -21,7 +21,7 @@ from pipeline.errors import UserError
 from pipeline.records import finite
 from pipeline.runs import Run, run_stage, summarise
 from pipeline.stage import Stage
-from pipeline.voc import CLASS_NAMES
+from pipeline.voc import class_names_of
 
 
 def artifact_key(run: Run, what: str) -> str:
@@ -37,9 +37,10 @@ def publish_metrics(run: Run, stage: str, record: dict) -> None:
     rows.insert(0, {"metric": "status", "value": record["status"]})
     create_table_artifact(table=rows, key=artifact_key(run, stage), description=f"{stage} of {run.dir}")
     if "iou" in metrics:
-        present = metrics.get("present", [True] * len(CLASS_NAMES))
+        names = class_names_of(len(metrics["iou"]))  # VOC's 21 or COCO's 81
+        present = metrics.get("present", [True] * len(names))
         per_class = [{"class": name, "iou": metrics["iou"][c], "fp": metrics["fp"][c], "fn": metrics["fn"][c]}
-                     for c, name in enumerate(CLASS_NAMES) if present[c]]
+                     for c, name in enumerate(names) if present[c]]
         create_table_artifact(table=per_class, key=artifact_key(run, f"{stage}-per-class"),
                               description=f"{stage} of {run.dir}: per class")
 
