@@ -65,6 +65,9 @@ PAPER_TRAIN = {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range"
     "paper": {"backbone": "mit_b4", "pretrained": False, "weights": None, "embed_dims": None, "depths": None,
               "num_heads": None, "output_stride": 16, "decoder_dim": 256, "block_reduction": "sum",
               "partial_ce_at": "logits", "input_order": "bgr", "augment": "reference",
+              # every released config weighs L_aff 1.2 (Segformerb4_512_*.json:141) and its README turns to points by
+              # the `annotation` key alone; the paper's Sec. 4.2 takes 0.2 for points (alpha null)
+              "alpha": 1.2,
               "train": PAPER_TRAIN},
 })
 class SASFormerConfig(Section):

@@ -235,4 +235,5 @@ def test_paper_profile_hyperparameters_are_the_reference_codes():
         got = _get(cfg, key)
         got = list(got) if isinstance(got, tuple) else got
         assert got == want, f"{key}: ours {got!r}, official {want!r} ({where})"
-    assert cfg.sasformer.alpha is None  # → 1.2 on scribbles (Segformerb4_512_3.json:141), 0.2 on points (paper)
+    # 1.2 whatever the annotation (Segformerb4_512_3.json:141; the README switches to points by "annotation" alone)
+    assert cfg.sasformer.alpha == 1.2
