@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skimage.filters import threshold_otsu  # noqa: E402
 
+import workflows  # noqa: E402,F401  (every config section registered)
 from pipeline.metrics import confusion_matrix, scores  # noqa: E402
 from pipeline.parallel import ImagePool  # noqa: E402
 from pipeline.runs import Run  # noqa: E402

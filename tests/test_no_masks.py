@@ -22,13 +22,16 @@ UNTIL = "make_pseudo_labels"
 
 
 @pytest.fixture(scope="module")
-def bare_root(cam_run, env, tmp_path_factory) -> Path:
-    """The smoke data of the session's runs with every training image's mask deleted (val keeps its masks)."""
-    from pipeline.runs import Run
+def bare_root(env, tmp_path_factory) -> Path:
+    """The smoke data of the session's runs (the embedded synthetic data in the ``env`` cache) with every training
+    image's mask deleted (val keeps its masks)."""
+    from pipeline.synthetic import embedded_dataset
+    from workflows import get_flow
+    s = get_flow("cam_voc").resolve("smoke").data.synthetic
     old = os.environ.get("WSSS_CACHE")
     os.environ["WSSS_CACHE"] = env["WSSS_CACHE"]
     try:
-        source = Run.open(cam_run[0]).voc_root
+        source = embedded_dataset(s.train, s.val, s.seed, s.min_size, s.max_size, s.style)
     finally:
         if old is None:
             os.environ.pop("WSSS_CACHE")
@@ -72,7 +75,8 @@ def assert_same_stores(with_masks: Path, without: Path) -> int:
 def test_cam_voc_labels_without_masks_are_byte_identical(cam_run, bare_root, env, tmp_path):
     run_dir = tmp_path / "bare"
     t0 = time.time()
-    r = cli("run-flow", "--from-run", cam_run[0], "--data-root", bare_root, "--run-dir", run_dir, "--until", UNTIL, env=env)
+    r = cli("run-flow", "--from-run", cam_run[0], "--data-root", bare_root, "--run-dir", run_dir, "--until", UNTIL, env=env,
+            timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert assert_same_stores(cam_run[0], run_dir) > 0
     print(f"cam_voc without masks: {time.time() - t0:.1f} s")
@@ -84,7 +88,8 @@ def test_labels_without_masks_are_byte_identical(flow, bare_root, env, tmp_path)
     runs = {}
     for name, data in (("masks", ()), ("bare", ("--data-root", bare_root))):
         runs[name] = tmp_path / name
-        r = cli("run-flow", flow, "--profile", "smoke", *data, "--run-dir", runs[name], "--until", UNTIL, env=env)
+        r = cli("run-flow", flow, "--profile", "smoke", *data, "--run-dir", runs[name], "--until", UNTIL, env=env,
+                timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
     assert assert_same_stores(runs["masks"], runs["bare"]) > 0
     print(f"{flow} with and without masks: {time.time() - t0:.1f} s")
