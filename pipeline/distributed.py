@@ -15,6 +15,7 @@ their slice of it, and stop when the flow ends.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
 import signal
 import socket
@@ -75,6 +76,8 @@ def _die_with_parent() -> None:
 
 
 def _init_group(runtime: Runtime) -> None:
+    # a rank that aborts (SIGABRT from C++, SIGSEGV) prints every thread's Python stack before it dies
+    faulthandler.enable(all_threads=True)
     if runtime.on_gpu:
         torch.cuda.set_device(runtime.torch_device)
     dist.init_process_group("nccl" if runtime.on_gpu else "gloo", rank=runtime.rank, world_size=runtime.world)
@@ -121,18 +124,32 @@ def join_launched_group(runtime: Runtime) -> bool:
     return True
 
 
+def leave_launched_group() -> None:
+    """Destroy this process's process groups (the default one and the jobs' Gloo group) before it exits.
+
+    A process that exits with its groups alive leaves their C++ worker threads joinable while the interpreter
+    tears down, and ``std::thread``'s destructor then aborts the process (``terminate called without an
+    active exception``, SIGABRT): the followers and rank 0 under torchrun did exactly that after every flow."""
+    if dist.is_initialized():
+        dist.destroy_process_group()  # every group, the jobs' one included
+    _CONTROL.clear()
+
+
 def follow() -> None:
-    """A torchrun rank > 0: train every job that rank 0 broadcasts, until it broadcasts the end (None)."""
+    """A torchrun rank > 0: train every job that rank 0 broadcasts, until it broadcasts the end (None); then
+    leave the process groups."""
     while True:
         box: list[Any] = [None]
         dist.broadcast_object_list(box, src=0, group=_CONTROL["group"])
         if box[0] is None:
+            leave_launched_group()
             return
         train_job(box[0].unpack(), _CONTROL["runtime"])
 
 
 def end_followers() -> None:
-    """Rank 0 under torchrun, when the flow has ended: release the followers. (A rank 0 that fails exits
-    non-zero instead, and torchrun stops the other ranks.)"""
+    """Rank 0 under torchrun, when the flow has ended: release the followers and leave the process groups. (A
+    rank 0 that fails exits non-zero instead, and torchrun stops the other ranks.)"""
     if _CONTROL and dist.get_rank() == 0:
         dist.broadcast_object_list([None], src=0, group=_CONTROL["group"])
+        leave_launched_group()

@@ -109,16 +109,9 @@ run_stage(Run.open({run!r}), next(s for s in get_flow({flow!r}).stages if s.name
 
 
 def _run_stage_in_new_process(run, flow: str, stage: str) -> None:
-    """Run one stage of ``run`` as a user's ``run-flow`` would: in a new process (DDP ranks spawned from the
-    long-lived pytest process have aborted now and then, SIGABRT in a rank, never from a fresh one)."""
+    """Run one stage of ``run`` as a user's ``run-flow`` would: in a new process that spawns the DDP ranks."""
     cmd = [sys.executable, "-c", _STAGE_SCRIPT.format(root=str(ROOT), run=str(run.dir), flow=flow, stage=stage)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if r.returncode and "terminate called without an active exception" in r.stderr:
-        # the unexplained rank abort (SIGABRT after the first steps, about one CI run in three, also from a fresh
-        # process; README "Running on VOC with GPUs"): retried once from a clean stage folder, so that what the test
-        # checks is the training's numbers, not this abort
-        shutil.rmtree(run.dir / "stages" / stage, ignore_errors=True)
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -302,6 +295,8 @@ def test_under_torchrun_rank_0_runs_the_flow_and_the_ranks_train_together(tmp_pa
                         "run-flow", "cam_voc", "--profile", "smoke", "--run-dir", str(two), *sets],
                        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
+    # both ranks leave their process groups before they exit (alive, their Gloo threads abort the exit: 4 of 10 runs)
+    assert "terminate called" not in r.stderr, r.stderr[-3000:]
     assert r.stdout.count("summary:") == 1  # one rank ran the flow
     a, b = _losses(one), _losses(two)
     assert [x["step"] for x in a] == [x["step"] for x in b]
