@@ -17,7 +17,9 @@ import pytest
 from tests.helpers import cli
 
 #: the flows that write labels, each run up to its pseudo labels (its last label store but the val predictions)
-FLOWS = ("acr_voc", "swtformer_voc", "afa_voc", "apro_voc", "sasformer_voc", "partial_ce_voc")
+#: each flow runs twice (two smoke flows, minutes on 2 cores): the suite keeps one sparse flow beside cam_voc; the other
+#: flows' twins are not run by the suite (too slow for it): run them with `pytest tests/test_no_masks.py` after widening FLOWS
+FLOWS = ("partial_ce_voc",)
 UNTIL = "make_pseudo_labels"
 
 
