@@ -34,6 +34,23 @@ def random_rescale(image: np.ndarray, mask: np.ndarray | None, scale_range: tupl
     return image, mask
 
 
+def random_resize_long(image: np.ndarray, long_range: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """The long side resized (bilinear) to an integer drawn uniformly from [a, b], the short side in proportion
+    (rounded): ACR's released ``RandomResizeLong`` (OpenNLPLab/ACR_WSSS ``myTool.py:995-1007``). Its ``cv2.resize``
+    is bilinear without antialiasing on a float image: here torch's bilinear (align_corners=False, the same sampling),
+    rounded back to uint8 (≤ 0.5 grey level from the released float image). PIL's bilinear would antialias.
+
+    >>> random_resize_long(np.zeros((10, 20, 3), np.uint8), (40, 40), np.random.default_rng(0)).shape
+    (20, 40, 3)
+    """
+    target = int(rng.integers(long_range[0], long_range[1] + 1))
+    h, w = image.shape[:2]
+    size = (int(round(w * target / h)), target) if w < h else (target, int(round(h * target / w)))
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bilinear", align_corners=False)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 def color_jitter(image: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
     """Brightness, contrast and saturation each scaled by a factor in [1 − s, 1 + s]."""
     im = Image.fromarray(image)
@@ -77,9 +94,14 @@ def random_crop(image: np.ndarray, mask: np.ndarray | None, size: int, rng: np.r
 
 def train_transform(image: np.ndarray, mask: np.ndarray | None, crop_size: int, scale_range: tuple[float, float],
                     hflip: bool, jitter: float, rng: np.random.Generator,
-                    brightness: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rescale, flip, colour jitter, brightness shift (``brightness`` > 0), crop; the image normalised."""
-    image, mask = random_rescale(image, mask, scale_range, rng)
+                    brightness: float = 0.0, resize_long: tuple[int, int] | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rescale (or ``resize_long``, images only), flip, colour jitter, brightness shift (``brightness`` > 0), crop;
+    the image normalised."""
+    if resize_long is not None and mask is None:
+        image = random_resize_long(image, resize_long, rng)
+    else:
+        image, mask = random_rescale(image, mask, scale_range, rng)
     if hflip and rng.random() < 0.5:
         image = image[:, ::-1]
         mask = mask[:, ::-1] if mask is not None else None

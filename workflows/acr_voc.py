@@ -24,7 +24,17 @@ SPEC = define_flow(
                     "affinity": {"log_t": 1}},
         "smoke": {"acr": {"alpha": 0.02, "beta": 0.02}, "affinity": {"log_t": 1}},
         # ViT-hybrid-B/16 (ResNet-50 stem) at 384 crops with ImageNet weights, as in the paper
+        # the released run (OpenNLPLab/ACR_WSSS train_acr.sh, train_acr.py, tool/torchutils.py): SGD lr 0.05, poly 0.9,
+        # 26,450 steps of a global batch 4 (1 × 4 GPUs); torchutils.PolyOptimizer passes weight_decay positionally
+        # into SGD's momentum slot, so the run had momentum 0.0005 and no weight decay; every parameter at one lr;
+        # long side in [345, 438], hflip, crop 384, no jitter (myTool.py get_data_from_chunk_v2); seeds at 384 × 384,
+        # scale 1 + flip; the threshold swept 0.00-0.99 (evaluation.py --curve). PSA's affinity, PAR and CRF after
+        # the seeds are our own route, not the released code's.
         "paper": {"model": {"backbone": "vit_base_r50_s16_384"}, "pseudo": {"bkg_threshold": 0.25},
+                  "train_classifier": {"steps": 26450, "batch_size": 4, "crop_size": 384, "resize_long": [345, 438],
+                                       "color_jitter": 0.0, "optimizer": "sgd", "lr": 0.05, "head_lr_mult": 1.0,
+                                       "momentum": 0.0005, "weight_decay": 0.0, "warmup_steps": 0, "poly_power": 0.9},
+                  "cam": {"scales": [1.0], "flip": True, "sweep": [i / 100 for i in range(100)], "sweep_widen": False},
                   "affinity": {"log_t": 8, "backbone": "resnet50", "channels": None, "pretrained": True, "weights": None, "dims": [64, 128, 256],
                                "train": {"steps": 8000, "batch_size": 8, "crop_size": 448, "lr": 0.1, "optimizer": "sgd",
                                          "weight_decay": 5e-4, "warmup_steps": 0, "checkpoint_every": 1000, "log_every": 50,
