@@ -9,9 +9,11 @@ background-aware prototypes (V2).
   modules):
   - ``HierarchicalFeatureFusion``: the four stages' features fused into F_hie (Fig. 3);
   - the background map M_B = 1 − max_c M_c (Eq. 3) before the C foreground CAMs;
-  - structure-aware seed locating with the token affinity S = |cos(T_out, T_out)| (Eq. 4, SIPE's ReLU replaced
-    by the absolute value): each token takes the class whose map overlaps its affinity row best (IoU-style,
-    background's overlap weighted by ``bkg_weight``), masked by the image labels (``locate_seeds``);
+  - structure-aware seed locating with the token affinity S = |cos(T_out, T_out)| (Eq. 4 as printed; SIPE's
+    ReLU(cos) is ``swtformer.affinity=relu``): each token takes the class whose map overlaps its affinity row best
+    (IoU-style, background's overlap weighted by ``bkg_weight``), kept where the image labels allow
+    (``locate_seeds``); at inference the ``swtformer_seeds`` section chooses per-view or SIPE's flip-fused
+    locating, on T_out or on F_hie (``SWTformer.seed_maps``);
   - background-aware prototypes: per image and class the mean of F_hie over that class's seeds, and
     R-CAM = ReLU(cos(F_hie, prototype)) (``class_prototypes``, ``reactivate``);
   - L_GSC (Eq. 5) and L_CCL (Eq. 6); L = L_CLS + L_GSC + L_CCL (Eq. 7), each term switchable (Table 3).
@@ -19,7 +21,8 @@ background-aware prototypes (V2).
 
 The token grid: Swin's stride is ``patch_size`` × 8. The paper runs patch 4 (1/32) on 224 crops of ~500-pixel
 images (a 7×7 training grid, ~16×16 at inference); the images here are 96–144 pixels, so the ``default`` profile
-uses patch 2 (1/16: 6×6 training grid, 6–9 cells at inference), see README "SWTformer".
+uses patch 2 (1/16: 6×6 training grid, 6–9 cells at inference), see README "SWTformer". Equations → functions
+and the readings chosen: docs/swtformer.md.
 """
 from __future__ import annotations
 
@@ -39,12 +42,15 @@ from models.registry import ModelSpec, register_model
 from pipeline.config import Count, NonNegInt, NonNegative, Section, config_section, timm_model
 from pipeline.errors import UserError
 
+#: Eq. 4's sign rule for the cosine between tokens (``structure_affinity``)
+AffinityRule = Literal["abs", "relu"]
+
 
 @config_section("swtformer", profiles={
     "smoke": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "hff_dim": 16},
     # Swin-T (ImageNet weights through timm), patch 4, window 7; SIPE's side widths
     "paper": {"pretrained": True, "weights": None, "patch_size": None, "embed_dim": None, "depths": None, "num_heads": None,
-              "window_size": None, "hff_dim": 128, "pooling": "gap"},
+              "window_size": None, "hff_dim": 128, "pooling": "gap", "affinity": "abs"},
 })
 class SWTformerConfig(Section):
     """SWTformer: a Swin Transformer CAM classifier (V1) with hierarchical feature fusion and prototypes (V2)."""
@@ -64,6 +70,8 @@ class SWTformerConfig(Section):
     hff_dim: Count = 64  # channels of each stage's side projection in the HFF (F_hie has 4×)
     hff_detach: bool = True  # the HFF reads the stages without gradient into the backbone (SIPE's side branches)
     bkg_weight: NonNegative = 0.5  # weight of the background's overlap when locating seeds (SIPE: 0.5)
+    # Eq. 4's token affinity: abs = |cos| (the paper as printed), relu = ReLU(cos) (SIPE's get_seed); docs/swtformer.md
+    affinity: AffinityRule = "abs"
     # class scores from F_out (Eq. 2: gap). From scratch, GAP left the classifier at the class priors in every run
     # and max pooling (AFA's) let V2 leave them soonest (README, SWTformer)
     pooling: Literal["gap", "gmp", "topk"] = "gmp"
@@ -78,6 +86,26 @@ class SWTformerConfig(Section):
         """The ``create_swin`` arguments of this Swin."""
         return dict(name=self.backbone, pretrained=self.pretrained, weights=self.weights, weights_ignore=list(self.weights_ignore), patch_size=self.patch_size,
                     embed_dim=self.embed_dim, depths=self.depths, num_heads=self.num_heads, window_size=self.window_size)
+
+
+@config_section("swtformer_seeds", profiles={
+    # the paper is silent on inference: SIPE's make_cam.py / CAM.forward, with Eq. 4's T_out (docs/swtformer.md)
+    "paper": {"views": "flip_fused", "features": "t_out", "absent": "compete", "scores": "difference"},
+})
+class SWTformerSeedsConfig(Section):
+    """How V2 locates its seeds when ``make_seeds`` labels an image (training always locates per view on T_out)."""
+
+    # per_view: each scale and flip located on its own; flip_fused: the image and its flip summed first (F_out, the
+    # affinity's features, F_hie; SIPE resnet50_SIPE.py:140-141), one R-CAM per scale
+    views: Literal["per_view", "flip_fused"] = "per_view"
+    # whose affinity (Eq. 4's rule) locates the seeds: t_out (Eq. 4) or hierarchical, F_hie (SIPE resnet50_SIPE.py:149)
+    features: Literal["t_out", "hierarchical"] = "t_out"
+    # masked: absent classes zeroed before locating (training's rule); compete: they take part and their seeds are
+    # dropped after (SIPE's inference, resnet50_SIPE.py:51)
+    absent: Literal["masked", "compete"] = "masked"
+    # the stored scores (background_aware_scores): ratio R_k/(R_k+R_B) (measured here; ties where R_B = 0) or
+    # difference ½+(R_k−R_B)/2 (threshold ½ = SIPE's argmax over background and classes, eval_cam.py:20)
+    scores: Literal["ratio", "difference"] = "ratio"
 
 
 def create_swin(name: str, pretrained: bool = False, weights: str | None = None, patch_size: int | None = None,
@@ -152,10 +180,32 @@ def with_background(cams: torch.Tensor) -> torch.Tensor:
     return torch.cat([1 - cams.amax(1, keepdim=True), cams], 1)
 
 
-def structure_affinity(tokens: torch.Tensor) -> torch.Tensor:
-    """Eq. 4: S = |cos(T_out, T_out)| between every two tokens of a B×D×h×w map: B×N×N (N = h·w)."""
-    t = F.normalize(tokens.flatten(2), dim=1, eps=1e-5)
-    return (t.transpose(1, 2) @ t).abs()
+def structure_affinity(tokens: torch.Tensor, rule: str = "abs") -> torch.Tensor:
+    """Eq. 4: S_ij = |cos(t_i, t_j)| between every two tokens of a B×D×h×w map: B×N×N (N = h·w).
+
+    ``rule="relu"`` gives SIPE's ReLU(cos) (resnet50_SIPE.py:38-40). The cosine is SIPE's: each token divided by
+    (‖t‖ + 1e-5). The two differ only where tokens point apart (cos < 0): |cos| counts them as alike, ReLU as
+    unrelated (on SIPE's post-ReLU ResNet features cos ≥ 0 and the two agree).
+
+    >>> t = torch.tensor([[[[1.0, -1.0, 1.0]], [[0.0, 0.0, 1.0]]]])  # tokens (1, 0), (-1, 0), (1, 1)
+    >>> [[round(v, 4) for v in structure_affinity(t, rule)[0, 1].tolist()] for rule in ("abs", "relu")]
+    [[1.0, 1.0, 0.7071], [0.0, 1.0, 0.0]]
+    """
+    t = tokens.flatten(2)
+    t = t / (t.norm(dim=1, keepdim=True) + 1e-5)
+    cos = t.transpose(1, 2) @ t
+    return cos.abs() if rule == "abs" else F.relu(cos)
+
+
+def fuse_flipped(maps: torch.Tensor) -> torch.Tensor:
+    """SIPE's flip fusion (resnet50_SIPE.py:140-141): a 2B×…×w batch of B views and their mirror images → B×…×w,
+    each view's map plus its mirror's map flipped back.
+
+    >>> fuse_flipped(torch.tensor([[[1.0, 2.0]], [[10.0, 20.0]]])).tolist()
+    [[[21.0, 12.0]]]
+    """
+    n = maps.shape[0] // 2
+    return maps[:n] + maps[n:].flip(-1)
 
 
 def seed_overlap(cams: torch.Tensor, affinity: torch.Tensor, bkg_weight: float = 0.5) -> torch.Tensor:
@@ -197,16 +247,26 @@ def reactivate(prototypes: torch.Tensor, features: torch.Tensor) -> torch.Tensor
     return F.relu(torch.einsum("bkd,bdhw->bkhw", p, f))
 
 
-def background_aware_scores(rcams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """V2's seed scores from the R-CAMs [R_B ; R_1..R_K] (K+1 maps, each max-normalised): s_k = R_k / (R_k + R_B).
+def background_aware_scores(rcams: torch.Tensor, rule: str = "ratio", eps: float = 1e-5) -> torch.Tensor:
+    """V2's seed scores from the R-CAMs [R_B ; R_1..R_K] (K+1 maps, each max-normalised to [0, 1]), K×h×w:
 
-    At a pixel R_B is common to all classes, so argmax_k s_k = argmax_k R_k, and max_k s_k > ½ exactly where
-    max_k R_k > R_B: thresholding the scores at ½ is SIPE's argmax over the C+1 R-CAMs (the background prototype's
-    map decides the background); ``eval_seeds``' sweep then chooses the threshold like every seed's.
+    - ``difference``: s_k = ½ + (R_k − R_B) / 2. s_k is strictly increasing in R_k at every pixel, so
+      argmax_k s_k = argmax_k R_k, and max_k s_k > ½ exactly where max_k R_k > R_B: threshold ½ (ties to the
+      background, ``stages.labels.threshold_labels``) is SIPE's argmax over the C+1 R-CAMs (eval_cam.py:20).
+    - ``ratio``: s_k = R_k / (R_k + R_B) (the default's measured rule): also > ½ exactly where R_k > R_B, but where
+      R_B = 0 every class with R_k > 0 scores 1 (and, stored in float16, wherever R_B ≪ R_k), so the class order
+      is lost there and the tie goes to the first class instead of the larger R_k.
 
+    ``eval_seeds``' sweep then chooses the threshold like every seed's.
+
+    >>> r = torch.tensor([[[0.0]], [[0.5]], [[0.25]]])  # R_B = 0
+    >>> background_aware_scores(r, "difference").flatten().tolist(), background_aware_scores(r).flatten().tolist()
+    ([0.75, 0.625], [1.0, 1.0])
     >>> [round(v, 4) for v in background_aware_scores(torch.tensor([[[0.2]], [[0.6]], [[0.1]]])).flatten().tolist()]
     [0.75, 0.3333]
     """
+    if rule == "difference":
+        return 0.5 + (rcams[1:] - rcams[:1]) / 2
     return rcams[1:] / (rcams[1:] + rcams[:1]).clamp_min(eps)
 
 
@@ -216,11 +276,22 @@ def gsc_loss(cams: torch.Tensor, rcams: torch.Tensor) -> torch.Tensor:
 
 
 def ccl_loss(cams: torch.Tensor, rcams: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Eq. 6 as printed: ½[(⅔·cos(CAM_k, R-CAM_k))² + (1 − cos(CAM_k, R-CAM_k))²] per map k, averaged over the
-    maps of ``valid`` (the background and the image's classes; an absent class has no R-CAM to compare).
+    """Eq. 6 as printed: L_CCL = mean over the maps k of ``valid`` of ½[(⅔·c_k)² + (1 − c_k)²], with
+    c_k = cos(CAM_k, R-CAM_k) the cosine between the two maps flattened over the pixels (B×K×h×w each), averaged
+    over the background and the image's classes (an absent class has no R-CAM to compare). No reference code
+    exists (SWTformer's repository holds none; SIPE has no such term).
 
-    As printed the term is smallest at cos = 9/13 (not 1): it pulls each CAM towards its R-CAM's direction
+    As printed the term is smallest at c = 9/13 (not 1): it pulls each CAM towards its R-CAM's direction
     without asking them to coincide.
+
+    Example, by hand: map 0: CAM (1, 0), R-CAM (1, 1): c = 1/√2, ½[(⅔/√2)² + (1 − 1/√2)²] = ½[0.22222 + 0.08579]
+    = 0.15401; map 1: (0, 1) and (0, 2): c = 1, ½[(⅔)² + 0] = 0.22222; map 2 absent. L = (0.15401 + 0.22222) / 2
+    = 0.18811.
+
+    >>> cams = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]], [[1.0, 1.0]]]])
+    >>> rcams = torch.tensor([[[[1.0, 1.0]], [[0.0, 2.0]], [[0.0, 0.0]]]])
+    >>> round(ccl_loss(cams, rcams, torch.tensor([[1.0, 1.0, 0.0]])).item(), 5)
+    0.18811
     """
     cos = F.cosine_similarity(cams.flatten(2), rcams.flatten(2), dim=-1, eps=1e-5)  # B×K
     per_map = 0.5 * ((2 / 3 * cos) ** 2 + (1 - cos) ** 2)
@@ -237,10 +308,11 @@ class SWTformer(nn.Module):
     """A Swin Transformer → F_out = Conv1×1(T_out) (V1); V2 adds the HFF and the prototype re-activation."""
 
     def __init__(self, backbone: nn.Module, num_classes: int = 20, version: int = 2, hff_dim: int = 64,
-                 hff_detach: bool = True, bkg_weight: float = 0.5, pooling: str = "gap", topk: float = 0.1) -> None:
+                 hff_detach: bool = True, bkg_weight: float = 0.5, pooling: str = "gap", topk: float = 0.1,
+                 affinity: str = "abs") -> None:
         super().__init__()
         self.backbone = backbone
-        self.version, self.hff_detach, self.bkg_weight = version, hff_detach, bkg_weight
+        self.version, self.hff_detach, self.bkg_weight, self.affinity = version, hff_detach, bkg_weight, affinity
         self.pooling, self.topk = pooling, topk
         channels = [info["num_chs"] for info in backbone.feature_info]
         self.classifier = nn.Conv2d(channels[-1], num_classes, 1, bias=False)
@@ -291,22 +363,61 @@ class SWTformer(nn.Module):
         out = {"scores": pool_scores(self._cells(x, f_out), self.pooling, self.topk), "f_out": f_out}
         if self.hff is None:
             return out
-        valid = valid_maps(labels)
-        cams = with_background(class_activation_maps(f_out)) * valid[..., None, None]
-        seeds = locate_seeds(cams.detach(), structure_affinity(t_out.detach()), valid, self.bkg_weight)
         hie = self.hff([f.detach() for f in feats] if self.hff_detach else feats)
-        rcams = reactivate(class_prototypes(seeds, hie), hie)
+        cams, seeds, rcams = self.reactivated(f_out, t_out, hie, labels)
         out.update(cams=F.interpolate(cams, size=hie.shape[-2:], mode="bilinear", align_corners=False), seeds=seeds, rcams=rcams)
         return out
 
-    def seed_maps(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reactivated(self, f_out: torch.Tensor, t_out: torch.Tensor, hie: torch.Tensor, labels: torch.Tensor,
+                    features: str = "t_out", absent: str = "masked") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """V2's background-aware re-activation: (CAMs with the background first, one-hot seeds, R-CAMs).
+
+        The CAMs [M_B ; Norm(ReLU(F_out))] (Eqs. 1, 3; the background from every class) locate the seeds with the
+        affinity (Eq. 4, ``self.affinity``) of ``features``: ``t_out`` at T_out's grid, or ``hierarchical``, F_hie's,
+        the CAMs resized to it first (bilinear, corners aligned: SIPE resnet50_SIPE.py:147). ``absent``: ``masked``
+        zeroes the classes outside the image label before locating (training, SIPE resnet50_SIPE.py:96),
+        ``compete`` lets them take tokens whose seeds are then dropped (SIPE's inference, :147-149). The prototypes
+        (seed means of F_hie) re-activate F_hie: R-CAM = ReLU(cos(F_hie, prototype)). Nothing flows back into the
+        seeds (they are located from detached maps).
+        """
+        valid = valid_maps(labels)
+        cams = with_background(class_activation_maps(f_out))
+        if absent == "masked":
+            cams = cams * valid[..., None, None]
+        located, tokens = cams.detach(), t_out.detach()
+        if features == "hierarchical":
+            located = F.interpolate(located, size=hie.shape[-2:], mode="bilinear", align_corners=True)
+            tokens = hie.detach()
+        seeds = locate_seeds(located, structure_affinity(tokens, self.affinity), valid, self.bkg_weight)
+        return cams, seeds, reactivate(class_prototypes(seeds, hie), hie)
+
+    def seed_maps(self, x: torch.Tensor, labels: torch.Tensor, views: str = "per_view", features: str = "t_out",
+                  absent: str = "masked") -> tuple[torch.Tensor, torch.Tensor]:
         """The CAM (ReLU(F_out), B×C×H×W) and, for V2, the R-CAM with its background map first (B×(C+1)×H×W), at
-        the input's size (V1: the CAM twice)."""
-        out = self.outputs(x, labels)
-        cam = self._to_input(x, F.relu(out["f_out"]))
-        if self.hff is None:
-            return cam, cam
-        return cam, self._to_input(x, out["rcams"])
+        the input's size (V1: the CAM twice). ``features`` and ``absent``: ``reactivated``.
+
+        ``views="per_view"``: each image of ``x`` on its own. ``"flip_fused"``: SIPE's inference (resnet50_SIPE.py
+        CAM.forward, :121-154): each image and its mirror image go through the network together, F_out, T_out and
+        F_hie of the mirror are flipped back and added to the image's (``fuse_flipped``) before the seeds are
+        located; the maps are the image's (the input is padded before it is mirrored, so the two grids coincide).
+        """
+        if views == "flip_fused":
+            xp = self._padded(x)
+            feats, t_out = self.stages(torch.cat([xp, xp.flip(-1)]))
+            f_out = fuse_flipped(self.classifier(t_out))
+            if self.hff is None:
+                cam = self._to_input(x, F.relu(f_out))
+                return cam, cam
+            hie, t_out = fuse_flipped(self.hff(feats)), fuse_flipped(t_out)
+        else:
+            feats, t_out = self.stages(x)
+            f_out = self.classifier(t_out)
+            if self.hff is None:
+                cam = self._to_input(x, F.relu(f_out))
+                return cam, cam
+            hie = self.hff(feats)
+        _, _, rcams = self.reactivated(f_out, t_out, hie, labels, features, absent)
+        return self._to_input(x, F.relu(f_out)), self._to_input(x, rcams)
 
     def _to_input(self, x: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """Grid maps of the padded input, upsampled to it and cropped to the input."""
@@ -321,14 +432,15 @@ class SWTformer(nn.Module):
 
 @register_model
 def swtformer(backbone: dict, num_classes: int = 20, version: int = 2, hff_dim: int = 64, hff_detach: bool = True,
-              bkg_weight: float = 0.5, pooling: str = "gap", topk: float = 0.1) -> SWTformer:
-    return SWTformer(create_swin(**backbone), num_classes, version, hff_dim, hff_detach, bkg_weight, pooling, topk)
+              bkg_weight: float = 0.5, pooling: str = "gap", topk: float = 0.1, affinity: str = "abs") -> SWTformer:
+    return SWTformer(create_swin(**backbone), num_classes, version, hff_dim, hff_detach, bkg_weight, pooling, topk, affinity)
 
 
-def swtformer_spec(c: SWTformerConfig) -> ModelSpec:
-    """The SWTformer network of a ``swtformer`` section."""
-    return ModelSpec("swtformer", dict(backbone=c.swin(), num_classes=20, version=c.version, hff_dim=c.hff_dim,
-                                       hff_detach=c.hff_detach, bkg_weight=c.bkg_weight, pooling=c.pooling, topk=c.topk))
+def swtformer_spec(c: SWTformerConfig, num_classes: int = 20) -> ModelSpec:
+    """The SWTformer network of a ``swtformer`` section (``num_classes`` foreground classes: VOC 20, COCO 80)."""
+    return ModelSpec("swtformer", dict(backbone=c.swin(), num_classes=num_classes, version=c.version, hff_dim=c.hff_dim,
+                                       hff_detach=c.hff_detach, bkg_weight=c.bkg_weight, pooling=c.pooling, topk=c.topk,
+                                       affinity=c.affinity))
 
 
 def swtformer_losses(model: SWTformer, images: torch.Tensor, labels: torch.Tensor, gsc: bool = True,

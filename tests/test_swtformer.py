@@ -28,15 +28,19 @@ def test_cam_is_relu_then_max_normalised_and_background_is_one_minus_the_max():
     assert torch.allclose(m[0, 0], torch.tensor([[0.0, 0.0], [0.0, 1.0]]), atol=1e-4) and torch.equal(m[:, 1:], cam)
 
 
-def test_structure_affinity_is_the_absolute_cosine_of_every_token_pair():
+@pytest.mark.parametrize("rule", ["abs", "relu"])
+def test_structure_affinity_is_the_cosine_of_every_token_pair(rule):
+    """Eq. 4 (|cos|) and SIPE's ReLU(cos), the cosine with SIPE's 1e-5 added to each norm (resnet50_SIPE.py:39)."""
     t = torch.randn(2, 5, 3, 4)
-    s = structure_affinity(t)
-    flat = t.flatten(2)
+    s = structure_affinity(t, rule)
+    flat = t.flatten(2).double()
     for b, i, j in itertools.product(range(2), range(12), range(12)):
-        want = abs(F.cosine_similarity(flat[b, :, i], flat[b, :, j], dim=0))
-        assert math.isclose(s[b, i, j].item(), want.item(), abs_tol=1e-5)
-    t2 = torch.tensor([[[[1.0, -1.0]]]])  # opposite tokens: |cos| = 1 (SIPE's ReLU would give 0)
-    assert torch.allclose(structure_affinity(t2), torch.ones(1, 2, 2))
+        a, c = flat[b, :, i], flat[b, :, j]
+        cos = float(a @ c / ((a.norm() + 1e-5) * (c.norm() + 1e-5)))
+        assert math.isclose(s[b, i, j].item(), abs(cos) if rule == "abs" else max(cos, 0.0), abs_tol=1e-6)
+    t2 = torch.tensor([[[[1.0, -1.0]]]])  # opposite tokens: |cos| = 1, SIPE's ReLU gives 0
+    want = torch.ones(1, 2, 2) if rule == "abs" else torch.eye(2)[None]
+    assert torch.allclose(structure_affinity(t2, rule), want, atol=1e-4)
 
 
 def test_seed_locating_matches_a_brute_force_overlap():
