@@ -35,7 +35,7 @@ class SWTformerLoss:
 def run(ctx) -> dict:
     cfg = ctx.config
     samples, n = classifier_samples(ctx)
-    return run_training(ctx, swtformer_spec(cfg.swtformer), samples, n,
+    return run_training(ctx, swtformer_spec(cfg.swtformer, num_classes=samples.labels.shape[1]), samples, n,
                         lambda model: SWTformerLoss(cfg.swtformer.gsc, cfg.swtformer.ccl, cfg.swtformer.start_step), cfg.train_classifier)
 
 
