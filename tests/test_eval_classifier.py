@@ -114,7 +114,8 @@ def test_every_flow_has_cls_map_in_its_summary(tmp_path):
         run = Run.create(tmp_path / name, spec.resolve("smoke"))
         assert summarise(run, spec.stages)["summary"]["cls_map"] is None, name
         fills = [s.name for s in spec.stages if "cls_map" in s.summary]
-        want = ["eval_classifier"] if name in ("cam_voc", "acr_voc", "afa_voc", "afa_voc_multistage", "swtformer_voc") else []
+        want = ["eval_classifier"] if name in ("cam_voc", "acr_voc", "afa_voc", "afa_voc_multistage", "swtformer_voc",
+                                                "cam_coco", "acr_coco", "afa_coco") else []
         assert fills == want, name
 
 
