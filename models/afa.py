@@ -193,7 +193,7 @@ def balanced_seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
     >>> lg = torch.zeros(1, 2, 1, 3); lg[0, 1, 0, 2] = 2.0
     >>> round(float(balanced_seg_loss(lg, torch.tensor([[[0, 0, 1]]]))), 4)  # ½·ln 2 + ½·ln(1 + e⁻²)
-    0.4100
+    0.41
     """
     def side(lab: torch.Tensor) -> torch.Tensor:
         n = (lab != IGNORE_INDEX).sum()
