@@ -335,8 +335,11 @@ def backbone_sections(config: Any, reads: Iterable[str]) -> dict[str, Any]:
 
 def check_initial_weights(sections: Mapping[str, Any]) -> None:
     """Before any stage: each backbone section's weights file exists; ``pretrained`` without one names hub weights
-    that exist (and are cached when the hub is offline). One line naming ``<section>.weights`` otherwise."""
+    that exist (and are cached when the hub is offline); a section whose trained network comes from its ``checkpoint``
+    needs neither. One line naming ``<section>.weights`` otherwise."""
     for name, sec in sections.items():
+        if getattr(sec, "checkpoint", None):  # the whole trained network comes from its file (afa.checkpoint)
+            continue
         if sec.weights:
             p = weights_file(sec.weights)
             if not p.is_file():
