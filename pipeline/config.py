@@ -425,14 +425,44 @@ def parse_set(pairs: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
-def _check_keys(overrides: dict, model: type[BaseModel], prefix: str = "") -> None:
+def _key_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key path of a config model, sections and leaves: ``["data", "data.root", ...]``."""
+    out = []
+    for k, field_ in model.model_fields.items():
+        out.append(prefix + k)
+        ann = field_.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += _key_paths(ann, prefix + k + ".")
+    return out
+
+
+def _leaf_paths(value: Any, prefix: str) -> list[str]:
+    """The dotted paths an override ``value`` set under ``prefix``: ``{"such": {"key": 1}}`` under ``no`` → ``["no.such.key"]``."""
+    if isinstance(value, dict) and value:
+        return [p for k, v in value.items() for p in _leaf_paths(v, f"{prefix}.{k}")]
+    return [prefix]
+
+
+def _check_keys(overrides: dict, model: type[BaseModel], prefix: str = "", root: type[BaseModel] | None = None) -> None:
+    """``UserError`` naming the whole unknown key path an override gives (``no.such.key``, not ``no``) and the
+    closest valid key path (difflib's ratio over every dotted path of the config), or, when none is close, the
+    valid keys where the path left the config."""
+    import difflib
+    root = root or model
     for k, v in overrides.items():
         field_ = model.model_fields.get(k)
         if field_ is None:
-            raise UserError(f"unknown config key {prefix + k!r}: see `run-flow NAME --show-config` for the keys")
+            path = _leaf_paths(v, prefix + k)[0]
+            close = difflib.get_close_matches(path, _key_paths(root), n=1, cutoff=0.6)
+            if close:
+                hint = f"the closest valid key is {close[0]!r}"
+            else:
+                here = sorted(model.model_fields)
+                hint = (f"{prefix[:-1] or 'the config'} has {', '.join(here[:12])}" + (", ..." if len(here) > 12 else ""))
+            raise UserError(f"unknown config key {path!r} ({hint}): see `run-flow NAME --show-config` for every key")
         ann = field_.annotation
         if isinstance(v, dict) and isinstance(ann, type) and issubclass(ann, BaseModel):
-            _check_keys(v, ann, prefix + k + ".")
+            _check_keys(v, ann, prefix + k + ".", root)
 
 
 def load_config_file(path: str) -> dict:

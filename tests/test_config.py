@@ -28,8 +28,19 @@ def test_paper_profile_carries_paper_hyperparameters():
 
 
 def test_unknown_key_names_the_key():
-    with pytest.raises(UserError, match="'train_classifier.stepz'"):
+    with pytest.raises(UserError, match=r"'train_classifier.stepz' \(the closest valid key is 'train_classifier.steps'\)"):
         resolve("cam_voc", "smoke", ["train_classifier.stepz=3"])
+
+
+@pytest.mark.parametrize("pair, says", [
+    # the whole path, not its first part; no key is close, so the keys where the path left the config
+    ("no.such.key=1", r"unknown config key 'no.such.key' \(the config has acr, afa, "),
+    ("pseudo.nope.deeper=2", r"unknown config key 'pseudo.nope.deeper' "),
+    ("pseudo.bkg_threshhold=0.3", r"'pseudo.bkg_threshhold' \(the closest valid key is 'pseudo.bkg_threshold'\)"),
+])
+def test_unknown_key_names_its_whole_path_and_the_closest_valid_key(pair, says):
+    with pytest.raises(UserError, match=says):
+        resolve("cam_voc", "smoke", [pair])
 
 
 def test_ill_typed_value_names_the_key():
