@@ -60,9 +60,10 @@ PAPER_TRAIN = {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range"
 @config_section("sasformer", profiles={
     "smoke": {"weights": None, "embed_dims": [16, 32, 64, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2],
               "decoder_dim": 32, "train": {**SMOKE_TRAIN}},
-    # the reference code (docs/sasformer.md, "Paper profile and the official code"): SegFormer's MiT-B4 (mit_b4.pth),
+    # the reference code (docs/sasformer.md, "Paper profile and the official code"): SegFormer's MiT-B4 from its released
+    # ImageNet file (scripts/voc2012/segf/train_b4_512_*.sh:27,46 pass ./pretrained/; docs/weights.md),
     # the last block at stride 16, decoder width 256, L_aff summed over the four blocks, partial CE at 1/4
-    "paper": {"backbone": "mit_b4", "pretrained": False, "weights": None, "embed_dims": None, "depths": None,
+    "paper": {"backbone": "mit_b4", "pretrained": False, "weights": "pretrained/mit_b4.pth", "embed_dims": None, "depths": None,
               "num_heads": None, "output_stride": 16, "decoder_dim": 256, "block_reduction": "sum",
               "partial_ce_at": "logits", "input_order": "bgr", "augment": "reference",
               # every released config weighs L_aff 1.2 (Segformerb4_512_*.json:141) and its README turns to points by
