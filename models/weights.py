@@ -82,6 +82,24 @@ def identity(tensors: dict[str, torch.Tensor], _backbone: Mapping[str, torch.Ten
     return Conversion(dict(tensors), {k: k for k in tensors})
 
 
+def convert_by_name(tensors: Mapping[str, torch.Tensor], rename: Callable[[str], str],
+                    drop: Callable[[str], str | None]) -> Conversion:
+    """Every tensor of a file under ``rename(key)``, but those ``drop(key)`` gives a reason for (recorded as dropped).
+
+    >>> c = convert_by_name({"a": torch.zeros(1), "fc": torch.zeros(1)}, str.upper, lambda k: "head" if k == "fc" else None)
+    >>> sorted(c.tensors), c.source, c.dropped
+    (['A'], {'A': 'a'}, {'fc': 'head'})
+    """
+    out, source, dropped = {}, {}, {}
+    for k, v in tensors.items():
+        if (reason := drop(k)) is not None:
+            dropped[k] = reason
+        else:
+            name = rename(k)
+            out[name], source[name] = v, k
+    return Conversion(out, source, dropped)
+
+
 #: timm's own names (timm hub files, this project's stand-ins and trained backbones): the fallback of every family
 TIMM_LAYOUT = Layout("timm", "*", "timm's own names (timm's hub files, stand-ins, backbones saved here)",
                      lambda _keys: True, identity)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
-from models.weights import Conversion, Layout, register_layout
+from models.weights import Conversion, Layout, convert_by_name, register_layout
 
 #: the released files' ImageNet classifier, popped by the official code before loading
 SEGFORMER_CLASSIFIER = ("head.weight", "head.bias")
@@ -42,14 +42,8 @@ def segformer_mit_name(key: str) -> str:
 
 def convert_segformer_mit(tensors: dict[str, torch.Tensor], _backbone: Mapping[str, torch.Tensor]) -> Conversion:
     """Every key of a SegFormer MiT file under timm's names; the ImageNet classifier dropped."""
-    out, source, dropped = {}, {}, {}
-    for k, v in tensors.items():
-        if k in SEGFORMER_CLASSIFIER:
-            dropped[k] = "the ImageNet classifier, popped by AFA's and SASFormer's code before loading"
-            continue
-        name = segformer_mit_name(k)
-        out[name], source[name] = v, k
-    return Conversion(out, source, dropped)
+    return convert_by_name(tensors, segformer_mit_name, lambda k: (
+        "the ImageNet classifier, popped by AFA's and SASFormer's code before loading" if k in SEGFORMER_CLASSIFIER else None))
 
 
 SEGFORMER_MIT = register_layout(Layout(

@@ -15,19 +15,17 @@ from collections.abc import Mapping
 
 import torch
 
-from models.weights import Conversion, Layout, register_layout
+from models.weights import Conversion, Layout, convert_by_name, register_layout
 from pipeline.errors import UserError
 
 TORCHVISION_CLASSIFIER = ("fc.weight", "fc.bias")
 
 
 def convert_torchvision_resnet(tensors: dict[str, torch.Tensor], backbone: Mapping[str, torch.Tensor]) -> Conversion:
-    out, source, dropped, notes = {}, {}, {}, []
-    for k, v in tensors.items():
-        if k in TORCHVISION_CLASSIFIER and k not in backbone:
-            dropped[k] = "the ImageNet classifier (a features_only backbone has none)"
-        else:
-            out[k], source[k] = v, k
+    c = convert_by_name(tensors, str, lambda k: (
+        "the ImageNet classifier (a features_only backbone has none)"
+        if k in TORCHVISION_CLASSIFIER and k not in backbone else None))
+    out, source, dropped, notes = c.tensors, c.source, c.dropped, []
     counters = [k for k in backbone if k.endswith("num_batches_tracked") and k not in out
                 and k.replace("num_batches_tracked", "running_mean") in out]
     for k in counters:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import torch
 
-from models.weights import Conversion, Layout, register_layout
+from models.weights import Conversion, Layout, convert_by_name, register_layout
 
 MS_SWIN_CLASSIFIER = ("head.weight", "head.bias")
 
@@ -30,17 +30,17 @@ def ms_swin_name(key: str) -> str:
     return re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"layers.{int(m[1]) + 1}.downsample.", key)
 
 
+def ms_swin_dropped(key: str) -> str | None:
+    """Why a key of Microsoft's Swin file is not loaded (None: it is)."""
+    if key in MS_SWIN_CLASSIFIER:
+        return "the ImageNet classifier (a feature backbone has none)"
+    if key.endswith("relative_position_index") or key.endswith("attn_mask"):
+        return "buffers timm recomputes from the window size"
+    return None
+
+
 def convert_ms_swin(tensors: dict[str, torch.Tensor], _backbone: Mapping[str, torch.Tensor]) -> Conversion:
-    out, source, dropped = {}, {}, {}
-    for k, v in tensors.items():
-        if k in MS_SWIN_CLASSIFIER:
-            dropped[k] = "the ImageNet classifier (a feature backbone has none)"
-        elif k.endswith("relative_position_index") or k.endswith("attn_mask"):
-            dropped[k] = "buffers timm recomputes from the window size"
-        else:
-            name = ms_swin_name(k)
-            out[name], source[name] = v, k
-    return Conversion(out, source, dropped)
+    return convert_by_name(tensors, ms_swin_name, ms_swin_dropped)
 
 
 MS_SWIN = register_layout(Layout(
