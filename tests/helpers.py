@@ -61,6 +61,17 @@ def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
                           env=env or cli_env(), timeout=timeout, cwd=ROOT)
 
 
+def cli_here(*args, env=None) -> subprocess.CompletedProcess:
+    """``cli.py ARGS`` in this process (click's runner: the same command, its one-line errors and exit codes, without
+    a fresh interpreter's seconds of imports), as ``cli`` returns it. For commands that stop before any stage; a
+    flow that runs goes through ``cli``, the console path."""
+    from click.testing import CliRunner
+
+    import cli as cli_module
+    r = CliRunner().invoke(cli_module.main, [str(a) for a in args], env=env)
+    return subprocess.CompletedProcess(["cli.py", *map(str, args)], r.exit_code, r.stdout, r.stderr)
+
+
 def inspect_json(run_dir, env=None, in_process: bool = True) -> dict:
     """``cli.py inspect RUN_DIR --json``, parsed. In this process by default (click's runner calls the same command
     as the console does, without the seconds of a fresh interpreter's imports); ``in_process=False`` runs the real
