@@ -37,8 +37,8 @@ from pipeline.fsutil import atomic_write_text, replace_dir
 from pipeline.progress import PROGRESS_FILE
 from pipeline.records import RECORD_SCHEMA, RUN_SCHEMA, read_json_file
 from pipeline.sparse import sparse_sources
-from pipeline.stage import Stage, StageContext, stage_key
-from pipeline.store import LabelStore
+from pipeline.stage import Stage, StageContext, masks_as_declared, stage_key
+from pipeline.store import LabelStore, pack_stores
 from pipeline.synthetic import embedded_dataset
 from pipeline.voc import VOCDataset, VOCFolder, find_voc_root
 
@@ -459,7 +459,9 @@ def run_stage(run: Run, stage: Stage, force: bool = False) -> dict:
     base = {"name": stage.name, "key": key, "started": started, "pid": os.getpid()}
     run.write_record(stage.name, {**base, "status": "running", "seconds": None, "metrics": {}})
     try:
-        metrics = stage.fn(StageContext(run, stage, key)) or {}
+        with masks_as_declared(run, stage):  # a labelling stage reads no mask of a labelled image (Stage.masks)
+            metrics = stage.fn(StageContext(run, stage, key)) or {}
+        pack_stores([run.stage_dir(stage.name) / name for name in stage.writes], min_loose=None)  # a large store ends packed
     except BaseException as e:
         run.write_record(stage.name, {**base, "status": "failed", "seconds": round(time.time() - started, 3),
                                       "metrics": {}, "error": f"{type(e).__name__}: {e}",

@@ -18,7 +18,7 @@ from pipeline.parallel import ImagePool, map_images
 from pipeline.runtime import Runtime, resolve_device
 from pipeline.stage import StageContext
 from pipeline.progress import PROGRESS_FILE
-from pipeline.store import open_for_stage
+from pipeline.store import PACK_MIN, open_for_stage, pack_stores
 from pipeline.training import StepIndexedDataset
 
 
@@ -122,12 +122,16 @@ def fill_store(ctx: StageContext, name: str, attrs: dict, ids: list[str], make_w
     """The one per-image loop: run ``make_worker(store_path)`` on every image not yet stored under this key.
 
     The store is the stage's declared output ``name``; the worker writes one image atomically. An image counts as
-    done when its entry is complete under this key (``LabelStore.complete_ids``: a deleted chunk is redone).
+    done when its entry is complete under this key (``LabelStore.complete_ids``: a deleted chunk is redone). Every
+    ``PACK_MIN`` images the stage's stores pack their loose entries (``LabelStore.pack``; ``run_stage`` packs the rest).
     Returns the store and how many images were found done (a resumed stage).
     """
     store = open_for_stage(ctx.output(name), ctx.key, {"stage": ctx.stage.name, **attrs})
     done = set(store.complete_ids())
     todo = [i for i in ids if i not in done]
-    for _ in map_images(make_worker(store.path), todo, pool, ctx.stage.name, ctx.dir / PROGRESS_FILE, len(ids) - len(todo)):
-        pass
+    stores = [ctx.output(w) for w in ctx.stage.writes if w.endswith(".zarr")]  # the worker may write several
+    for k, _ in enumerate(map_images(make_worker(store.path), todo, pool, ctx.stage.name, ctx.dir / PROGRESS_FILE,
+                                     len(ids) - len(todo)), 1):
+        if k % PACK_MIN == 0:  # the loose entries written so far into packs: the store's file count stays low
+            pack_stores(stores)
     return store, len(ids) - len(todo)
