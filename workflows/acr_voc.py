@@ -29,8 +29,9 @@ SPEC = define_flow(
         # into SGD's momentum slot, so the run had momentum 0.0005 and no weight decay; every parameter at one lr;
         # long side in [345, 438], hflip, crop 384, no jitter (myTool.py get_data_from_chunk_v2); seeds at 384 × 384,
         # scale 1 + flip; the threshold swept 0.00-0.99 (evaluation.py --curve). PSA's affinity, PAR and CRF after
-        # the seeds are our own route, not the released code's.
-        "paper": {"model": {"backbone": "vit_base_r50_s16_384"}, "pseudo": {"bkg_threshold": 0.25},
+        # the seeds are our own route, not the released code's. float32 throughout: train_acr.py:137 runs the
+        # training step under autocast(enabled=False) and infer_cam.py has no autocast (the base paper profile: bf16).
+        "paper": {"model": {"backbone": "vit_base_r50_s16_384"}, "pseudo": {"bkg_threshold": 0.25}, "amp": "off",
                   "train_classifier": {"steps": 26450, "batch_size": 4, "crop_size": 384, "resize_long": [345, 438],
                                        "color_jitter": 0.0, "optimizer": "sgd", "lr": 0.05, "head_lr_mult": 1.0,
                                        "momentum": 0.0005, "weight_decay": 0.0, "warmup_steps": 0, "poly_power": 0.9},
