@@ -253,11 +253,15 @@ def inspect(run_dir, per_class, as_json) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--style", type=click.Choice(["a", "b"]), default="a", show_default=True,
               help="a: the embedded default; b: a second, independent generator (to check that defaults transfer).")
+@click.option("--format", "fmt", type=click.Choice(["voc", "coco"]), default="voc", show_default=True,
+              help="voc: OUT_DIR/VOC2012; coco: OUT_DIR in the official COCO 2014 layout (train2014/, val2014/, "
+              "annotations/instances_*2014.json with the 80 categories).")
 @_guard
-def make_synthetic_cmd(out_dir, n_train, n_val, seed, style) -> None:
-    """Write the synthetic dataset in VOC layout (OUT_DIR/VOC2012)."""
-    from pipeline.synthetic import make_synthetic
-    root = make_synthetic(Path(out_dir), n_train, n_val, seed, style=style)
+def make_synthetic_cmd(out_dir, n_train, n_val, seed, style, fmt) -> None:
+    """Write the synthetic dataset in VOC layout (OUT_DIR/VOC2012) or COCO 2014 layout (OUT_DIR); print its root."""
+    from pipeline.synthetic import make_synthetic, make_synthetic_coco
+    write = make_synthetic_coco if fmt == "coco" else make_synthetic
+    root = write(Path(out_dir), n_train, n_val, seed, style=style)
     click.echo(str(root))
 
 

@@ -468,7 +468,10 @@ def embedded_dataset(n_train: int, n_val: int, seed: int, min_size: int, max_siz
 #: the COCO category of each synthetic class (VOC index → COCO id: the same object kind)
 COCO_CATEGORY_OF = {1: 5, 3: 16, 7: 3, 8: 17, 12: 18, 15: 1,  # style a: aeroplane bird car cat dog person
                     2: 2, 5: 44, 9: 62, 11: 67, 13: 19, 17: 20}  # style b: bicycle bottle chair table horse sheep
-COCO_SYNTH_VERSION = 1
+#: the category that only val2014 annotates (the first object of the first val image): a class the classifier never
+#: sees, whose index still comes from the categories list (``pipeline.coco.class_index``); 90 is COCO's last id
+VAL_ONLY_CATEGORY = 90  # toothbrush
+COCO_SYNTH_VERSION = 2  # 2: the val-only category
 
 
 def uncompressed_rle(region: np.ndarray) -> dict:
@@ -538,9 +541,20 @@ def make_synthetic_coco(out_dir: Path, n_train: int = 200, n_val: int = 60, seed
     """Write the synthetic images of ``style`` in the official COCO 2014 layout under ``out_dir`` (the root, returned):
     ``train2014/COCO_train2014_<id>.jpg``, ``val2014/…``, ``annotations/instances_{train,val}2014.json`` with all 80
     categories (``pipeline.coco.COCO_CATEGORIES``), the objects as polygons (compressed RLE where a region has a
-    hole), the largest object of the second image of each split a crowd region (uncompressed RLE), and the last
-    training image without any annotation (background only). Image ``i`` of a split is the VOC generator's image
-    ``i`` (same seed); deterministic; assembled aside and renamed into place."""
+    hole), the largest object of the second image of each split a crowd region (uncompressed RLE), the last
+    training image without any annotation (background only), and the first object of the first val image of
+    category ``VAL_ONLY_CATEGORY``, annotated nowhere in train. Image ``i`` of a split is the VOC generator's image
+    ``i`` (same seed); deterministic; assembled aside and renamed into place (a folder this generator did not
+    write is refused, ``UserError``).
+
+    >>> import tempfile, json
+    >>> root = make_synthetic_coco(Path(tempfile.mkdtemp()) / "coco", n_train=3, n_val=2, min_size=40, max_size=48)
+    >>> train = json.loads((root / "annotations/instances_train2014.json").read_text())
+    >>> len(train["categories"]), sorted(p.name for p in (root / "val2014").iterdir())
+    (80, ['COCO_val2014_000000500001.jpg', 'COCO_val2014_000000500002.jpg'])
+    >>> [a["iscrowd"] for a in train["annotations"] if a["image_id"] == 2][:1], {a["image_id"] for a in train["annotations"]}
+    ([1], {1, 2})
+    """
     from pipeline.coco import COCO_CATEGORIES, SPLIT_DIRS
     out_dir = Path(out_dir)
     if style not in STYLES:
@@ -569,7 +583,9 @@ def make_synthetic_coco(out_dir: Path, n_train: int = 200, n_val: int = 60, seed
                 img = np.clip(bg, 0, 255).astype(np.uint8)
             Image.fromarray(img).save(tmp / folder / file_name, quality=95)
             images.append({"id": coco_id, "file_name": file_name, "height": int(label.shape[0]), "width": int(label.shape[1])})
-            for a in ([] if unannotated else coco_annotations(label, crowd=i == 1)):
+            for k, a in enumerate([] if unannotated else coco_annotations(label, crowd=i == 1)):
+                if split == "val" and i == 0 and k == 0:
+                    a["category_id"] = VAL_ONLY_CATEGORY
                 anns.append({"id": ann_id, "image_id": coco_id, **a})
                 ann_id += 1
         (tmp / "annotations").mkdir(exist_ok=True)

@@ -13,8 +13,11 @@ PAPER = {
     "train_classifier": {"lr": 0.05,  # train_acr_coco.sh:7
                          "batch_size": 4,  # train_acr_coco.sh:8 --batch_size 1 per process × :10 -g 4
                          "crop_size": 384,  # train_acr_coco.sh:9
-                         "steps": COCO_STEPS,  # train_acr_coco.sh:11 --max_epoches 5, train_acr_coco.py:108
-                         "weight_decay": 5e-4},  # train_acr_coco.py:59 --wt_dec default
+                         "steps": COCO_STEPS},  # train_acr_coco.sh:11 --max_epoches 5, train_acr_coco.py:108
+    # the rest is acr_voc's paper profile, as the COCO script does the same: train_acr_coco.py:118 builds
+    # torchutils.PolyOptimizer(lr, weight_decay=--wt_dec 5e-4 (:59)), which hands it positionally to SGD's momentum
+    # (tool/torchutils.py:13): momentum 0.0005, no weight decay; long side [345, 438], hflip, crop 384
+    # (myTool.py:1542 get_data_from_chunk_coco); every training image must have a label (myTool.py:1533 asserts it)
 }
 
 SPEC = define_flow("acr_coco", ACR_VOC.stages,
