@@ -223,8 +223,10 @@ class LabelStore:
         meta = _read_json(entry / "zarr.json")
         if meta is None:
             return None
-        ndim = len(meta.get("shape", ()))
-        return meta if (entry / "c").joinpath(*["0"] * ndim).is_file() else None  # the single chunk
+        shape = meta.get("shape", ())
+        if 0 in shape:  # an empty array (e.g. the 0×H×W maps of an image without classes) has no chunk to write
+            return meta
+        return meta if (entry / "c").joinpath(*["0"] * len(shape)).is_file() else None  # the single chunk
 
     def _entry_complete(self, image_id: str, key: str | None) -> bool:
         meta = self._loose_meta(image_id)
