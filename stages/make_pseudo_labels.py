@@ -70,7 +70,9 @@ def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], b
 
     ``scores_at(t)`` gives the (K+1)×H×W scores for background score t (default: ``with_background``).
     Without a ``bkg_band`` the label is the refined argmax at ``bkg_threshold``; with one, the reliable
-    labels of the two ends.
+    labels of the two ends. An image without a foreground class (``classes`` empty, e.g. COCO's unannotated
+    images) is all background: its one score map, the background's, wins everywhere whatever the threshold,
+    band or refinement (and the routes' score functions are not called on its 0×H×W maps).
     """
     scores_at = scores_at or (lambda t: with_background(cams, t))
     lookup = np.asarray([0, *classes], np.uint8)
