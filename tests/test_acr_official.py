@@ -534,9 +534,15 @@ def test_augmentation_is_the_released_one():
     out = random_resize_long(img, (40, 40), np.random.default_rng(0))  # 10×20 → 20×40: bilinear without antialias
     ref = bilinear(torch.from_numpy(img.astype(np.float64)).permute(2, 0, 1)[None], (20, 40))[0].permute(1, 2, 0).numpy()
     assert np.abs(out.astype(np.float64) - ref).max() <= 0.5  # ours rounds to uint8; the released keeps the floats
-    x, _ = train_transform(img, None, tc.crop_size, tc.scale_range, tc.hflip, tc.color_jitter, rng, tc.brightness_shift,
-                           tc.resize_long)
-    assert x.shape == (3, 384, 384)
+    halves = np.zeros((10, 20, 3), np.uint8)
+    halves[:, 10:] = 255  # dark left, bright right: a flipped crop is bright on its left
+    flipped = []
+    for _ in range(200):
+        x, _ = train_transform(halves, None, tc.crop_size, tc.scale_range, tc.hflip, tc.color_jitter, rng,
+                               tc.brightness_shift, tc.resize_long)
+        assert x.shape == (3, 384, 384)
+        flipped.append(bool(x[:, :, :8].mean() > x[:, :, -8:].mean()))
+    assert 0.4 < np.mean(flipped) < 0.6  # p = 0.5
 
 
 # ------------------------------------------------------------------------------ issue 35 item 4, the table
