@@ -239,10 +239,6 @@ def released_forward(sd: dict, head: torch.nn.Linear, image: torch.Tensor) -> di
                 patch_tokens=tokens)
 
 
-def head_of(model) -> torch.nn.Linear:
-    return model.head
-
-
 # ------------------------------------------------------------------- issue 35 item 2, the ViT-hybrid forward
 def test_hybrid_file_loads_strictly_and_the_forward_is_the_released_one(released, tmp_path):
     model, sd, path = released
@@ -301,7 +297,7 @@ def test_head_reads_block_12_class_token_before_the_final_norm(released):
             after_norm = model(x)
         finally:
             model.head_input = "last_block"
-    assert (after_norm - head_of(model)(ref["normed"][:, 0])).abs().max().item() <= TOL
+    assert (after_norm - model.head(ref["normed"][:, 0])).abs().max().item() <= TOL
     assert (after_norm - ref["logits"]).abs().max().item() > 1e-2
 
 
