@@ -597,6 +597,13 @@ def test_paper_profile_takes_every_released_value():
     wrong = {k: (lookup(cfg, k), v) for k, (v, _) in OFFICIAL.items() if lookup(cfg, k) != v}
     assert not wrong
     assert cfg.train_classifier.steps == 26450
+    # each released choice is read by the stage it changes (so it is part of that stage's cache key)
+    from stages.acr_seeds import MAKE_ACR_SEEDS
+    from stages.train_acr_classifier import TRAIN_ACR_CLASSIFIER
+    train, seeds = set(TRAIN_ACR_CLASSIFIER.reads), set(MAKE_ACR_SEEDS.reads)
+    for key in RELEASED:
+        assert f"acr.{key}" in (seeds if key.startswith("seed") else train), key
+    assert {"acr.head_input", "acr.pos_embed", "acr.stem_std"} <= train  # the network: in the model spec the seeds load
 
 
 def doc_value(v) -> str:
