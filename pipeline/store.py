@@ -44,6 +44,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import uuid
 import zlib
 from contextlib import contextmanager
@@ -52,9 +53,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from pipeline.fsutil import fsync_dir, fsync_tree, replace_dir
+
+
+class _Zarr:
+    """``zarr``, imported at first use: ``inspect`` and the id rule (``image_id_problem``, which the data readers
+    import) answer without Zarr's 0.4 s import."""
+
+    def __getattr__(self, name: str) -> Any:
+        import zarr as module
+        return getattr(module, name)
+
+
+zarr = _Zarr()
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 #: names inside a store that belong to Zarr, never to an image
@@ -125,6 +137,7 @@ def _read_json(path: Path) -> dict | None:
 _PACK_META: dict[tuple[str, str], dict | None] = {}
 _INDEX: dict[str, tuple[frozenset, dict[str, PackedEntry]]] = {}
 _ARRAYS: dict[tuple[int, str, str], Any] = {}
+_DELETERS: list[threading.Thread] = []  # removing packed loose entries (staging folders) in the background
 
 
 def _load_pack(packs: Path, name: str, fresh: bool) -> dict | None:
@@ -425,7 +438,10 @@ class LabelStore:
             except FileNotFoundError:
                 pass
         fsync_dir(self.path)
-        shutil.rmtree(trash, ignore_errors=True)
+        # out of the store already: deleted beside the next images (a stage's end waits, ``pack_stores``)
+        deleter = threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True}, daemon=True)
+        deleter.start()
+        _DELETERS.append(deleter)
 
     def _drop_superseded(self) -> None:
         """Delete the packs none of whose images is current (superseded by newer packs, or unreadable)."""
@@ -479,8 +495,13 @@ def _batches(items: list[tuple[str, str, int, Any]]) -> list[list[tuple[str, Any
 
 
 def pack_stores(paths: list[Path], min_loose: int | None = PACK_MIN) -> int:
-    """``LabelStore.pack`` on every label store among ``paths`` (others skipped); returns the images packed."""
-    return sum(LabelStore(p).pack(min_loose) for p in paths if (Path(p) / "zarr.json").is_file())
+    """``LabelStore.pack`` on every label store among ``paths`` (others skipped); returns the images packed. At a
+    stage's end (``min_loose=None``) it also waits until the packed loose entries are deleted."""
+    n = sum(LabelStore(p).pack(min_loose) for p in paths if (Path(p) / "zarr.json").is_file())
+    if min_loose is None:
+        while _DELETERS:
+            _DELETERS.pop().join()
+    return n
 
 
 def open_for_stage(path: Path, key: str, attrs: dict[str, Any]) -> LabelStore:
