@@ -267,6 +267,20 @@ def test_hybrid_file_loads_strictly_and_the_forward_is_the_released_one(released
     assert "\n" not in str(e.value)
 
 
+def test_check_weights_shows_the_released_file_fits_the_paper_backbone(released):
+    """``python cli.py check-weights FILE --flow acr_voc --profile paper`` (issue 35 item 2) on the fabricated file."""
+    from click.testing import CliRunner
+
+    import cli as command_line
+    _, _, path = released
+    narrow = [f"model.{k}={v}" for k, v in (("embed_dim", EMBED), ("depth", DEPTH), ("num_heads", HEADS))]
+    args = ["check-weights", str(path), "--flow", "acr_voc", "--profile", "paper", "--section", "model"]
+    run = CliRunner().invoke(command_line.main, args + [x for s in narrow for x in ("--set", s)])
+    assert run.exit_code == 0, run.output
+    assert "layout: timm-vit" in run.output and "missing 0, unexpected 0, mis-shaped 0" in run.output
+    assert "head.weight" in run.output  # dropped by name
+
+
 # ------------------------------------------------------------------- issue 40 item 1, weight standardisation
 def test_released_weight_standardisation_gives_the_released_tokens(released):
     model, sd, path = released
