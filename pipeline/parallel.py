@@ -63,8 +63,10 @@ class Portable:
         import pickle
 
         from pipeline.config import section_modules
+        from pipeline.voc import current_mask_policy
         self.modules = section_modules()
         self.payload = pickle.dumps(fn)
+        self.mask_policy = current_mask_policy()  # the packing stage's (pipeline.stage.Stage.masks), set where unpacked
 
     def unpack(self) -> Callable:
         import hashlib
@@ -75,6 +77,8 @@ class Portable:
             for m in self.modules:
                 importlib.import_module(m)
             _UNPACKED.update(digest=digest, fn=pickle.loads(self.payload))
+        from pipeline.voc import adopt_mask_policy
+        adopt_mask_policy(self.mask_policy)  # this worker (thread) works for the packing stage until the next unpack
         return _UNPACKED["fn"]
 
     def __call__(self, *args: Any) -> Any:

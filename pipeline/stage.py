@@ -8,7 +8,10 @@ A ``Stage`` is a function ``fn(ctx) -> metrics`` with
 - ``inputs``: the roles it reads from earlier stages (``"model"``, ``"seeds"``, ...), which a flow
   binds to another stage's output with ``wire(role=other.out(NAME))``; ``optional`` roles may stay unbound,
   and ``uses(config)`` names the bound roles that a config makes it read (default: all);
-- ``summary``: which of its metrics fill which key of ``inspect``'s summary.
+- ``summary``: which of its metrics fill which key of ``inspect``'s summary;
+- ``masks``: which masks it may read (``MASK_ACCESS``); by default none of the images it labels or trains on, and
+  the runner enforces it (``masks_as_declared``: every dataset reader's mask accessors raise
+  ``pipeline.voc.MaskReadWhileLabelling``).
 
 The key of a stage digests its name and version, its code (``pipeline.codeversion.source_digest`` of its
 module), the data's identity, the values of the keys it reads and the keys of the stages its inputs come from
@@ -31,7 +34,7 @@ from pipeline.config import RunConfigBase, parse_config_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.runs import Run
-    from pipeline.voc import VOCDataset
+    from pipeline.voc import MaskPolicy, VOCDataset
 
 #: what every stage depends on through the data's fingerprint (the dataset's identity)
 DATA_KEYS = ("data.root", "data.synthetic")
@@ -45,6 +48,16 @@ LATER_KEYS = {"amp": "off", "train.brightness_shift": 0.0, "weights_ignore": [],
               "afa.cam_fusion": "sum", "afa.walk_eps": 1e-5, "afa.seg_loss": "ce", "afa.seg_propagated_from": 0,
               "afa.par_on_box": False, "afa.train_norm": True, "afa.checkpoint": None,
               "afa.crop_pad": "mean", "afa.decoder_init": "torch"}
+
+
+#: what a stage may read of the masks (``Stage.masks``; docs/labels.md, "The guarantee"):
+#: - ``none``: no mask of an image of ``data.train_split`` or ``data.label_split`` but the calibration split's
+#:   (``pseudo.calibrate``) — every stage that labels, trains on labels, or trains the networks that label;
+#: - ``score``: every mask — a stage that scores; a later stage may use what it computes only from its
+#:   ``StageContext.label_free()`` part (``eval_seeds``' threshold);
+#: - ``ground_truth``: every mask while its ``labels`` input is unwired (it trains on the ground truth: the supervised
+#:   baseline), else ``none``.
+MASK_ACCESS = ("none", "score", "ground_truth")
 
 
 def _is_later_default(path: str, value: Any) -> bool:
@@ -165,6 +178,16 @@ class Stage:
     version: int = 1
     bound: tuple[tuple[str, Output], ...] = ()
     reads_data: bool = True  # False: it never opens the dataset, whose identity then stays out of its key
+    masks: str = "none"  # which masks it may read: MASK_ACCESS (not part of its key: it changes no output)
+
+    def __post_init__(self) -> None:
+        if self.masks not in MASK_ACCESS:
+            raise ValueError(f"stage {self.name}: masks={self.masks!r} is not one of {MASK_ACCESS}")
+
+    def reads_masks(self) -> bool:
+        """Whether this stage, as wired, may read every mask (``MASK_ACCESS``); False: not those of the images it
+        labels or trains on."""
+        return self.masks == "score" or (self.masks == "ground_truth" and "labels" not in self.sources)
 
     def out(self, name: str) -> Output:
         """This stage's output ``name`` (declared in ``writes``), for binding to a later stage's input."""
@@ -224,6 +247,28 @@ def stage_key(stage: Stage, config: Mapping, data_id: str | None) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def labelling_policy(run: "Run", stage: str) -> "MaskPolicy":
+    """The masks a labelling stage of ``run`` may not read: those of the images of ``data.train_split`` and
+    ``data.label_split`` (whole splits, not capped by ``data.max_images``), less the calibration split's."""
+    from pipeline.voc import MaskPolicy, VOCFolder
+    d = run.config.data
+    splits = tuple(sorted({d.train_split, d.label_split}))
+    folder = VOCFolder(run.voc_root)
+    forbidden = {i for split in splits for i in folder.split_identity(split)[1]}
+    cal = run.config.pseudo.calibrate
+    if cal is not None:
+        forbidden -= set(folder.split_identity(cal.split)[1])
+    return MaskPolicy(stage, frozenset(forbidden), splits)
+
+
+def masks_as_declared(run: "Run", stage: Stage):
+    """The context in which the runner calls ``stage.fn``: under ``labelling_policy`` unless the stage, as wired, may
+    read masks (``Stage.reads_masks``) or opens no data (``reads_data=False``)."""
+    from pipeline.voc import masks_under
+    free = stage.reads_masks() or not stage.reads_data
+    return masks_under(None if free else labelling_policy(run, stage.name))
+
+
 @dataclass
 class StageContext:
     """What a stage function gets: its run, its key, its config view, its folder, its inputs and outputs."""
@@ -239,6 +284,18 @@ class StageContext:
     @property
     def dir(self) -> Path:
         return self.run.stage_dir(self.stage.name)
+
+    def label_free(self):
+        """A block of a scoring stage (``masks="score"``) whose result a later stage uses: run under the labelling
+        policy (``labelling_policy``), so it reads no mask of a labelled image but the calibration split's."""
+        from pipeline.voc import masks_under
+        return masks_under(labelling_policy(self.run, self.stage.name))
+
+    def scoring(self):
+        """A block of a labelling stage that reads masks to report a metric only (nothing it computes reaches an
+        output): lifts the policy for the block."""
+        from pipeline.voc import masks_under
+        return masks_under(None)
 
     def has_input(self, role: str) -> bool:
         return role in self.stage.sources

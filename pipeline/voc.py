@@ -1,7 +1,11 @@
 """PASCAL VOC 2012 in its own folder layout: classes, palette, splits, images, masks, image labels."""
 from __future__ import annotations
 
+import functools
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -72,6 +76,96 @@ def class_names_of(num_classes: int) -> tuple[str, ...]:
     return ("background", *(f"class_{k}" for k in range(1, num_classes)))
 
 
+# ------------------------------------------------------------------------------ who may read a mask (docs/labels.md)
+
+
+class MaskReadWhileLabelling(RuntimeError):
+    """A stage that labels read the mask of an image that it labels or trains on: a defect of the stage (what it may
+    read is declared by ``pipeline.stage.Stage.masks``), never the user's input."""
+
+
+@dataclass(frozen=True)
+class MaskPolicy:
+    """The masks that the running ``stage`` may not read: those of the images of ``splits`` (the training and label
+    splits) but the calibration split's (``pseudo.calibrate``), ``forbidden``. Set by the stage runner
+    (``pipeline.stage.masks_as_declared``) and checked by every mask accessor of every dataset reader."""
+
+    stage: str
+    forbidden: frozenset[str]
+    splits: tuple[str, ...] = ()
+
+    def check(self, image_id: str, accessor: str) -> None:
+        if image_id in self.forbidden:
+            raise MaskReadWhileLabelling(
+                f"stage {self.stage} called {accessor}({image_id!r}): the mask of an image of the labelled splits "
+                f"({', '.join(self.splits)}); a stage that labels reads images, tags and networks only (Stage.masks: "
+                "'score' for a stage that scores, whose outputs later stages use only from its label_free() part)")
+
+
+_MASK_POLICY: ContextVar[MaskPolicy | None] = ContextVar("mask_policy", default=None)
+_UNGUARDED: ContextVar[bool] = ContextVar("unguarded_read", default=False)
+#: the methods of a dataset reader that read or reveal a mask: guarded in ``VOCFolder`` and in every subclass
+MASK_ACCESSORS = ("mask", "mask_path", "has_mask", "check_mask")
+#: the methods free of the policy: the tags are the weak labels (a mask's class set where no annotation file says
+#: otherwise), and the data's fingerprint lists an image's files (their sizes and times) without reading them
+UNGUARDED_READERS = ("image_labels", "files_of")
+
+
+def current_mask_policy() -> MaskPolicy | None:
+    """The policy of the stage running in this context (None: outside a stage, or a stage that may read masks)."""
+    return _MASK_POLICY.get()
+
+
+def adopt_mask_policy(policy: MaskPolicy | None) -> None:
+    """Make ``policy`` this context's (a worker process or thread that works for the stage that packed it)."""
+    _MASK_POLICY.set(policy)
+
+
+@contextmanager
+def masks_under(policy: MaskPolicy | None) -> Iterator[None]:
+    """Run the block under ``policy`` (None lifts it); forked workers started inside inherit it."""
+    token = _MASK_POLICY.set(policy)
+    try:
+        yield
+    finally:
+        _MASK_POLICY.reset(token)
+
+
+def _mask_guarded(fn: Callable) -> Callable:
+    """``fn(self, image_id, ...)`` refusing, under a policy, the images it forbids (``MaskPolicy.check``)."""
+    @functools.wraps(fn)
+    def accessor(self, image_id, *args, **kwargs):
+        policy = _MASK_POLICY.get()
+        if policy is not None and not _UNGUARDED.get():
+            policy.check(image_id, f"{type(self).__name__}.{fn.__name__}")
+        return fn(self, image_id, *args, **kwargs)
+    accessor.mask_guarded = True
+    return accessor
+
+
+def _unguarded(fn: Callable) -> Callable:
+    """``fn`` free of the policy (``UNGUARDED_READERS``): an image's tags may come from its mask's class set."""
+    @functools.wraps(fn)
+    def reader(self, *args, **kwargs):
+        token = _UNGUARDED.set(True)
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            _UNGUARDED.reset(token)
+    reader.mask_guarded = True
+    return reader
+
+
+def _guard_accessors(cls: type) -> None:
+    """Wrap the mask accessors and unguarded readers that ``cls`` itself defines (a new reader cannot escape the
+    policy)."""
+    for names, wrap in ((MASK_ACCESSORS, _mask_guarded), (UNGUARDED_READERS, _unguarded)):
+        for name in names:
+            fn = cls.__dict__.get(name)
+            if callable(fn) and not getattr(fn, "mask_guarded", False):
+                setattr(cls, name, wrap(fn))
+
+
 #: the layouts ``detect_layout`` tells apart, and the dataset (``data.dataset``) each holds
 LAYOUTS = {"voc": "voc", "coco": "coco", "coco_masks": "coco"}
 
@@ -125,9 +219,14 @@ class VOCFolder:
     """Per-image access to a VOC2012 folder (already resolved, see ``find_voc_root``); cheap to make.
 
     Masks come from ``SegmentationClassAug`` when it has the image (train_aug), else
-    ``SegmentationClass`` (palette PNGs, 255 = void). Image-level labels come from the mask when
-    there is one, else from ``Annotations/<id>.xml``. Per-image workers hold one of these: unlike
+    ``SegmentationClass`` (palette PNGs, 255 = void). Image-level labels come from ``Annotations/<id>.xml``,
+    else from the mask's classes (``image_labels``). Per-image workers hold one of these: unlike
     ``VOCDataset`` it reads no split list.
+
+    The mask accessors (``MASK_ACCESSORS``: ``mask``, ``mask_path``, ``has_mask``, ``check_mask``) of this class and of
+    every subclass obey the running stage's ``MaskPolicy``: a stage that labels gets ``MaskReadWhileLabelling`` for the
+    mask of an image of the training or label split (``pipeline.stage.Stage.masks``). ``image_labels`` and ``files_of``
+    are free of it (``UNGUARDED_READERS``).
 
     ``VOCFolder(root)`` of a COCO 2014 root (``detect_layout``) is that layout's reader, ``pipeline.coco.COCOFolder``
     or ``COCOMaskFolder`` (and ``VOCDataset(root, split)`` a ``COCODataset`` or ``COCOMaskDataset``): same methods,
@@ -136,6 +235,10 @@ class VOCFolder:
 
     root: Path
     class_names = CLASS_NAMES  # index order: 0 background, then the dataset's classes
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        _guard_accessors(cls)  # a reader's mask accessors obey the running stage's policy (``MaskPolicy``)
 
     def __new__(cls, *args, **kwargs):
         if args or "root" in kwargs:  # (not when unpickled: then no arguments)
@@ -264,6 +367,9 @@ class VOCFolder:
             if name in CLASS_NAMES[1:]:
                 lab[CLASS_NAMES.index(name) - 1] = 1
         return lab
+
+
+_guard_accessors(VOCFolder)
 
 
 @dataclass

@@ -26,7 +26,7 @@ def run(ctx) -> dict:
 
 EVAL_PSEUDO_LABELS = Stage("eval_pseudo_labels", run, reads=("data.score_split", "pseudo.calibrate", "data.label_split",
                                                            "data.max_images"),
-                           inputs=("labels",), optional=("seed_sweep",),
+                           inputs=("labels",), optional=("seed_sweep",), masks="score",
                            summary={"pseudo_miou": "miou", "pseudo_coverage": "coverage", "pseudo_threshold": "threshold",
                                     "seed_miou_matched": "seed_miou_at_threshold"},
                            description="pseudo-label mIoU and coverage, and the seeds at the same threshold")

@@ -107,16 +107,10 @@ def best_of_sweep(ctx, store: LabelStore, ids: list[str], sweep: list[float], wi
     return {"threshold": best, "miou": per_t[best], "sweep": per_t, "confusions": confusions}
 
 
-def choose_threshold(ctx, store: LabelStore) -> dict:
-    """The background threshold of the maps of ``store`` by rule (module docstring), and their score; writes
-    ``threshold.json`` and returns the metrics: ``threshold``, ``threshold_rule``, ``miou`` (and FP/FN, IoU) at that
-    threshold, ``best_threshold`` and ``best_threshold_miou`` of the sweep on the scored images."""
+def labelling_threshold(ctx, store: LabelStore) -> tuple[float, str, dict]:
+    """The threshold that labels the maps of ``store`` (module docstring), its rule, and the calibration metrics (empty
+    without calibration). ``choose_threshold`` runs it under the labelling policy (``StageContext.label_free``)."""
     cfg = ctx.config
-    if not len(store):  # e.g. ACR's unrefined seeds outside grad_aff mode: no maps, no threshold
-        rule = "no maps to score (the store is empty)"
-        atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": None, "rule": rule, "sweep": []}))
-        return {"miou": None, "threshold": None, "images": 0, "sweep": {}, "threshold_rule": rule,
-                "best_threshold": None, "best_threshold_miou": None}
     cal = calibration(ctx)
     sweep = sorted(cfg.cam.sweep)
     if cal is None:  # the label-free rule: the maps alone
@@ -139,6 +133,22 @@ def choose_threshold(ctx, store: LabelStore) -> dict:
             rule += " (at the edge of the sweep: widen cam.sweep to look further)"
         calibrated = {"calibration": {"split": cfg.pseudo.calibrate.split, "images": len(ids)},
                       "calibration_miou": round(float(found["miou"]), 5)}
+    return t, rule, calibrated
+
+
+def choose_threshold(ctx, store: LabelStore) -> dict:
+    """The background threshold of the maps of ``store`` by rule (module docstring), and their score; writes
+    ``threshold.json`` and returns the metrics: ``threshold``, ``threshold_rule``, ``miou`` (and FP/FN, IoU) at that
+    threshold, ``best_threshold`` and ``best_threshold_miou`` of the sweep on the scored images."""
+    cfg = ctx.config
+    if not len(store):  # e.g. ACR's unrefined seeds outside grad_aff mode: no maps, no threshold
+        rule = "no maps to score (the store is empty)"
+        atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": None, "rule": rule, "sweep": []}))
+        return {"miou": None, "threshold": None, "images": 0, "sweep": {}, "threshold_rule": rule,
+                "best_threshold": None, "best_threshold_miou": None}
+    with ctx.label_free():  # the threshold reaches the labels: no mask of a labelled image but the calibration split's
+        t, rule, calibrated = labelling_threshold(ctx, store)
+    sweep = sorted(cfg.cam.sweep)
     ds = ctx.dataset(cfg.data.label_split)
     only = score_ids(ctx)
     scored = scored_ids(ds, store, only)
@@ -170,6 +180,6 @@ def run(ctx) -> dict:
 
 
 EVAL_SEEDS = Stage("eval_seeds", run, reads=SWEEP_READS, writes=(THRESHOLD,), inputs=("seeds",),
-                   summary={"seed_miou": "miou", "seed_miou_best_threshold": "best_threshold_miou"},
+                   summary={"seed_miou": "miou", "seed_miou_best_threshold": "best_threshold_miou"}, masks="score",
                    version=4,  # 2: writes threshold.json; 3: widens the sweep past its edge; 4: the threshold reads no mask
                    description="the background threshold by a label-free rule; seed mIoU at it and at the sweep's best, FP/FN")

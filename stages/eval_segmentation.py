@@ -106,5 +106,5 @@ def run(ctx) -> dict:
 EVAL_SEGMENTATION = Stage("eval_segmentation", run,
                           reads=("amp", "segmentation.eval_scales", "segmentation.eval_flip", "segmentation.eval_crf",
                                  "segmentation.eval_split", "pseudo.crf", "data.max_images"),
-                          writes=(PREDICTIONS,), inputs=("model",), summary={"seg_miou": "miou"},
+                          writes=(PREDICTIONS,), inputs=("model",), summary={"seg_miou": "miou"}, masks="score",
                           description="multi-scale (+CRF) inference on val, mIoU")

@@ -17,5 +17,5 @@ def run(ctx) -> dict:
 
 
 EVAL_SPARSE_LABELS = Stage("eval_sparse_labels", run, reads=("data.train_split", "data.max_images"), inputs=("labels",),
-                           summary={"sparse_miou": "miou", "sparse_coverage": "coverage"},
+                           summary={"sparse_miou": "miou", "sparse_coverage": "coverage"}, masks="score",
                            description="sparse annotations' mIoU over labelled pixels and coverage")

@@ -34,7 +34,7 @@ from pipeline.voc import VOCFolder
 from stages.common import fill_store, image_pool
 from stages.crf import dense_crf
 from stages.eval_seeds import calibration
-from stages.evaluate import label_confusion, score_report, scored_ids
+from stages.evaluate import label_confusion, score_report
 from stages.labels import reliable_labels, with_background
 from stages.refine import par
 
@@ -224,7 +224,7 @@ def guarded_route(ctx, routes: list[Route], maps: LabelStore) -> tuple[Route, di
     if len(routes) == 1:
         why = "pseudo.bkg_band labels are not dense" if cfg.pseudo.bkg_band is not None else "no other route"
         return routes[0], {"route": routes[0].name, "guard": f"nothing to compare ({why})"}
-    ids = scored_ids(ctx.dataset(cfg.data.label_split), maps, cal)
+    ids = [i for i in cal if i in maps]  # calibration images with a mask and maps (no other mask is touched)
     conf = sum_arrays(map_images(RouteScores(ctx.run.voc_root, [r.labeler for r in routes]), ids, image_pool(ctx),
                                  f"{ctx.stage.name} guard"))
     mious = [score_report(c)["miou"] for c in conf]

@@ -95,7 +95,8 @@ def run(ctx) -> dict:
     ds = ctx.dataset(cfg.data.label_split)
     labels, _ = fill_store(ctx, AFFINITY_LABELS, {"kind": "labels"}, seeds.ids(),
                            lambda out: ConfidentLabelWorker(cfg, ds.root, seeds.path, out), image_pool(ctx))
-    quality = evaluate_labels(ds, labels, image_pool(ctx), "affinity_labels")
+    with ctx.scoring():  # a report: the labels' mIoU on the masks, not used by the training
+        quality = evaluate_labels(ds, labels, image_pool(ctx), "affinity_labels")
     ids = labels.ids()
     metrics = run_training(ctx, affinity_spec(a), AffinitySamples(ds.root, ids, labels.path, a.train), len(ids),
                            lambda model: AffinityLoss(a.radius), a.train)

@@ -65,5 +65,5 @@ SEGMENTATION_READS = ("amp", "segmentation.backbone", "segmentation.channels", "
 
 TRAIN_SEGMENTATION = Stage(
     "train_segmentation", run, reads=SEGMENTATION_READS,
-    writes=(MODEL_FILE,), optional=("labels",),
+    writes=(MODEL_FILE,), optional=("labels",), masks="ground_truth",  # unwired: the supervised baseline
     description="segmentation network on stored labels (or, unwired, on ground-truth masks)")
