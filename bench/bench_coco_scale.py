@@ -8,7 +8,8 @@
    process, the resume check (``complete_ids`` + the record's digest, what a cached stage re-checks), and
    ``python cli.py inspect RUN`` / ``inspect --json`` on a run folder whose make_seeds stage holds the store. The old
    layout's figures (files, resume check) are measured on the loose entries and scaled to ``--images``.
-2. Per-image stages at COCO's 640×480 on one core (``torch.set_num_threads(1)``), untrained networks of the default
+2. Per-image stages at COCO's 640×480 on one core (``torch.set_num_threads(1)``; CPU seconds of the process, so
+   the figures hold on a machine that others share), untrained networks of the default
    profiles (the time does not depend on the weights): seeds (the CAM of the smoke ``cam_voc`` classifier, and of the
    paper one, ViT-B/16, at scale 1 + flip: its 4 scales need over 10 GB at 640×480 and the default profile's
    stride-8 hybrid over 3.7 GB for one attention map at scale 1.5, beyond this machine; 80 classes, 3 present), PAR (3 maps + background, AFA's 10 iterations), the dense CRF (pydensecrf,
@@ -135,17 +136,18 @@ def bench_store(out: Path, n: int, n_loose: int) -> list[tuple[str, str]]:
 
 
 def _timeit(fn, repeat: int = 3) -> float:
-    """The best of ``repeat`` runs after a warm-up (``repeat=0``: the one run)."""
+    """The CPU seconds of this process (one thread) of the best of ``repeat`` runs after a warm-up (``repeat=0``:
+    the one run): on a shared machine, what the work costs a core, without the time it waited for one."""
     best = math.inf
     if repeat == 0:
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        return time.perf_counter() - t
+        return time.process_time() - t
     fn()
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.process_time() - t)
     return best
 
 
@@ -223,7 +225,7 @@ def main() -> None:
         print()
     if args.skip != "stages":
         rows = bench_stages()
-        print(f"| per-image stage at 640×480, one core | s/image | COCO train ({COCO_TRAIN:,}) on {CORES} cores |\n"
+        print(f"| per-image stage at 640×480, one core | CPU s/image | COCO train ({COCO_TRAIN:,}) on {CORES} cores |\n"
               "| --- | --- | --- |")
         total = 0.0
         for name, sec, _ in rows:

@@ -141,22 +141,19 @@ _DELETERS: list[threading.Thread] = []  # removing packed loose entries (staging
 
 
 def _load_pack(packs: Path, name: str, fresh: bool) -> dict | None:
-    """A pack's ``{id: PackedEntry}`` (None: its metadata is unreadable or its shard file is missing or not of the
-    recorded size). ``fresh``: stat the shard file again, even for a pack read before."""
+    """A pack's metadata ``{"key", "shard_bytes", "images": {id: {"at", "shape", "crc32", "attrs"}}}`` (None: it is
+    unreadable or its shard file is missing or not of the recorded size). ``fresh``: stat the shard file again, even
+    for a pack read before."""
     cache = (str(packs), name)
     if cache in _PACK_META and not fresh:
         return _PACK_META[cache]
     meta = _PACK_META.get(cache)
     if meta is None:
-        raw = _read_json(packs / name / "zarr.json")
-        attrs = (raw or {}).get("attributes", {})
+        attrs = (_read_json(packs / name / "zarr.json") or {}).get("attributes", {})
         if "images" not in attrs:
             _PACK_META[cache] = None
             return None
-        key = attrs.get(KEY_ATTR)
-        meta = {"shard_bytes": attrs.get("shard_bytes"),
-                "entries": {i: PackedEntry(name, e["at"], tuple(e["shape"]), e["crc32"], e.get("attrs", {}), key)
-                            for i, e in attrs["images"].items()}}
+        meta = {"key": attrs.get(KEY_ATTR), "shard_bytes": attrs.get("shard_bytes"), "images": attrs["images"]}
     try:
         whole = os.stat(packs / name / "c" / "0").st_size == meta["shard_bytes"]
     except OSError:
@@ -198,8 +195,8 @@ class LabelStore:
         return sorted(p.name for p in self.path.iterdir()
                       if p.name[0] not in "._" and p.name not in RESERVED_NAMES and (p / "zarr.json").is_file())
 
-    def packed(self, fresh: bool = False) -> dict[str, PackedEntry]:
-        """The packed images (newest pack's entry per id) of the whole packs. Cached in this process while the
+    def packed(self, fresh: bool = False) -> dict[str, str]:
+        """The packed images of the whole packs: id -> the newest pack holding it. Cached in this process while the
         set of packs stays; ``fresh``: stat every pack's shard file again (what a resume check does)."""
         try:
             names = frozenset(n for n in os.listdir(self._packs) if _PACK_RE.match(n))
@@ -208,13 +205,22 @@ class LabelStore:
         cached = _INDEX.get(str(self.path))
         if cached is not None and cached[0] == names and not fresh:
             return cached[1]
-        index: dict[str, PackedEntry] = {}
+        index: dict[str, str] = {}
         for name in sorted(names):  # oldest first: a newer pack's entry replaces an older one's
             meta = _load_pack(self._packs, name, fresh)
             if meta is not None:
-                index.update(meta["entries"])
+                index.update(dict.fromkeys(meta["images"], name))
         _INDEX[str(self.path)] = (names, index)
         return index
+
+    def packed_entry(self, image_id: str) -> PackedEntry | None:
+        """Where ``image_id`` lies in its pack (None: it is not packed)."""
+        name = self.packed().get(image_id)
+        meta = None if name is None else _PACK_META.get((str(self._packs), name))
+        if meta is None:
+            return None
+        e = meta["images"][image_id]
+        return PackedEntry(name, e["at"], tuple(e["shape"]), e["crc32"], e.get("attrs", {}), meta["key"])
 
     def ids(self) -> list[str]:
         """Image ids stored (loose or packed), sorted."""
@@ -226,7 +232,9 @@ class LabelStore:
         or truncated, or an entry that another config wrote, is not among them. Reads the loose entries' metadata
         and each pack's attributes (cached) and shard size: no image is opened."""
         key = self.key
-        done = {i for i, e in self.packed(fresh=True).items() if key is None or e.key == key}
+        packs = str(self._packs)
+        done = {i for i, name in self.packed(fresh=True).items()
+                if key is None or (_PACK_META.get((packs, name)) or {}).get("key") == key}
         done.update(i for i in self.loose_ids() if self._entry_complete(i, key))
         return sorted(done)
 
@@ -289,7 +297,7 @@ class LabelStore:
         meta = self._loose_meta(image_id)
         if meta is not None:
             return "loose", meta
-        entry = self.packed().get(image_id)
+        entry = self.packed_entry(image_id)
         if entry is not None:
             return "packed", entry
         if (self.path / image_id / "zarr.json").is_file():
@@ -419,7 +427,8 @@ class LabelStore:
         arr = zarr.create_array(store=str(tmp), shape=flat.shape, dtype=dtype, chunks=(PACK_CHUNK,),
                                 shards=flat.shape, zarr_format=3, config={"write_empty_chunks": True})
         arr[...] = flat
-        arr.update_attributes({"images": images, "shard_bytes": os.stat(tmp / "c" / "0").st_size, **stamp})
+        with zarr.config.set({"json_indent": None}):  # compact: a resume check parses every pack's metadata
+            arr.update_attributes({"images": images, "shard_bytes": os.stat(tmp / "c" / "0").st_size, **stamp})
         fsync_tree(tmp)
         self._refuse_if_reset(tmp, f"a pack of {len(items)} images", key)
         os.rename(tmp, self._packs / name)  # the commit of every image in it
@@ -445,8 +454,7 @@ class LabelStore:
 
     def _drop_superseded(self) -> None:
         """Delete the packs none of whose images is current (superseded by newer packs, or unreadable)."""
-        index = self.packed(fresh=True)
-        live = {e.pack for e in index.values()}
+        live = set(self.packed(fresh=True).values())
         for n in os.listdir(self._packs):
             if _PACK_RE.match(n) and n not in live:
                 shutil.rmtree(self._packs / n, ignore_errors=True)

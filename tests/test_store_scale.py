@@ -51,7 +51,7 @@ def test_resume_check_finds_a_truncated_deleted_or_corrupt_pack(tmp_path):
     imgs = _images(1500, seed=1)
     store.write_many([(i, a, None) for i, a in imgs.items()])
     first, second = _pack_dirs(store.path)
-    in_first = {i for i, e in store.packed().items() if e.pack == first}
+    in_first = {i for i, name in store.packed().items() if name == first}
     shard = store.path / PACKS / first / "c" / "0"
     data = shard.read_bytes()
     shard.write_bytes(data[:-7])  # truncated: its images are not complete, the others are
