@@ -68,7 +68,7 @@ NUM_CLASSES = len(CLASS_NAMES)  # 81
 SPLIT_DIRS = {"train": "train2014", "val": "val2014"}
 #: how far (pixels) a polygon vertex may lie outside its image before the polygon is refused
 POLYGON_TOLERANCE = 2.0
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: degenerate polygons dropped
 
 
 class CocoFormatError(UserError):
@@ -126,14 +126,28 @@ def instance_mask(annotations: list, height: int, width: int) -> np.ndarray:
     return out
 
 
+def area_polygons(polygons: list) -> list:
+    """The polygons of 3 or more vertices: one of fewer covers no pixel, and pycocotools would read a 4-number one
+    as a box (``frPyObjects``), so such degenerate polygons (a few in real instances files) are dropped; the
+    annotation's category still counts among its image's classes.
+
+    >>> area_polygons([[0, 0, 4, 4], [0, 0, 4, 0, 4, 4]])
+    [[0, 0, 4, 0, 4, 4]]
+    """
+    return [p for p in polygons if len(p) >= 6]
+
+
 def _check_segmentation(seg, height: int, width: int, where: str) -> None:
-    """Refuse (``CocoFormatError`` naming ``where``) a region that is not COCO's: polygons need 3+ vertices inside
-    the image (within ``POLYGON_TOLERANCE``), an RLE needs its image's ``size``."""
+    """Refuse (``CocoFormatError`` naming ``where``) a region that is not COCO's: polygons are flat lists of
+    coordinate pairs inside the image (within ``POLYGON_TOLERANCE``; ``area_polygons`` then drops those of fewer than
+    3 vertices), an RLE needs its image's ``size``."""
     if isinstance(seg, list):
         for poly in seg:
-            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
-                raise CocoFormatError(f"{where}: a polygon is a flat list [x1, y1, x2, y2, ...] of 3 or more vertices, "
+            if not isinstance(poly, list) or len(poly) % 2 or not all(isinstance(v, (int, float)) for v in poly):
+                raise CocoFormatError(f"{where}: a polygon is a flat list [x1, y1, x2, y2, ...] of vertices, "
                                       "got another value: fix the entry or remove it")
+            if not poly:
+                continue
             xy = np.asarray(poly, np.float64).reshape(-1, 2)
             t = POLYGON_TOLERANCE
             if (xy[:, 0] < -t).any() or (xy[:, 0] > width + t).any() or (xy[:, 1] < -t).any() or (xy[:, 1] > height + t).any():
@@ -220,6 +234,8 @@ def build_index(root: Path, out: Path) -> None:
             _, _, h, w = images[a["image_id"]]
             seg = a.get("segmentation")
             _check_segmentation(seg, h, w, f"{path}: annotation {ident} (image {a['image_id']})")
+            if isinstance(seg, list):
+                seg = area_polygons(seg)
             anns[a["image_id"]].append([index_of[a["category_id"]], int(bool(a.get("iscrowd", 0))), seg])
         rows, offsets = [], []
         with open(out / f"annotations-{split}.jsonl", "wb") as f:

@@ -82,7 +82,9 @@ def test_masks_polygons_rle_compressed_and_uncompressed_crowd_ignored(tmp_path):
     anns = [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rect(0, 0, 4, 3), "iscrowd": 0},
             {"id": 2, "image_id": 1, "category_id": 13, "segmentation": compressed, "iscrowd": 0},
             {"id": 3, "image_id": 1, "category_id": 90, "segmentation": uncompressed, "iscrowd": 0},
-            {"id": 4, "image_id": 1, "category_id": 13, "segmentation": rect(2, 1, 3, 2), "iscrowd": 1}]
+            {"id": 4, "image_id": 1, "category_id": 13, "segmentation": rect(2, 1, 3, 2), "iscrowd": 1},
+            # a degenerate polygon (2 vertices): no pixel (pycocotools alone would read it as the box 0, 0, 8 × 6)
+            {"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[0, 0, 8, 6]], "iscrowd": 0}]
     root = write_root(tmp_path / "coco", {"images": [image(1)], "categories": CATS, "annotations": anns})
     expected = np.zeros((h, w), np.uint8)
     expected[0:3, 0:4] = 1  # the polygon, person (index 1)
