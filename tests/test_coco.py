@@ -299,3 +299,15 @@ def test_the_papers_coco_settings_are_the_paper_profiles_and_the_docs_tables():
     for key, value in expected.items():
         row = re.search(rf"^\| `{re.escape(key)}` \| ([^|]+) \|", doc, re.M)
         assert row and float(row.group(1).replace(",", "")) == value, key
+
+
+def test_make_synthetic_coco_never_replaces_a_foreign_folder(tmp_path):
+    from click.testing import CliRunner
+
+    import cli as cli_module
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "photo.jpg").write_bytes(b"x")
+    r = CliRunner().invoke(cli_module.main, ["make-synthetic", "--format", "coco", "--train", 2, "--val", 1,
+                                             str(tmp_path / "mine")])
+    assert r.exit_code != 0 and "was not written by make-synthetic" in r.output and "Traceback" not in r.output
+    assert (tmp_path / "mine" / "photo.jpg").read_bytes() == b"x"
