@@ -8,7 +8,8 @@ threshold of a fine sweep (the oracle, what a mask-tuned threshold gets):
 
 - ``otsu``: Otsu's threshold of the per-pixel top scores of every image (``stages.evaluate.otsu_threshold``, the rule
   ``eval_seeds`` uses);
-- ``otsu_per_image``: Otsu's threshold of each image's own top scores;
+- ``otsu_per_image``: Otsu's threshold of each image's own top scores (``stages.eval_seeds.image_otsu_threshold``,
+  ``pseudo.bkg_rule: otsu_image``);
 - ``mean_top``: the mean of the per-pixel top scores;
 - fixed 0.25 and 0.45 (the papers' values).
 
@@ -24,24 +25,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skimage.filters import threshold_otsu  # noqa: E402
-
 import workflows  # noqa: E402,F401  (every config section registered)
 from pipeline.metrics import confusion_matrix, scores  # noqa: E402
 from pipeline.parallel import ImagePool  # noqa: E402
 from pipeline.runs import Run  # noqa: E402
 from pipeline.store import LabelStore  # noqa: E402
 from pipeline.voc import NUM_CLASSES  # noqa: E402
+from stages.eval_seeds import image_otsu_threshold  # noqa: E402
 from stages.evaluate import otsu_threshold  # noqa: E402
 from stages.labels import threshold_labels  # noqa: E402
-
-
-def per_image_otsu(top: np.ndarray) -> float:
-    """Otsu's threshold of one image's top scores (0.5 when they do not split)."""
-    counts = np.histogram(top, bins=256, range=(0.0, 1.0))[0]
-    if np.count_nonzero(counts) < 2:
-        return 0.5
-    return float(threshold_otsu(hist=(counts, (np.arange(256) + 0.5) / 256)))
 
 
 def main() -> None:
@@ -70,7 +62,7 @@ def main() -> None:
             conf_sweep[list(sweep).index(t)] += confusion_matrix(gt, lab, NUM_CLASSES)
         for k, t in fixed.items():
             conf_fixed[k] += confusion_matrix(gt, threshold_labels(maps, classes, np.array([t]))[0], NUM_CLASSES)
-        t_i = per_image_otsu(maps.max(0)) if len(maps) else 0.5
+        t_i = image_otsu_threshold(maps)  # pseudo.bkg_rule: otsu_image
         conf_img += confusion_matrix(gt, threshold_labels(maps, classes, np.array([t_i]))[0], NUM_CLASSES)
     per_t = [scores(c)["miou"] for c in conf_sweep]
     best = int(np.nanargmax(per_t))

@@ -215,6 +215,9 @@ class PseudoConfig(Section):
     # scoring the maps chose by a rule that reads no mask (Otsu's threshold of the top scores, stages/eval_seeds.py);
     # with pseudo.calibrate: the best of cam.sweep on the calibration split's masks
     bkg_threshold: Fraction | Literal["auto"] = "auto"
+    # the label-free rule of auto (docs/labels.md): otsu_image — each image's own Otsu threshold of its top scores
+    # (stages.eval_seeds.image_otsu_threshold); otsu_global — one Otsu threshold of every labelled image's top scores
+    bkg_rule: Literal["otsu_image", "otsu_global"] = "otsu_global"
     bkg_band: BkgBand | None = None  # (low, high): reliable labels, 255 where only the low score says foreground
     refine: list[Literal["par", "crf"]] = ["par"]
     # with pseudo.calibrate only: label by the route (refined or not; the random walk's maps or the seeds before it)

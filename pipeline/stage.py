@@ -43,6 +43,7 @@ EXECUTION_KEYS = ("device", "devices", "workers")
 #: keys added after runs existed, left out of a key at this value, so those runs' stages stay cached (a key
 #: ending a dotted path, as ``train.brightness_shift`` ends ``segmentation.train.brightness_shift``)
 LATER_KEYS = {"amp": "off", "train.brightness_shift": 0.0, "weights_ignore": [],  # docs/weights.md
+              "pseudo.bkg_rule": "otsu_global",  # docs/labels.md: the one-threshold rule of the runs before it
               # AFA's switches toward its released code (models/afa.py), at their from-scratch values
               "afa.attention": "softmax", "afa.label_cams": "train", "afa.label_scales": [1.0, 0.5, 1.5],
               "afa.cam_fusion": "sum", "afa.walk_eps": 1e-5, "afa.seg_loss": "ce", "afa.seg_propagated_from": 0,

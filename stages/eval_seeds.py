@@ -2,9 +2,11 @@
 chosen without reading a mask, and the seeds' score: mIoU at that threshold, and at the best threshold of a sweep
 (``best_threshold_miou``, as IRN and the papers report CAMs), with FP/FN per class.
 
-The threshold rule (``choose_threshold``, docs/labels.md): Otsu's threshold of the per-pixel top scores of every
-labelled image (``stages.evaluate.otsu_threshold``) — a statistic of the maps alone, so the labels do not change
-when masks are removed (CONTRACT.md, "Ground truth and datasets"). With a calibration split
+The threshold rule (``choose_threshold``, docs/labels.md; ``pseudo.bkg_rule``): ``otsu_global``, Otsu's threshold of
+the per-pixel top scores of every labelled image (``stages.evaluate.otsu_threshold``); ``otsu_image``, each image's own
+Otsu threshold of its top scores (``image_otsu_threshold``; ``threshold.json`` then names the rule, ``PER_IMAGE``, and
+``miou`` is the seeds' at it) — statistics of the maps alone, so the labels do not change when masks are removed
+(CONTRACT.md, "Ground truth and datasets"). With a calibration split
 (``pseudo.calibrate``) it is the threshold of ``cam.sweep`` with the best mIoU on that split's masks, widened past
 the sweep's edge by halving where the best lies there (``cam.sweep_widen``, ``widen_sweep``). Scores are taken on
 the scored images (``data.score_split``, or every labelled image with a mask) less the calibration images.
@@ -12,6 +14,8 @@ the scored images (``data.score_split``, or every labelled image with a mask) le
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -22,14 +26,57 @@ from pipeline.metrics import scores
 from pipeline.runs import calibration_images
 from pipeline.stage import Stage
 from pipeline.store import LabelStore
+from pipeline.voc import VOCFolder
 from stages.common import image_pool
-from stages.evaluate import SweepWorker, otsu_threshold, score_report, scored_ids
+from stages.evaluate import SweepWorker, label_confusion, otsu_threshold, score_report, scored_ids
+from stages.labels import threshold_labels
 
 #: what scoring score maps over the threshold sweep, and choosing their threshold, reads
-SWEEP_READS = ("cam.sweep", "cam.sweep_widen", "pseudo.calibrate", "data.score_split", "data.label_split", "data.max_images")
+SWEEP_READS = ("cam.sweep", "cam.sweep_widen", "pseudo.bkg_rule", "pseudo.calibrate", "data.score_split", "data.label_split",
+               "data.max_images")
+#: ``threshold.json``'s threshold under ``pseudo.bkg_rule: otsu_image``: each image its own (``image_otsu_threshold``)
+PER_IMAGE = "otsu_image"
 #: the chosen background threshold, its rule and the scored sweep:
 #: {"threshold", "rule", "sweep": [[t, mIoU], ...], "best_threshold", "best_miou"}
 THRESHOLD = "threshold.json"
+
+
+def image_otsu_threshold(maps: np.ndarray, bins: int = 256) -> float:
+    """The background threshold of one image by ``pseudo.bkg_rule: otsu_image``: Otsu's threshold of its per-pixel top
+    scores m(x) = max_c M_c(x) (K×H×W maps in [0, 1]) in a ``bins``-bin histogram over [0, 1],
+
+        t = argmax over bin centres t_k of  ω₀(t_k) ω₁(t_k) (μ₀(t_k) − μ₁(t_k))²
+
+    (ω₀, μ₀: the weight and mean of the bins up to t_k; ω₁, μ₁: those above; ``skimage.filters.threshold_otsu``, the
+    rule of ``stages.evaluate.otsu_threshold`` on one image's scores). A pixel is foreground where m(x) > t. 0.5
+    when the scores fill fewer than two bins (no split to make) or there are no maps.
+
+    Top scores 0.1, 0.1, 0.5, 0.9 in 10 bins (centres 0.15, 0.55, 0.95): splitting after 0.15 gives
+    ½·½·(0.15 − 0.75)² = 0.09, after 0.55 gives ¾·¼·(0.2833 − 0.95)² = 0.0833, so t = 0.15:
+
+    >>> image_otsu_threshold(np.array([[[0.1, 0.1, 0.5, 0.9]]]), bins=10)
+    0.15
+    """
+    if not len(maps):
+        return 0.5
+    counts = np.histogram(maps.max(0), bins=bins, range=(0.0, 1.0))[0]
+    if np.count_nonzero(counts) < 2:
+        return 0.5
+    from skimage.filters import threshold_otsu
+    return round(float(threshold_otsu(hist=(counts, (np.arange(bins) + 0.5) / bins))), 10)
+
+
+@dataclass
+class PerImageRuleConfusion:
+    """Per image: the C×C confusion of the seeds at the image's own threshold (``image_otsu_threshold``)."""
+    root: Path
+    store: Path
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        folder, st = VOCFolder(self.root), LabelStore(self.store)
+        maps = st.read(image_id).astype(np.float32)
+        label = threshold_labels(maps, st.read_attrs(image_id)["classes"], np.array([image_otsu_threshold(maps)]))[0]
+        return label_confusion(image_id, folder.mask(image_id), label, folder.num_classes)
 
 
 def calibration(ctx) -> list[str] | None:
@@ -113,7 +160,11 @@ def labelling_threshold(ctx, store: LabelStore) -> tuple[float, str, dict]:
     cfg = ctx.config
     cal = calibration(ctx)
     sweep = sorted(cfg.cam.sweep)
-    if cal is None:  # the label-free rule: the maps alone
+    if cal is None and cfg.pseudo.bkg_rule == PER_IMAGE:  # the label-free rules: the maps alone
+        t = PER_IMAGE
+        rule = f"each image's own Otsu threshold of its top scores ({len(store)} images; no mask read)"
+        calibrated = {}
+    elif cal is None:
         t = round(otsu_threshold(store, store.ids(), image_pool(ctx)), 4)
         rule = f"Otsu's threshold of the top scores of {len(store)} images (no mask read)"
         calibrated = {}
@@ -155,24 +206,30 @@ def choose_threshold(ctx, store: LabelStore) -> dict:
     if cfg.data.score_split is not None and not scored and scored_ids(ds, store):
         raise UserError(f"data.score_split={cfg.data.score_split} has no image with a mask among the "
                         f"{cfg.data.label_split} images that get labels: choose a split that overlaps data.label_split")
-    report = best_of_sweep(ctx, store, scored, [*sweep, t], cfg.cam.sweep_widen, "sweep")  # the sweep holds t
+    per_image = t == PER_IMAGE
+    report = best_of_sweep(ctx, store, scored, sweep if per_image else [*sweep, t], cfg.cam.sweep_widen, "sweep")
     out = {"miou": None, "images": len(scored), "best_threshold": None, "best_threshold_miou": None}
     per_t: list = []
-    if report is not None:
-        out = {**score_report(report["confusions"][t]), "images": len(scored), "best_threshold": report["threshold"],
+    if report is not None:  # the sweep holds t; each image's own t: its confusions apart
+        at_rule = (sum_arrays(map_images(PerImageRuleConfusion(ctx.run.voc_root, store.path), scored, image_pool(ctx),
+                                         f"{ctx.stage.name} per-image rule")) if per_image else report["confusions"][t])
+        out = {**score_report(at_rule), "images": len(scored), "best_threshold": report["threshold"],
                "best_threshold_miou": float(report["miou"])}
         per_t = [[k, round(float(m), 5)] for k, m in sorted(report["sweep"].items())]
         out["miou"] = None if np.isnan(out["miou"]) else out["miou"]
-    atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": t, "rule": rule, "sweep": per_t,
+    atomic_write_text(ctx.output(THRESHOLD), json.dumps({"threshold": t, "rule": rule, "sweep": per_t, "miou": out["miou"],
                                                          "best_threshold": out["best_threshold"],
                                                          "best_miou": out["best_threshold_miou"]}))
     return {**out, "threshold": t, "threshold_rule": rule, "sweep": {f"{k:g}": m for k, m in per_t}, **calibrated}
 
 
-def miou_at(threshold_file, t: float) -> float | None:
-    """The mIoU that the sweep in a ``threshold.json`` found at threshold ``t`` (None if ``t`` was not swept)."""
-    sweep = json.loads(threshold_file.read_text())["sweep"]
-    return next((m for s, m in sweep if abs(s - t) < 1e-9), None)
+def miou_at(threshold_file, t: float | str) -> float | None:
+    """The mIoU that the sweep in a ``threshold.json`` found at threshold ``t`` (None if ``t`` was not swept); for
+    ``t`` = ``PER_IMAGE``, the seeds' mIoU at each image's own threshold, if that is the file's rule."""
+    chosen = json.loads(threshold_file.read_text())
+    if isinstance(t, str):
+        return chosen.get("miou") if chosen.get("threshold") == t else None
+    return next((m for s, m in chosen["sweep"] if abs(s - t) < 1e-9), None)
 
 
 def run(ctx) -> dict:

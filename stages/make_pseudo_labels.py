@@ -33,7 +33,7 @@ from pipeline.store import LabelStore
 from pipeline.voc import VOCFolder
 from stages.common import fill_store, image_pool
 from stages.crf import dense_crf
-from stages.eval_seeds import calibration
+from stages.eval_seeds import PER_IMAGE, calibration, image_otsu_threshold
 from stages.evaluate import label_confusion, score_report
 from stages.labels import reliable_labels, with_background
 from stages.refine import par
@@ -90,8 +90,9 @@ def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], b
 
 def background_threshold(ctx, role: str = "threshold") -> tuple[float | None, str]:
     """The background score of the pseudo labels and where it comes from: ``pseudo.bkg_threshold``, or with
-    ``auto`` the threshold in the ``role`` input (``threshold.json`` of ``eval_seeds`` or ``random_walk``);
-    None with a ``pseudo.bkg_band`` (whose two ends make the labels)."""
+    ``auto`` the threshold in the ``role`` input (``threshold.json`` of ``eval_seeds`` or ``random_walk``: a number, or
+    ``PER_IMAGE`` under ``pseudo.bkg_rule: otsu_image``); None with a ``pseudo.bkg_band`` (whose two ends make the
+    labels)."""
     p = ctx.config.pseudo
     if p.bkg_band is not None:
         return None, f"pseudo.bkg_band {list(p.bkg_band)}"
@@ -102,7 +103,8 @@ def background_threshold(ctx, role: str = "threshold") -> tuple[float | None, st
         raise UserError(f"pseudo.bkg_threshold=auto: no stage of this flow chooses a threshold for {ctx.stage.name}; "
                         "set a number, e.g. --set pseudo.bkg_threshold=0.25")
     chosen = json.loads(ctx.input(role).read_text())
-    return float(chosen["threshold"]), f"{ctx.input_stage(role)}: {chosen['rule']}"
+    t = chosen["threshold"] if chosen["threshold"] == PER_IMAGE else float(chosen["threshold"])
+    return t, f"{ctx.input_stage(role)}: {chosen['rule']}"
 
 
 #: the maps a flow may wire beside ``scores`` for the guard to compare with, each with the input that holds
@@ -124,11 +126,14 @@ def uses_threshold(config, role: str = "threshold") -> tuple[str, ...]:
     return (role,) if p["bkg_threshold"] == "auto" and p["bkg_band"] is None else ()
 
 
-def pseudo_label(config: ConfigView, bkg_threshold: float | None, image: np.ndarray, cams: np.ndarray, classes: list[int],
+def pseudo_label(config: ConfigView, bkg_threshold: float | str | None, image: np.ndarray, cams: np.ndarray, classes: list[int],
                  scores_at: Callable[[float], np.ndarray] | None = None, refine: list[str] | None = None) -> np.ndarray:
     """``make_pseudo_label`` with the run's ``pseudo`` section (``refine`` overrides ``pseudo.refine``) and the
-    resolved background threshold, refined on the run's device."""
+    resolved background threshold (``PER_IMAGE``: this image's own, ``image_otsu_threshold`` of ``cams``), refined on
+    the run's device."""
     p = config.pseudo
+    if bkg_threshold == PER_IMAGE:  # pseudo.bkg_rule: otsu_image — this image's own threshold of its maps
+        bkg_threshold = image_otsu_threshold(cams)
     return make_pseudo_label(image, cams, classes, bkg_threshold, p.bkg_band, p.refine if refine is None else refine,
                              p.par, p.crf, scores_at, str(resolve_device(config.device)))
 
@@ -148,7 +153,7 @@ class Route:
 
     @staticmethod
     def describe(maps: str, threshold: float | None, refine: list[str]) -> str:
-        t = f" (t {threshold:g})" if threshold is not None else ""
+        t = f" (t {threshold})" if isinstance(threshold, str) else f" (t {threshold:g})" if threshold is not None else ""
         return maps + t + "".join(f" + {r}" for r in refine)
 
 
