@@ -253,15 +253,19 @@ def inspect(run_dir, per_class, as_json) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--style", type=click.Choice(["a", "b"]), default="a", show_default=True,
               help="a: the embedded default; b: a second, independent generator (to check that defaults transfer).")
+@click.option("--min-size", default=96, show_default=True, type=click.IntRange(32), help="Smallest image side (pixels).")
+@click.option("--max-size", default=144, show_default=True, type=click.IntRange(32), help="Largest image side (pixels).")
 @click.option("--format", "fmt", type=click.Choice(["voc", "coco"]), default="voc", show_default=True,
               help="voc: OUT_DIR/VOC2012; coco: OUT_DIR in the official COCO 2014 layout (train2014/, val2014/, "
               "annotations/instances_*2014.json with the 80 categories).")
 @_guard
-def make_synthetic_cmd(out_dir, n_train, n_val, seed, style, fmt) -> None:
+def make_synthetic_cmd(out_dir, n_train, n_val, seed, style, min_size, max_size, fmt) -> None:
     """Write the synthetic dataset in VOC layout (OUT_DIR/VOC2012) or COCO 2014 layout (OUT_DIR); print its root."""
     from pipeline.synthetic import make_synthetic, make_synthetic_coco
     write = make_synthetic_coco if fmt == "coco" else make_synthetic
-    root = write(Path(out_dir), n_train, n_val, seed, style=style)
+    if min_size > max_size:
+        raise UserError(f"--min-size {min_size} is above --max-size {max_size}: give min <= max")
+    root = write(Path(out_dir), n_train, n_val, seed, min_size, max_size, style=style)
     click.echo(str(root))
 
 

@@ -194,11 +194,15 @@ def test_bad_coco_data_fails_run_flow_in_one_line(tmp_path):
 # ----------------------------------------------------------------------------------- synthetic data and the flows
 
 
+#: the smallest data the flows run on (the images as small as conftest's VOC ``synthetic_root``)
+SMALL = ("--train", 12, "--val", 4, "--seed", 3, "--min-size", 64, "--max-size", 96)
+
+
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory, env) -> Path:
     """``make-synthetic --format coco``: the smallest data the flows' smoke profiles train on."""
     out = tmp_path_factory.mktemp("coco") / "coco"
-    r = cli("make-synthetic", "--format", "coco", "--train", 12, "--val", 4, "--seed", 3, out, env=env)
+    r = cli("make-synthetic", "--format", "coco", *SMALL, out, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(out)
     return out
@@ -223,7 +227,7 @@ def test_make_synthetic_coco_writes_the_official_layout(coco_root, env):
                 assert f.size == (im["width"], im["height"])
     # deterministic: the same command writes the same files
     again = coco_root.parent / "again"
-    assert cli("make-synthetic", "--format", "coco", "--train", 12, "--val", 4, "--seed", 3, again, env=env).returncode == 0
+    assert cli("make-synthetic", "--format", "coco", *SMALL, again, env=env).returncode == 0
     assert (again / "annotations/instances_train2014.json").read_bytes() == json.dumps(train).encode()
     assert (again / "train2014" / train["images"][0]["file_name"]).read_bytes() == \
         (coco_root / "train2014" / train["images"][0]["file_name"]).read_bytes()
