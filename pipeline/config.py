@@ -337,8 +337,9 @@ BASE_PROFILES: dict[str, dict] = {}
 SMOKE_TRAIN = {"steps": 60, "batch_size": 8, "crop_size": 80, "warmup_steps": 5, "checkpoint_every": 20, "log_every": 5}
 register_section("segmentation", SegmentationConfig, profiles={
     "smoke": {"weights": None, "train": {**SMOKE_TRAIN, "lr": 2e-3}, "eval_scales": [1.0], "eval_flip": False},
-    # DeepLab-v2 ResNet-101 as in the papers' second stage
-    "paper": {"backbone": "resnet101", "channels": None, "pretrained": True, "weights": None, "head": "aspp", "output_stride": 8,
+    # DeepLab-v2 ResNet-101 as in the papers' second stage, from torchvision's ImageNet weights (timm's tag tv_in1k is
+    # torchvision's resnet101-63fe2227.pth; timm's own default, a1h_in1k, is timm's training: another initialisation)
+    "paper": {"backbone": "resnet101.tv_in1k", "channels": None, "pretrained": True, "weights": None, "head": "aspp", "output_stride": 8,
               "train": {"steps": 20000, "batch_size": 10, "crop_size": 321, "scale_range": [0.5, 1.5], "optimizer": "sgd",
                         "lr": 2.5e-4, "head_lr_mult": 10.0, "weight_decay": 5e-4, "warmup_steps": 0,
                         "checkpoint_every": 1000, "log_every": 50, "color_jitter": 0.0},

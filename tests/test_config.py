@@ -22,7 +22,7 @@ def test_paper_profile_carries_paper_hyperparameters():
     cfg = resolve("cam_voc", "paper")
     assert cfg.data.train_split == "train_aug"
     assert cfg.pseudo.bkg_threshold == 0.45
-    assert cfg.segmentation.backbone == "resnet101" and cfg.segmentation.eval_crf
+    assert cfg.segmentation.backbone == "resnet101.tv_in1k" and cfg.segmentation.eval_crf  # torchvision's ImageNet file
     # a method section's own profile overrides (registered beside its model) apply too
     assert cfg.model.backbone == "vit_base_patch16_384" and cfg.train_classifier.steps == 20000
 

@@ -15,7 +15,10 @@ PROFILE_DEFAULTS: dict[str, dict] = {
     # the paper's WSSS setting: ResNet-101 (ImageNet), 512 crops, SGD lr 0.001 momentum 0.9 weight decay 1e-4, 80k
     # iterations (the release has no WSSS training script: these are the paper's). The propagation (1/4 of the crop,
     # GP at 96×96 on the normalised input, L = L_g + L_u) is the apro section's paper profile (models/apro.py)
-    "paper": {"segmentation": {"train": {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range": [0.5, 2.0],
+    # the backbone starts from the torchvision file APro's config loads (configs/apro_box2mask/
+    # box2mask_r101_lsj_8x2_50e_voc.py:16: resnet101-b641f3a9.pth), put in pretrained/ or passed as segmentation.weights
+    "paper": {"segmentation": {"backbone": "resnet101", "pretrained": False, "weights": "pretrained/resnet101-b641f3a9.pth",
+                               "train": {"steps": 80000, "batch_size": 16, "crop_size": 512, "scale_range": [0.5, 2.0],
                                          "optimizer": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 1e-4,
                                          "head_lr_mult": 10.0, "warmup_steps": 0}}},
 }
