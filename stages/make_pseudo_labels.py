@@ -74,10 +74,10 @@ def make_pseudo_label(image: np.ndarray, cams: np.ndarray, classes: list[int], b
     images) is all background: its one score map, the background's, wins everywhere whatever the threshold,
     band or refinement (and the routes' score functions are not called on its 0×H×W maps).
     """
-    scores_at = scores_at or (lambda t: with_background(cams, t))
-    lookup = np.asarray([0, *classes], np.uint8)
     if len(classes) == 0:
         return np.zeros(image.shape[:2], np.uint8)
+    scores_at = scores_at or (lambda t: with_background(cams, t))
+    lookup = np.asarray([0, *classes], np.uint8)
 
     def label_at(t: float) -> np.ndarray:
         return lookup[refine_scores(image, scores_at(t), refine, par_cfg, crf_cfg, device).argmax(0)]
