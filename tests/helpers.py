@@ -61,6 +61,15 @@ def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
                           env=env or cli_env(), timeout=timeout, cwd=ROOT)
 
 
+def config_value(cfg, dotted: str):
+    """The value of a resolved config at a dotted key path (``"train_classifier.lr"``), a tuple as a list (as
+    ``--show-config`` writes it), for tables of the official values."""
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return list(node) if isinstance(node, tuple) else node
+
+
 def cli_here(*args, env=None) -> subprocess.CompletedProcess:
     """``cli.py ARGS`` in this process (click's runner: the same command, its one-line errors and exit codes, without
     a fresh interpreter's seconds of imports), as ``cli`` returns it. For commands that stop before any stage; a

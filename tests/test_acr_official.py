@@ -32,6 +32,7 @@ from pipeline.training import lr_at, make_optimizer
 from pipeline.transforms import random_resize_long, train_transform
 from stages.acr_seeds import image_acr_seeds
 from stages.train_acr_classifier import ACRLoss
+from tests.helpers import config_value
 from workflows.registry import get_flow
 
 TOL = 1e-5
@@ -599,16 +600,9 @@ OFFICIAL = {
 }
 
 
-def lookup(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return list(node) if isinstance(node, tuple) else node
-
-
 def test_paper_profile_takes_every_released_value():
     cfg = get_flow("acr_voc").resolve("paper", [])
-    wrong = {k: (lookup(cfg, k), v) for k, (v, _) in OFFICIAL.items() if lookup(cfg, k) != v}
+    wrong = {k: (config_value(cfg, k), v) for k, (v, _) in OFFICIAL.items() if config_value(cfg, k) != v}
     assert not wrong
     assert cfg.train_classifier.steps == 26450
     # each released choice is read by the stage it changes (so it is part of that stage's cache key)

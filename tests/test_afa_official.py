@@ -22,6 +22,7 @@ from pipeline.errors import UserError
 from stages.afa_labels import PresentClasses, label_scores
 from stages.refine import par
 from stages.train_single_stage import AFALoss, to_rgb
+from tests.helpers import config_value
 from workflows.registry import get_flow
 
 TOL = 1e-5
@@ -530,17 +531,10 @@ RELEASED = {
 }
 
 
-def lookup(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return list(node) if isinstance(node, tuple) else node
-
-
 def test_paper_profile_takes_every_released_value():
     cfg = get_flow("afa_voc").resolve("paper", [])
-    wrong = {k: (lookup(cfg, k), v) for k, (v, _) in RELEASED.items()
-             if not (lookup(cfg, k) == v or (isinstance(v, float) and math.isclose(lookup(cfg, k), v)))}
+    wrong = {k: (config_value(cfg, k), v) for k, (v, _) in RELEASED.items()
+             if not (config_value(cfg, k) == v or (isinstance(v, float) and math.isclose(config_value(cfg, k), v)))}
     assert not wrong
     multi = get_flow("afa_voc_multistage").resolve("paper", [])
     assert multi.afa == cfg.afa

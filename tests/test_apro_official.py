@@ -20,6 +20,7 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 
 from models.apro import AProConfig, AProLoss, global_propagation, local_propagation, propagation_guide
 from pipeline.voc import IGNORE_INDEX
+from tests.helpers import config_value
 
 
 def official_tree(guide: torch.Tensor) -> np.ndarray:
@@ -210,9 +211,7 @@ def test_paper_profile_hyperparameters_are_the_released_codes():
     from workflows import get_flow
     cfg = get_flow("apro_voc").resolve("paper", [])
     for key, (want, where) in OFFICIAL.items():
-        got = cfg
-        for part in key.split("."):
-            got = getattr(got, part)
+        got = config_value(cfg, key)
         assert got == want, f"{key}: ours {got!r}, official {want!r} ({where})"
     default = get_flow("apro_voc").resolve("default", []).apro
     assert (default.guide, default.gp_size, default.gp_edges) == ("rgb01", None, "relative")  # measured choices kept

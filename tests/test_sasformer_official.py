@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from models.sasformer import CROP_PADDING, SASFormerLoss, SASFormerOutputs, block_attention
 from pipeline.voc import IGNORE_INDEX
+from tests.helpers import config_value
 from workflows import get_flow
 
 CROP = 64  # the reference's 512 scaled down: logits 16×16; blocks' query grids 16, 8, 4, 4; key grids 2, 2, 2, 4
@@ -223,17 +224,10 @@ OFFICIAL = {
 }
 
 
-def _get(cfg, key):
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
 def test_paper_profile_hyperparameters_are_the_reference_codes():
     cfg = get_flow("sasformer_voc").resolve("paper", [])
     for key, (want, where) in OFFICIAL.items():
-        got = _get(cfg, key)
-        got = list(got) if isinstance(got, tuple) else got
+        got = config_value(cfg, key)
         assert got == want, f"{key}: ours {got!r}, official {want!r} ({where})"
     # 1.2 whatever the annotation (Segformerb4_512_3.json:141; the README switches to points by "annotation" alone)
     assert cfg.sasformer.alpha == 1.2

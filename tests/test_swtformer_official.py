@@ -19,6 +19,7 @@ from models.swtformer import SWTformerConfig, SWTformerSeedsConfig, ccl_loss, gs
 from pipeline.transforms import normalise
 from stages.labels import threshold_labels
 from stages.swtformer_seeds import image_swtformer_seeds
+from tests.helpers import config_value
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], hff_dim=8)
@@ -275,13 +276,6 @@ def _paper():
     return get_flow("swtformer_voc").resolve("paper", [])
 
 
-def _lookup(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
 def _table_rows():
     """The rows of docs/swtformer.md's hyperparameter table: (key, ours as written)."""
     text = (ROOT / "docs" / "swtformer.md").read_text()
@@ -295,8 +289,7 @@ def test_docs_hyperparameter_table_is_the_paper_profile():
     cfg, rows = _paper(), _table_rows()
     assert len(rows) >= 20
     for key, ours in rows:
-        value = _lookup(cfg, key)
-        value = list(value) if isinstance(value, tuple) else value
+        value = config_value(cfg, key)
         written = None if ours == "null" else eval(ours, {"true": True, "false": False})  # noqa: S307 (our own docs)
         assert value == written, f"{key}: docs say {ours}, the paper profile has {value!r}"
 
