@@ -28,7 +28,8 @@ from pipeline.stage import Stage
 from pipeline.store import LabelStore
 from pipeline.voc import VOCFolder
 from stages.common import image_pool
-from stages.evaluate import SweepWorker, label_confusion, otsu_threshold, score_report, scored_ids
+from stages.evaluate import (SweepWorker, histogram_otsu, label_confusion, otsu_threshold, score_report, scored_ids,
+                             top_score_histogram)
 from stages.labels import threshold_labels
 
 #: what scoring score maps over the threshold sweep, and choosing their threshold, reads
@@ -57,13 +58,7 @@ def image_otsu_threshold(maps: np.ndarray, bins: int = 256) -> float:
     >>> image_otsu_threshold(np.array([[[0.1, 0.1, 0.5, 0.9]]]), bins=10)
     0.15
     """
-    if not len(maps):
-        return 0.5
-    counts = np.histogram(maps.max(0), bins=bins, range=(0.0, 1.0))[0]
-    if np.count_nonzero(counts) < 2:
-        return 0.5
-    from skimage.filters import threshold_otsu
-    return round(float(threshold_otsu(hist=(counts, (np.arange(bins) + 0.5) / bins))), 10)
+    return round(histogram_otsu(top_score_histogram(maps, bins), bins), 10)
 
 
 @dataclass

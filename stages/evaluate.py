@@ -90,10 +90,23 @@ class TopScoreHistogram:
     bins: int
 
     def __call__(self, image_id: str) -> np.ndarray:
-        maps = LabelStore(self.store).read(image_id).astype(np.float32)
-        if not len(maps):  # an image without classes has no scores to split
-            return np.zeros(self.bins, np.int64)
-        return np.histogram(maps.max(0), bins=self.bins, range=(0.0, 1.0))[0]
+        return top_score_histogram(LabelStore(self.store).read(image_id).astype(np.float32), self.bins)
+
+
+def top_score_histogram(maps: np.ndarray, bins: int) -> np.ndarray:
+    """Counts of the per-pixel top score max_c M_c of K×H×W maps in ``bins`` bins over [0, 1] (zeros without maps:
+    an image without classes has no scores to split)."""
+    if not len(maps):
+        return np.zeros(bins, np.int64)
+    return np.histogram(maps.max(0), bins=bins, range=(0.0, 1.0))[0]
+
+
+def histogram_otsu(counts: np.ndarray | None, bins: int) -> float:
+    """Otsu's threshold (``skimage.filters.threshold_otsu``) of a top-score histogram over [0, 1] (bin centres
+    (k + ½)/bins); 0.5 with fewer than two occupied bins (no split to make)."""
+    if counts is None or np.count_nonzero(counts) < 2:
+        return 0.5
+    return float(threshold_otsu(hist=(counts, (np.arange(bins) + 0.5) / bins)))
 
 
 def otsu_threshold(store: LabelStore, ids: list[str], pool: ImagePool, bins: int = 256) -> float:
@@ -103,10 +116,7 @@ def otsu_threshold(store: LabelStore, ids: list[str], pool: ImagePool, bins: int
     Otsu splits the top scores into the two classes of least within-class variance — activated
     (foreground) and not (background) — without a mask. With fewer than two occupied bins it is 0.5.
     """
-    counts = sum_arrays(map_images(TopScoreHistogram(store.path, bins), ids, pool, "otsu"))
-    if counts is None or np.count_nonzero(counts) < 2:
-        return 0.5
-    return float(threshold_otsu(hist=(counts, (np.arange(bins) + 0.5) / bins)))
+    return histogram_otsu(sum_arrays(map_images(TopScoreHistogram(store.path, bins), ids, pool, "otsu")), bins)
 
 
 def evaluate_labels(ds: VOCDataset, store: LabelStore, pool: ImagePool, desc: str, only: list[str] | None = None) -> dict:
