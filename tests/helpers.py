@@ -70,14 +70,15 @@ def config_value(cfg, dotted: str):
     return list(node) if isinstance(node, tuple) else node
 
 
-def cli_here(*args, env=None) -> subprocess.CompletedProcess:
+def cli_here(*args, env=None, catch_exceptions: bool = True) -> subprocess.CompletedProcess:
     """``cli.py ARGS`` in this process (click's runner: the same command, its one-line errors and exit codes, without
     a fresh interpreter's seconds of imports), as ``cli`` returns it. For commands that stop before any stage; a
-    flow that runs goes through ``cli``, the console path."""
+    flow that runs goes through ``cli``, the console path. ``catch_exceptions=False``: an unexpected exception
+    propagates to the test (its traceback), as the console's ``--debug``."""
     from click.testing import CliRunner
 
     import cli as cli_module
-    r = CliRunner().invoke(cli_module.main, [str(a) for a in args], env=env)
+    r = CliRunner().invoke(cli_module.main, [str(a) for a in args], env=env, catch_exceptions=catch_exceptions)
     return subprocess.CompletedProcess(["cli.py", *map(str, args)], r.exit_code, r.stdout, r.stderr)
 
 
@@ -85,15 +86,9 @@ def inspect_json(run_dir, env=None, in_process: bool = True) -> dict:
     """``cli.py inspect RUN_DIR --json``, parsed. In this process by default (click's runner calls the same command
     as the console does, without the seconds of a fresh interpreter's imports); ``in_process=False`` runs the real
     ``cli.py`` (the session's first run does, so the console path is exercised too)."""
-    if not in_process:
-        r = cli("inspect", run_dir, "--json", env=env)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
-    from click.testing import CliRunner
-
-    import cli as cli_module
-    r = CliRunner().invoke(cli_module.main, ["inspect", str(run_dir), "--json"], env=env, catch_exceptions=False)
-    assert r.exit_code == 0, r.output
+    run = cli_here if in_process else cli
+    r = run("inspect", run_dir, "--json", env=env, **({"catch_exceptions": False} if in_process else {}))
+    assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
 
