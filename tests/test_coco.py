@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import cli, inspect_json, statuses
+from tests.helpers import cli, cli_here, inspect_json, statuses
 
 # ------------------------------------------------------------------------------------------- hand-made roots
 
@@ -306,12 +306,9 @@ def test_the_papers_coco_settings_are_the_paper_profiles_and_the_docs_tables():
 
 
 def test_make_synthetic_coco_never_replaces_a_foreign_folder(tmp_path):
-    from click.testing import CliRunner
-
-    import cli as cli_module
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "photo.jpg").write_bytes(b"x")
-    r = CliRunner().invoke(cli_module.main, ["make-synthetic", "--format", "coco", "--train", 2, "--val", 1,
-                                             str(tmp_path / "mine")])
-    assert r.exit_code != 0 and "was not written by make-synthetic" in r.output and "Traceback" not in r.output
+    r = cli_here("make-synthetic", "--format", "coco", "--train", 2, "--val", 1, tmp_path / "mine")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "was not written by make-synthetic" in out and "Traceback" not in out
     assert (tmp_path / "mine" / "photo.jpg").read_bytes() == b"x"
