@@ -235,7 +235,7 @@ class LabelStore:
         packs = str(self._packs)
         done = {i for i, name in self.packed(fresh=True).items()
                 if key is None or (_PACK_META.get((packs, name)) or {}).get("key") == key}
-        done.update(i for i in self.loose_ids() if self._entry_complete(i, key))
+        done.update(i for i in self.loose_ids() if self._complete_meta(i, key) is not None)
         return sorted(done)
 
     def _loose_meta(self, image_id: str) -> dict | None:
@@ -249,9 +249,10 @@ class LabelStore:
             return meta
         return meta if (entry / "c").joinpath(*["0"] * len(shape)).is_file() else None  # the single chunk
 
-    def _entry_complete(self, image_id: str, key: str | None) -> bool:
+    def _complete_meta(self, image_id: str, key: str | None) -> dict | None:
+        """A loose entry's metadata if it is whole and was written under ``key`` (None: not a complete entry)."""
         meta = self._loose_meta(image_id)
-        return meta is not None and (key is None or meta.get("attributes", {}).get(KEY_ATTR) == key)
+        return meta if meta is not None and (key is None or meta.get("attributes", {}).get(KEY_ATTR) == key) else None
 
     def __contains__(self, image_id: str) -> bool:
         return image_id_problem(image_id) is None and ((self.path / image_id / "zarr.json").is_file()
@@ -387,8 +388,7 @@ class LabelStore:
     def _packable(self) -> list[tuple[str, dict]]:
         """The loose entries complete under the store's key, with their metadata."""
         key = self.key
-        return [(i, m) for i in self.loose_ids() if (m := self._loose_meta(i)) is not None
-                and (key is None or m.get("attributes", {}).get(KEY_ATTR) == key)]
+        return [(i, m) for i in self.loose_ids() if (m := self._complete_meta(i, key)) is not None]
 
     @contextmanager
     def _packing(self, wait: bool = False):
