@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.backbones import create_feature_backbone
-from models.pairs import pair_labels, radius_mask
+from models.pairs import pair_labels, pair_offsets, radius_mask
 from models.registry import ModelSpec, register_model
 from pipeline.config import BkgBand, Count, FeatureBackboneName, LayerIndex, NonNegInt, Positive, SMOKE_TRAIN, Section, TrainConfig, config_section
 from pipeline.voc import IGNORE_INDEX
@@ -65,6 +65,11 @@ class AffinityNet(nn.Module):
         """Dense affinity B×N×N over the stride-8 grid (zero beyond the radius) and the grid (h, w)."""
         feats = self(x)
         return torch.stack([dense_affinity(f, self.radius) for f in feats]), tuple(feats.shape[-2:])
+
+    def sparse_affinity(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """The affinity of ``affinity`` as one sparse N×N matrix per image (only the pairs within the radius) and the grid."""
+        feats = self(x)
+        return [sparse_affinity(f, self.radius) for f in feats], tuple(feats.shape[-2:])
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.proj.parameters()) + list(self.fuse.parameters())
@@ -129,6 +134,30 @@ def dense_affinity(feats: torch.Tensor, radius: int) -> torch.Tensor:
     near = radius_mask(h, w, radius, "euclidean", feats.device)
     aff = torch.exp(-torch.cdist(f, f, p=1) / d)
     return torch.where(near, aff, aff.new_zeros(()))
+
+
+def sparse_affinity(feats: torch.Tensor, radius: int) -> torch.Tensor:
+    """``dense_affinity`` as a sparse COO N×N matrix holding only the pairs within ``radius`` (PSA Eq. 1).
+
+    a_ij = exp(−mean_c|f_i − f_j|) for ‖p_i − p_j‖ < radius, a_ii = 1: one ``pairwise_affinity`` map per offset of
+    ``pair_offsets``, stored at (i, j) and (j, i). At radius 5 that is 81 entries a row instead of N: on COCO's
+    640×480 (N = 4,800 at stride 8) 60× fewer, and O(N·D) work instead of ``cdist``'s O(N²·D).
+
+    >>> a = sparse_affinity(torch.tensor([[[0., 1., 3.]]]), radius=2)
+    >>> a.to_dense().log().abs().round(decimals=4).tolist()  # mean |f_i − f_j|; inf: beyond the radius
+    [[0.0, 1.0, inf], [1.0, 0.0, 2.0], [inf, 2.0, 0.0]]
+    """
+    d, h, w = feats.shape
+    index = torch.arange(h * w, device=feats.device).reshape(h, w)
+    rows, cols, values = [index.flatten()], [index.flatten()], [feats.new_ones(h * w)]
+    offsets = pair_offsets(radius, "euclidean")
+    for (dy, dx), a in zip(offsets, pairwise_affinity(feats[None], offsets)):
+        i, j = (t.flatten() for t in _shifted(index, dy, dx))
+        rows += [i, j]
+        cols += [j, i]
+        values += [a[0].flatten()] * 2
+    return torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(values),
+                                   (h * w, h * w), check_invariants=False).coalesce()  # in range by construction
 
 
 def labels_at_stride(labels: torch.Tensor, stride: int, size: tuple[int, int]) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Stage ``random_walk``: the seeds propagated over a semantic affinity (PSA/IRN random walk).
 
 Per image: the affinity A over the feature grid — the trained AffinityNet's exp(−mean|f_i − f_j|)
-within ``affinity.radius`` (``source = network``, the ``affinity`` input), or the classifier's
+within ``affinity.radius`` (``source = network``, the ``affinity`` input; a sparse matrix of those pairs), or the classifier's
 patch-to-patch attention mean_l A_l[1:,1:], symmetrised (``source = attention``, the ``attention``
 input: any ``models.protocols.AttentionModel``). The seeds (K×H×W) are resized to the grid, propagated
 with ``stages.random_walk.propagate_maps`` (``affinity.beta``, ``affinity.log_t``), resized back and
@@ -39,13 +39,14 @@ def attention_affinity(model: AttentionModel, image: torch.Tensor, layers: list[
 
 
 def random_walk_maps(seeds: np.ndarray, affinity: torch.Tensor, grid: tuple[int, int], beta: float, log_t: int) -> np.ndarray:
-    """Propagate K×H×W seeds over an N×N affinity of an h×w grid; K×H×W, max-normalised per class."""
+    """Propagate K×H×W seeds over an N×N affinity (dense or sparse) of an h×w grid; K×H×W, max-normalised per class."""
     if seeds.shape[0] == 0:
         return seeds.astype(np.float32)
     h, w = seeds.shape[-2:]
     small = F.interpolate(torch.from_numpy(seeds.astype(np.float32))[None].to(affinity.device), size=grid, mode="bilinear",
                           align_corners=False)
-    walked = propagate_maps(small, affinity.float()[None], beta=beta, log_t=log_t)
+    affinity = affinity.float()
+    walked = propagate_maps(small, affinity if affinity.is_sparse else affinity[None], beta=beta, log_t=log_t)
     up = F.interpolate(walked, size=(h, w), mode="bilinear", align_corners=False)[0]
     return normalise_cams(up.clamp_min(0)).cpu().numpy()
 
@@ -66,7 +67,7 @@ class RandomWalkWorker:
         model = trained_model(self.model, rt)
         with rt.autocast():  # the network in mixed precision, the walk in float32 on the same device
             if a.source == "network":
-                aff, grid = model.affinity(image[None])
+                aff, grid = model.sparse_affinity(image[None])
                 aff = aff[0]
             else:
                 aff, grid = attention_affinity(model, image, a.attention_layers)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from models import create_model
-from models.affinity_net import affinity_loss, dense_affinity, labels_at_stride, pairwise_affinity
+from models.affinity_net import affinity_loss, dense_affinity, labels_at_stride, pairwise_affinity, sparse_affinity
 from models.pairs import pair_offsets
 
 
@@ -36,6 +36,23 @@ def test_pairwise_matches_dense_affinity():
     assert torch.allclose(dense.diagonal(), torch.ones(h * w))
     assert float(dense[0, 3]) == 0.0  # (0,0)–(0,3) is at distance 3, not within radius 3
     assert torch.allclose(dense, dense.T)
+
+
+def test_sparse_affinity_holds_the_dense_one_and_only_the_pairs_within_the_radius():
+    torch.manual_seed(1)
+    f = torch.randn(6, 7, 9, dtype=torch.float64)
+    for r in (1, 2, 5):
+        n = 7 * 9
+        brute = torch.zeros(n, n, dtype=torch.float64)  # exp(−mean|f_i − f_j|) for ‖p_i − p_j‖ < r, pixel by pixel
+        for i in range(n):
+            for j in range(n):
+                (yi, xi), (yj, xj) = divmod(i, 9), divmod(j, 9)
+                if (yi - yj) ** 2 + (xi - xj) ** 2 < r * r:
+                    brute[i, j] = math.exp(-float((f[:, yi, xi] - f[:, yj, xj]).abs().mean()))
+        sparse = sparse_affinity(f, r)
+        assert sparse.is_coalesced() and sparse._nnz() == int((brute > 0).sum())
+        torch.testing.assert_close(sparse.to_dense(), brute, rtol=0, atol=1e-12)
+        torch.testing.assert_close(dense_affinity(f, r), brute, rtol=0, atol=1e-12)
 
 
 def test_balanced_loss_by_hand():

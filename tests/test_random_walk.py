@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from stages.random_walk import propagate, transition_matrix
@@ -40,3 +41,23 @@ def test_few_maps_take_the_iterated_product_with_the_same_result():
     expected = cams @ np.linalg.matrix_power(t, 16)
     got = propagate(torch.tensor(cams), torch.tensor(a), beta=2.0, log_t=4)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9)
+
+
+def test_the_sparse_walk_is_the_dense_walk():
+    # the AffinityNet's walk (sparse: the pairs within the radius) against the dense N×N formula, C maps, log_t 0–3
+    from models.affinity_net import sparse_affinity
+    from models.pairs import radius_mask
+    torch.manual_seed(2)
+    f = torch.randn(5, 6, 8, dtype=torch.float64)
+    near = radius_mask(6, 8, 3, "euclidean")
+    dense = torch.where(near, torch.exp(-torch.cdist(f.reshape(5, -1).T, f.reshape(5, -1).T, p=1) / 5), 0.0)
+    rng = np.random.default_rng(3)
+    for log_t in range(4):
+        cams = rng.random((2, 3, 48))
+        t = dense.numpy() ** 8.0
+        t = t / (t.sum(0, keepdims=True) + 1e-5)
+        expected = cams @ np.linalg.matrix_power(t, 2 ** log_t)
+        got = propagate(torch.tensor(cams), sparse_affinity(f, 3), beta=8.0, log_t=log_t)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="not squared"):
+        transition_matrix(sparse_affinity(f, 3), log_t=1)
