@@ -7,6 +7,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The suite runs on two pytest-xdist workers (pyproject addopts: ``-n 2``): one OpenMP thread each, in the workers and in
+# the cli.py processes they start (they inherit it). Two workers of two threads on two cores spin against each other;
+# and the suite's tensors are small, where a second thread buys nothing. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
