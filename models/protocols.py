@@ -48,6 +48,14 @@ class AffinityModel(Protocol):
 
 
 @runtime_checkable
+class SparseAffinityModel(Protocol):
+    """A network whose affinity is local: ``sparse_affinity(x)`` → (one sparse N×N matrix an image, (h, w)), what
+    the random walk of ``stages/random_walk_seeds.py`` walks (``affinity.source = network``)."""
+
+    def sparse_affinity(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]: ...
+
+
+@runtime_checkable
 class Segmenter(Protocol):
     """A segmentation network: ``forward`` gives B×21×H×W logits at the input's size."""
 

@@ -79,7 +79,7 @@ def _tiny_specs():
 #: which protocols of models/protocols.py each registered model provides (what the stages that read it call)
 PROVIDES = {"vit_cam_classifier": ("Trainable", "ClassMapModel"),
             "vit_acr_classifier": ("Trainable", "ClassMapModel", "AttentionModel"),
-            "affinity_net": ("Trainable", "AffinityModel"),
+            "affinity_net": ("Trainable", "AffinityModel", "SparseAffinityModel"),
             "afa_mit": ("Trainable", "ClassMapModel", "AffinityModel", "Segmenter"),
             "segmentation_net": ("Trainable", "Segmenter"),
             "sasformer": ("Trainable", "Segmenter"),
@@ -103,6 +103,10 @@ def test_every_registered_model_provides_its_protocols():
             if "AffinityModel" in PROVIDES[name]:
                 aff, (h, w) = model.affinity(x)
                 assert aff.shape == (1, h * w, h * w)
+            if "SparseAffinityModel" in PROVIDES[name]:
+                sparse, grid = model.sparse_affinity(x)
+                assert grid == (h, w) and len(sparse) == 1 and sparse[0].is_sparse
+                torch.testing.assert_close(sparse[0].to_dense(), aff[0])
             if "Segmenter" in PROVIDES[name]:
                 assert model(x).shape == (1, 21, 48, 56)
             if "AttentionModel" in PROVIDES[name]:
