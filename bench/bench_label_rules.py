@@ -1,6 +1,6 @@
 """Label-free background-threshold rules scored on a run's stored maps (docs/labels.md).
 
-    python bench/bench_label_rules.py RUN_DIR [--store make_seeds/seeds.zarr] [--par]
+    python bench/bench_label_rules.py RUN_DIR [--store make_seeds/seeds.zarr] [--par [--par-size 256]]
 
 For the maps of ``RUN_DIR`` (the seeds, or the random walk's ``random_walk/rw_seeds.zarr``) it prints the seeds' mIoU
 on the label split's masks at the threshold each rule picks — without reading a mask to pick it — beside the best
@@ -13,7 +13,8 @@ threshold of a fine sweep (the oracle, what a mask-tuned threshold gets):
 - ``mean_top``: the mean of the per-pixel top scores;
 - fixed 0.25 and 0.45 (the papers' values).
 
-Masks are read here only to score; ``--par`` also scores the PAR-refined labels at the Otsu and best thresholds.
+Masks are read here only to score; ``--par`` also scores the PAR-refined labels at the Otsu and best thresholds, at
+the working size ``--par-size`` (``pseudo.par.size``, default 256) and at the image's own resolution.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--store", default="make_seeds/seeds.zarr")
     ap.add_argument("--par", action="store_true")
+    ap.add_argument("--par-size", type=int, default=256, help="PAR's working short side to score beside the native size")
     args = ap.parse_args()
     run = Run.open(args.run_dir)
     store = LabelStore(run.stage_dir("x").parent / args.store)
@@ -74,13 +76,17 @@ def main() -> None:
     if args.par:
         from stages.make_pseudo_labels import pseudo_label
         from pipeline.stage import ConfigView
-        view = ConfigView(run.config, ("pseudo", "device"), "bench")
-        for name, t in (("otsu", t_otsu), ("best", float(sweep[best]))):
-            conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-            for i, maps in zip(ids, tops):
-                lab = pseudo_label(view, t, ds.image(i), maps, store.read_attrs(i)["classes"], refine=["par"])
-                conf += confusion_matrix(ds.mask(i), lab, NUM_CLASSES)
-            print(f"  PAR at {name:5s} t={t:.3f}  mIoU={scores(conf)['miou']:.4f}")
+        for size in (args.par_size, None):  # the working size (pseudo.par.size), then the image's own resolution
+            config = run.config.model_copy(deep=True)
+            config.pseudo.par.size = size
+            view = ConfigView(config, ("pseudo", "device"), "bench")
+            for name, t in (("otsu", t_otsu), ("best", float(sweep[best]))):
+                conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+                for i, maps in zip(ids, tops):
+                    lab = pseudo_label(view, t, ds.image(i), maps, store.read_attrs(i)["classes"], refine=["par"])
+                    conf += confusion_matrix(ds.mask(i), lab, NUM_CLASSES)
+                print(f"  PAR ({run.config.pseudo.par.num_iter} iterations, working short side {size or 'native'}) at "
+                      f"{name:5s} t={t:.3f}  mIoU={scores(conf)['miou']:.4f}")
 
 
 if __name__ == "__main__":

@@ -192,6 +192,10 @@ class ParConfig(Section):
     w_rgb: Positive = 0.3
     w_pos: Positive = 0.3
     w_mix: NonNegative = 0.01
+    # the pseudo labels' PAR runs at the working size whose short side is this many pixels (stages.refine.par), so
+    # its reach is the same share of every image at any resolution; 256 is what AFA's PAR sees (512 crops at
+    # down_scale 2); null: at the image's own resolution. AFA's in-training PAR uses afa.par_downscale instead
+    size: Count | None = None
 
 
 class CrfConfig(Section):
@@ -224,7 +228,7 @@ class PseudoConfig(Section):
     # that scores best on the calibration masks, the method's on a tie; without calibration the method's route
     guard: bool = True
     calibrate: CalibrateConfig | None = None  # null: no mask is read while labelling (CONTRACT.md)
-    par: ParConfig = ParConfig(num_iter=20)
+    par: ParConfig = ParConfig(num_iter=20, size=256)
     crf: CrfConfig = CrfConfig()
 
 
@@ -326,7 +330,7 @@ register_section("cam", CamConfig, profiles={"smoke": {"scales": [1.0], "flip": 
 register_section("pseudo", PseudoConfig, profiles={
     "smoke": {"par": {"num_iter": 10}, "crf": {"n_iter": 5}},
     # the papers label by their method's route whatever it scores
-    "paper": {"bkg_threshold": 0.45, "refine": ["par", "crf"], "guard": False, "par": {"num_iter": 10}},
+    "paper": {"bkg_threshold": 0.45, "refine": ["par", "crf"], "guard": False, "par": {"num_iter": 10, "size": None}},
 })
 register_section("workers", WorkersConfig, profiles={"paper": {"processes": 8, "loader_workers": 8}})
 #: the profiles' overrides of the base keys (the sections declare their own). None today: the `paper` profiles run in

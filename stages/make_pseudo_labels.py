@@ -48,13 +48,14 @@ def refine_scores(image: np.ndarray, scores: np.ndarray, refine: list[str], par_
                   crf_cfg: CrfConfig, device: str = "cpu") -> np.ndarray:
     """Apply the refinements named in ``refine`` (``par``, then ``crf``) to (K+1)×H×W scores of one H×W×3 uint8 image.
 
-    PAR runs in torch on ``device``; the dense CRF (pydensecrf) on the CPU.
+    PAR runs in torch on ``device`` at ``par_cfg.size`` (the working short side; None: the image's size); the dense
+    CRF (pydensecrf) on the CPU, at the image's size.
     """
     if "par" in refine:
         img = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None].to(device)
         p = par_cfg
         scores = par(img, torch.from_numpy(scores)[None].to(device), p.dilations, p.num_iter, p.w_rgb, p.w_pos,
-                     p.w_mix)[0].cpu().numpy()
+                     p.w_mix, p.size)[0].cpu().numpy()
     if "crf" in refine:
         probs = np.clip(scores, 1e-5, None)
         probs = probs / probs.sum(0, keepdims=True)

@@ -46,12 +46,27 @@ def par_kernel(images: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8, 12,
     return F.softmax(a, dim=1) + w_mix * F.softmax(b, dim=0).view(1, -1, 1, 1)
 
 
+def working_size(h: int, w: int, short: int) -> tuple[int, int]:
+    """(h', w') of an h×w image resized so that its short side is ``short`` pixels, the aspect kept (rounded).
+
+    >>> working_size(480, 640, 256), working_size(120, 96, 256), working_size(256, 300, 256)
+    ((256, 341), (320, 256), (256, 300))
+    """
+    r = short / min(h, w)
+    return max(1, round(h * r)), max(1, round(w * r))
+
+
 def par(images: torch.Tensor, masks: torch.Tensor, dilations: Sequence[int] = (1, 2, 4, 8, 12, 24),
-        num_iter: int = 10, w_rgb: float = 0.3, w_pos: float = 0.3, w_mix: float = 0.01) -> torch.Tensor:
+        num_iter: int = 10, w_rgb: float = 0.3, w_pos: float = 0.3, w_mix: float = 0.01,
+        size: int | None = None) -> torch.Tensor:
     """Refine ``masks`` (B×C×h×w) with the image-adaptive kernel of ``images`` (B×3×H×W): AFA Eq. 10.
 
     Masks are resized to H×W (bilinear, align_corners=True), then ``num_iter`` times
     M(p) ← Σ_k κ(p,k)·M(p+o_k) with replicate padding. Returns B×C×H×W.
+
+    With ``size`` PAR runs at a working size instead: the images resized (bilinear) so that their short side is
+    ``size`` pixels (``working_size``), the masks refined there and the result resized back to H×W (bilinear), so the
+    kernel's reach (the dilations, in pixels) is the same fraction of every image whatever its resolution.
 
     >>> img = torch.zeros(1, 3, 8, 8); img[..., 4:] = 1
     >>> m = torch.zeros(1, 1, 8, 8); m[..., 0, 5] = 1
@@ -60,6 +75,11 @@ def par(images: torch.Tensor, masks: torch.Tensor, dilations: Sequence[int] = (1
     True
     """
     images = images.float()
+    if size is not None:
+        full, work = images.shape[-2:], working_size(*images.shape[-2:], size)
+        small = F.interpolate(images, size=work, mode="bilinear", align_corners=False) if work != tuple(full) else images
+        out = par(small, masks, dilations, num_iter, w_rgb, w_pos, w_mix)
+        return F.interpolate(out, size=full, mode="bilinear", align_corners=False) if work != tuple(full) else out
     masks = F.interpolate(masks.float(), size=images.shape[-2:], mode="bilinear", align_corners=True)
     kappa = par_kernel(images, dilations, w_rgb, w_pos, w_mix).unsqueeze(1)  # B×1×K×H×W
     h, w = masks.shape[-2:]

@@ -108,3 +108,30 @@ def test_par_respects_edges():
     m[..., 4:12, 9:11] = 1.0
     out = par(img, m, (1, 2, 4), 10)[0, 0]
     assert out[:, 8:].sum() > 10 * out[:, :8].sum()
+
+
+def test_par_at_a_working_size_is_resize_refine_resize_back():
+    """``size``: the image's short side brought to ``size`` pixels (aspect kept), PAR there, the result back to H×W;
+    at its own short side it is plain PAR, bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    imgs, masks = torch.rand(1, 3, 30, 45, generator=g) * 255, torch.rand(1, 4, 8, 12, generator=g)
+    small = F.interpolate(imgs, size=(20, 30), mode="bilinear", align_corners=False)  # short side 30 -> 20, 45 -> 30
+    expected = F.interpolate(ReferencePAR((1, 2, 4), 5)(small.double(), masks.double()), size=(30, 45),
+                             mode="bilinear", align_corners=False)
+    got = par(imgs, masks, (1, 2, 4), 5, size=20)
+    assert got.shape == (1, 4, 30, 45)
+    assert torch.allclose(got.double(), expected, atol=1e-5, rtol=0)
+    assert torch.equal(par(imgs, masks, (1, 2, 4), 5, size=30), par(imgs, masks, (1, 2, 4), 5))
+
+
+def test_par_at_a_working_size_reaches_the_same_share_of_the_image_at_any_resolution():
+    """A block of score in a flat image of 24 and of 72 px: at the working size its mass spreads over the same share
+    of the side (the spread's std over n); at the image's own size the larger image's share is about a third."""
+    def share(n, size):
+        m = torch.zeros(1, 1, n, n)
+        m[..., n // 2 - n // 12: n // 2 + n // 12, n // 2 - n // 12: n // 2 + n // 12] = 1.0
+        out = par(torch.full((1, 3, n, n), 100.0), m, (1, 2, 4), 10, size=size)[0, 0]
+        p, x = out.sum(0) / out.sum(), torch.arange(n, dtype=torch.float32)
+        return float(((p * (x - (p * x).sum()) ** 2).sum()).sqrt() / n)
+    assert share(24, 48) == pytest.approx(share(72, 48), rel=0.05)
+    assert share(72, None) < 0.6 * share(24, None)
