@@ -75,11 +75,11 @@ def par(images: torch.Tensor, masks: torch.Tensor, dilations: Sequence[int] = (1
     True
     """
     images = images.float()
-    if size is not None:
-        full, work = images.shape[-2:], working_size(*images.shape[-2:], size)
-        small = F.interpolate(images, size=work, mode="bilinear", align_corners=False) if work != tuple(full) else images
+    full = tuple(images.shape[-2:])
+    if size is not None and (work := working_size(*full, size)) != full:
+        small = F.interpolate(images, size=work, mode="bilinear", align_corners=False)
         out = par(small, masks, dilations, num_iter, w_rgb, w_pos, w_mix)
-        return F.interpolate(out, size=full, mode="bilinear", align_corners=False) if work != tuple(full) else out
+        return F.interpolate(out, size=full, mode="bilinear", align_corners=False)
     masks = F.interpolate(masks.float(), size=images.shape[-2:], mode="bilinear", align_corners=True)
     kappa = par_kernel(images, dilations, w_rgb, w_pos, w_mix).unsqueeze(1)  # B×1×K×H×W
     h, w = masks.shape[-2:]
